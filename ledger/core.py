@@ -1,0 +1,650 @@
+"""The Ledger: open a store by URL, append signed events, answer queries.
+
+    >>> led = Ledger.init("sqlite:///ledger.db", operator_key=key, origin="example.org/ledger")
+    >>> led.append([signed_bytes, ...])          # -> [AppendResult(...), ...]
+    >>> led.provenance("PACK-0001")              # -> Provenance
+    >>> led.verify()                              # -> VerifyReport
+
+One `append` call is one store transaction: entries, Merkle nodes, batches, edges, registry view,
+rejections, parked events and the consumed Kafka offsets commit together or not at all. A Ledger object
+is the single writer of its store (the sequencer); readers may open the same URL concurrently.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any, Literal
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from sqlalchemy import bindparam, func, select
+from sqlalchemy.engine import Connection
+
+from ledger import chain, tree
+from ledger.checkpoint import Checkpoint, parse_vkey, sign_note, vkey
+from ledger.registry import Registry
+from ledger.rules import BatchState, Edge, StateView, check_and_plan, input_ids
+from ledger.store import (
+    BATCHES,
+    CHECKPOINTS,
+    EDGES,
+    ENTRIES,
+    FACILITIES,
+    NODES,
+    OFFSETS,
+    PARKED,
+    REJECTIONS,
+    StoreError,
+    chunks,
+    create_schema,
+    fetch_nodes,
+    get_meta,
+    make_engine,
+    normalise_url,
+    now,
+    set_meta,
+)
+from schemas.events import (
+    ELEMENTS,
+    REGISTRY_FACILITY_ID,
+    Attestation,
+    Element,
+    FacilityRegistered,
+    Kind,
+    PublicKeyInfo,
+    event_to_json_obj,
+)
+from schemas.reasons import EventError, Reason
+from schemas.signing import DecodedEvent, decode, key_id, public_key_b64, sign_object
+
+Status = Literal["appended", "duplicate", "rejected", "parked"]
+
+# Children before parents: an event whose inputs are not in the ledger yet waits at most this many
+# events in the parked table (bounded memory and storage), and at most PARK_MAX_AGE (see expire_parked).
+PARK_MAX_EVENTS = 100_000
+PARK_MAX_AGE = timedelta(seconds=30)
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    event_id: str | None
+    status: Status
+    seq: int | None = None
+    reason: str | None = None
+    detail: str | None = None
+
+
+@dataclass(slots=True)
+class Incoming:
+    """An event on its way in. `raw` is what is kept if it is rejected (the original bytes)."""
+
+    raw: bytes
+    decoded: DecodedEvent | None = None
+    signature_checked: bool = False
+    source: str = "api"
+    error: EventError | None = None  # decided upstream (verify stage): record the rejection only
+
+
+@dataclass(frozen=True, slots=True)
+class Head:
+    size: int
+    entry_hash: bytes
+    root_hash: bytes
+
+
+class _Overlay(StateView):
+    """Store rows plus the uncommitted changes of the current append batch."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.batches: dict[str, BatchState | None] = {}
+        self.new_events: dict[str, bytes] = {}
+        self.stored_events: dict[str, bytes | None] = {}
+
+    def prefetch(self, batch_ids: Iterable[str], event_ids: Iterable[str]) -> None:
+        want = sorted({b for b in batch_ids if b not in self.batches})
+        for part in chunks(want):
+            for row in self.conn.execute(BATCHES.select().where(BATCHES.c.batch_id.in_(part))):
+                self.batches[row.batch_id] = row_to_batch(row)
+        for b in want:
+            self.batches.setdefault(b, None)
+        ev_want = sorted({e for e in event_ids if e not in self.stored_events})
+        for part in chunks(ev_want):
+            rows = self.conn.execute(
+                select(ENTRIES.c.event_id, ENTRIES.c.data).where(ENTRIES.c.event_id.in_(part))
+            )
+            for row in rows:
+                self.stored_events[row.event_id] = bytes(row.data)
+        for e in ev_want:
+            self.stored_events.setdefault(e, None)
+
+    def batch(self, batch_id: str) -> BatchState | None:
+        if batch_id not in self.batches:
+            self.prefetch([batch_id], [])
+        return self.batches[batch_id]
+
+    def event_bytes(self, event_id: str) -> bytes | None:
+        if event_id in self.new_events:
+            return self.new_events[event_id]
+        if event_id not in self.stored_events:
+            self.prefetch([], [event_id])
+        return self.stored_events[event_id]
+
+
+def row_to_batch(row: Any) -> BatchState:
+    b = BatchState(
+        batch_id=row.batch_id,
+        event_id=row.event_id,
+        seq=row.seq,
+        kind=Kind(row.kind),
+        facility_id=row.facility_id,
+        country=row.country,
+        feoc=bool(row.feoc),
+        pfe=bool(row.pfe),
+        time=_aware(row.time),
+        material=row.material,
+        kg=Decimal(row.kg),
+        contained={el: Decimal(getattr(row, el.value)) for el in ELEMENTS},
+        value_usd=None if row.value_usd is None else Decimal(row.value_usd),
+        consumed_kg=Decimal(row.consumed_kg),
+        extra=json.loads(row.extra),
+    )
+    b.load_custody(row.custody)
+    return b
+
+
+def _aware(t: datetime) -> datetime:
+    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
+
+
+def _batch_values(b: BatchState) -> dict[str, Any]:
+    values: dict[str, Any] = {
+        "batch_id": b.batch_id,
+        "seq": b.seq,
+        "event_id": b.event_id,
+        "kind": b.kind.value,
+        "facility_id": b.facility_id,
+        "country": b.country,
+        "feoc": b.feoc,
+        "pfe": b.pfe,
+        "time": b.time,
+        "material": b.material,
+        "kg": str(b.kg),
+        "consumed_kg": str(b.consumed_kg),
+        "value_usd": None if b.value_usd is None else str(b.value_usd),
+        "custody": b.custody_json(),
+        "extra": json.dumps(b.extra, sort_keys=True),
+    }
+    for el in ELEMENTS:
+        values[el.value] = str(b.contained[el])
+    return values
+
+
+class Ledger:
+    """A ledger store opened by URL. Not thread-safe: one writer object per store."""
+
+    def __init__(self, url: str, *, operator_key: Ed25519PrivateKey | None = None) -> None:
+        self.url = normalise_url(url)
+        self.engine = make_engine(self.url)
+        self.operator_key = operator_key
+        with self.engine.connect() as conn:
+            try:
+                origin = get_meta(conn, "origin")
+            except Exception as exc:  # noqa: BLE001 - any driver error here means "no ledger there"
+                raise StoreError(f"no ledger at {url}: run `batteryledger init` first ({type(exc).__name__})") from exc
+            if origin is None:
+                raise StoreError(f"no ledger at {url}: run `batteryledger init` first")
+            self.origin: str = origin
+            self.operator_vkey: str = get_meta(conn, "operator_vkey") or ""
+        self.operator_public_key: Ed25519PublicKey = parse_vkey(self.operator_vkey)[1]
+        if operator_key is not None and public_key_b64(operator_key.public_key()) != public_key_b64(
+            self.operator_public_key
+        ):
+            raise StoreError("the operator key given is not this ledger's operator key")
+        self.registry = Registry()
+        self._parked_index: dict[str, set[str]] = {}
+        self._load()
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    @classmethod
+    def init(
+        cls,
+        url: str,
+        *,
+        operator_key: Ed25519PrivateKey,
+        origin: str,
+        legal_entity: str = "Ledger operator",
+        country: str = "US",
+        time: datetime | None = None,
+    ) -> Ledger:
+        """Create the schema and entry 0: the registry authority registering itself with its key."""
+        engine = make_engine(normalise_url(url))
+        create_schema(engine)
+        with engine.begin() as conn:
+            if get_meta(conn, "origin") is not None:
+                raise StoreError(f"a ledger already exists at {url}")
+            set_meta(
+                conn,
+                {"origin": origin, "operator_vkey": vkey(origin, operator_key.public_key()), "schema": "1"},
+            )
+        engine.dispose()
+        led = cls(url, operator_key=operator_key)
+        when = time or datetime(2000, 1, 1, tzinfo=UTC)
+        boot = FacilityRegistered(
+            spec="batteryledger/1",
+            kind=Kind.FACILITY_REGISTERED,
+            facility_id=REGISTRY_FACILITY_ID,
+            time=when,
+            subject_facility_id=REGISTRY_FACILITY_ID,
+            legal_entity=legal_entity,
+            country=country,
+            roles=[Kind.FACILITY_REGISTERED],
+            attestation=Attestation(feoc=False, as_of=when),
+            key=PublicKeyInfo(
+                key_id=key_id(operator_key.public_key()),
+                public_key=public_key_b64(operator_key.public_key()),
+                valid_from=when,
+            ),
+        )
+        raw, _ = sign_object(event_to_json_obj(boot), operator_key)
+        [res] = led.append([raw])
+        if res.status != "appended":
+            raise StoreError(f"could not write the genesis registry entry: {res.reason} {res.detail}")
+        return led
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _load(self) -> None:
+        """Rebuild in-memory state: head, registry (from registry entries), parked index."""
+        self.registry = Registry()
+        with self.engine.connect() as conn:
+            last = conn.execute(
+                select(ENTRIES.c.seq, ENTRIES.c.entry_hash).order_by(ENTRIES.c.seq.desc()).limit(1)
+            ).first()
+            self.size = 0 if last is None else last.seq + 1
+            self.head_hash = chain.GENESIS if last is None else bytes(last.entry_hash)
+            reg_kinds = [k.value for k in (Kind.FACILITY_REGISTERED, Kind.FACILITY_ATTESTED, Kind.KEY_ROTATED,
+                                           Kind.KEY_REVOKED)]
+            rows = conn.execute(
+                select(ENTRIES.c.event_id, ENTRIES.c.data).where(ENTRIES.c.kind.in_(reg_kinds)).order_by(ENTRIES.c.seq)
+            )
+            for row in rows:
+                d = decode(bytes(row.data))
+                self.registry.apply(d.event, row.event_id)
+            self._parked_index = {}
+            for row in conn.execute(select(PARKED.c.event_id, PARKED.c.missing)):
+                for b in json.loads(row.missing):
+                    self._parked_index.setdefault(b, set()).add(row.event_id)
+
+    # -- append ---------------------------------------------------------------------------------
+    def append(
+        self,
+        items: Sequence[bytes | Incoming],
+        *,
+        offsets: Mapping[tuple[str, str, int], int] | None = None,
+        park: bool = False,
+    ) -> list[AppendResult]:
+        """Append a batch of signed events in one transaction; returns one result per item, in order.
+
+        `offsets` maps (consumer, topic, partition) to the next offset to consume and is stored in the
+        same transaction. With `park`, an event whose inputs are unknown waits (see PARK_MAX_*).
+        """
+        incoming = [it if isinstance(it, Incoming) else Incoming(raw=it) for it in items]
+        try:
+            with self.engine.begin() as conn:
+                results = self._append_in(conn, incoming, park)
+                if offsets:
+                    self._store_offsets(conn, offsets)
+        except Exception:
+            self._load()  # the in-memory registry and head may have moved: rebuild from the store
+            raise
+        return results
+
+    def _append_in(self, conn: Connection, incoming: list[Incoming], park: bool) -> list[AppendResult]:
+        ov = _Overlay(conn)
+        # 1. decode what the verify stage did not decode (bytes from the CLI, tests, the API)
+        for it in incoming:
+            if it.decoded is None and it.error is None:
+                try:
+                    it.decoded = decode(it.raw)
+                except EventError as exc:
+                    it.error = exc
+        # 2. one round trip for every batch and event id this append will look at
+        bids: set[str] = set()
+        eids: set[str] = set()
+        for it in incoming:
+            if it.decoded is not None:
+                eids.add(it.decoded.event_id)
+                bids.update(input_ids(it.decoded))
+                bids.update(o.batch_id for o in getattr(it.decoded.event, "outputs", ()))
+                corrects = getattr(it.decoded.event, "corrects", None)
+                if corrects:
+                    eids.add(corrects)
+        ov.prefetch(bids, eids)
+
+        results: list[AppendResult] = []
+        entry_rows: list[dict[str, Any]] = []
+        leaves: list[bytes] = []
+        new_batches: dict[str, BatchState] = {}
+        touched: dict[str, BatchState] = {}
+        edges: list[Edge] = []
+        rejections: list[dict[str, Any]] = []
+        facilities_changed: set[str] = set()
+        parked_new: dict[str, dict[str, Any]] = {}
+        parked_done: set[str] = set()
+        seq = self.size
+        prev = self.head_hash
+        ts = now()
+
+        queue: list[Incoming] = list(incoming)
+        i = 0
+        while i < len(queue):
+            it = queue[i]
+            i += 1
+            d = it.decoded
+            if d is None:
+                err = it.error or EventError(Reason.INTERNAL_ERROR, "event was neither decoded nor rejected")
+                rejections.append(self._rejection(None, err, it, ts))
+                results.append(AppendResult(None, "rejected", reason=err.reason.value, detail=err.detail))
+                continue
+            if it.error is not None:
+                rejections.append(self._rejection(d.event_id, it.error, it, ts))
+                results.append(
+                    AppendResult(d.event_id, "rejected", reason=it.error.reason.value, detail=it.error.detail)
+                )
+                continue
+            # 3. same event id again: a no-op when the bytes are equal, a conflict otherwise
+            existing = ov.event_bytes(d.event_id)
+            if existing is not None:
+                if existing == d.signed:
+                    results.append(AppendResult(d.event_id, "duplicate"))
+                else:
+                    err = EventError(
+                        Reason.DUPLICATE_CONFLICT,
+                        f"event {d.event_id} is already in the ledger with a different signature",
+                    )
+                    rejections.append(self._rejection(d.event_id, err, it, ts))
+                    results.append(AppendResult(d.event_id, "rejected", reason=err.reason.value, detail=err.detail))
+                parked_done.add(d.event_id)
+                continue
+            # 4. identity, then the append rules
+            try:
+                self.registry.authorize(d, check_signature=not it.signature_checked)
+                outcome = check_and_plan(d, ov, self.registry, seq)
+            except EventError as exc:
+                missing = [b for b in input_ids(d) if ov.batch(b) is None]
+                if exc.reason == Reason.UNKNOWN_INPUT and park and missing and self._park_room():
+                    parked_new[d.event_id] = {
+                        "event_id": d.event_id,
+                        "data": d.signed,
+                        "missing": json.dumps(sorted(set(missing))),
+                        "source": it.source,
+                        "parked_at": ts,
+                    }
+                    for b in missing:
+                        self._parked_index.setdefault(b, set()).add(d.event_id)
+                    results.append(AppendResult(d.event_id, "parked", reason=exc.reason.value, detail=exc.detail))
+                    continue
+                rejections.append(self._rejection(d.event_id, exc, it, ts))
+                results.append(AppendResult(d.event_id, "rejected", reason=exc.reason.value, detail=exc.detail))
+                parked_done.add(d.event_id)
+                continue
+            except Exception as exc:  # noqa: BLE001 - a bug must not stop the sequencer or lose the event
+                err = EventError(Reason.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
+                rejections.append(self._rejection(d.event_id, err, it, ts))
+                results.append(AppendResult(d.event_id, "rejected", reason=err.reason.value, detail=err.detail))
+                parked_done.add(d.event_id)
+                continue
+            # 5. accepted: chain it, apply its changes to the overlay and the registry
+            leaf = chain.leaf_of(d.signed)
+            prev = chain.entry_hash(prev, leaf)
+            entry_rows.append(
+                {
+                    "seq": seq,
+                    "event_id": d.event_id,
+                    "kind": d.kind.value,
+                    "facility_id": d.facility_id,
+                    "time": d.event.time,
+                    "data": d.signed,
+                    "leaf_hash": leaf,
+                    "entry_hash": prev,
+                    "appended_at": ts,
+                }
+            )
+            leaves.append(leaf)
+            ov.new_events[d.event_id] = d.signed
+            for b in outcome.new_batches:
+                ov.batches[b.batch_id] = b
+                new_batches[b.batch_id] = b
+            for b in outcome.touched:
+                if b.batch_id not in new_batches:
+                    touched[b.batch_id] = b
+            edges.extend(outcome.edges)
+            if d.kind in (Kind.FACILITY_REGISTERED, Kind.FACILITY_ATTESTED, Kind.KEY_ROTATED, Kind.KEY_REVOKED):
+                self.registry.apply(d.event, d.event_id)
+                facilities_changed.add(str(getattr(d.event, "subject_facility_id", "")))
+            results.append(AppendResult(d.event_id, "appended", seq=seq))
+            parked_done.add(d.event_id)
+            parked_new.pop(d.event_id, None)
+            seq += 1
+            # 6. children before parents: events waiting for the batches just made try again
+            for b in outcome.new_batches:
+                for waiting in sorted(self._parked_index.pop(b.batch_id, set())):
+                    queue.append(self._unpark(conn, waiting, parked_new))
+
+        # 7. write everything in this one transaction
+        if entry_rows:
+            conn.execute(ENTRIES.insert(), entry_rows)
+            start = self.size
+            nodes = tree.nodes_for_append(start, leaves, lambda keys: fetch_nodes(conn, keys))
+            conn.execute(NODES.insert(), [{"level": lv, "idx": ix, "hash": h} for lv, ix, h in nodes])
+        if new_batches:
+            conn.execute(BATCHES.insert(), [_batch_values(b) for b in new_batches.values()])
+        if touched:
+            conn.execute(
+                BATCHES.update()
+                .where(BATCHES.c.batch_id == bindparam("b_id"))
+                .values(consumed_kg=bindparam("b_consumed"), custody=bindparam("b_custody")),
+                [
+                    {"b_id": b.batch_id, "b_consumed": str(b.consumed_kg), "b_custody": b.custody_json()}
+                    for b in touched.values()
+                ],
+            )
+        if edges:
+            conn.execute(
+                EDGES.insert(),
+                [{"parent": e.parent, "child": e.child, "kg": str(e.kg), "seq": e.seq} for e in edges],
+            )
+        if rejections:
+            conn.execute(REJECTIONS.insert(), rejections)
+        self._write_facilities(conn, facilities_changed, seq)
+        done = sorted(parked_done - set(parked_new))
+        for part in chunks(done):
+            conn.execute(PARKED.delete().where(PARKED.c.event_id.in_(part)))
+        for row in parked_new.values():
+            conn.execute(PARKED.delete().where(PARKED.c.event_id == row["event_id"]))
+            conn.execute(PARKED.insert().values(**row))
+        self.size = seq
+        self.head_hash = prev
+        return results
+
+    def _unpark(self, conn: Connection, event_id: str, parked_new: dict[str, dict[str, Any]]) -> Incoming:
+        for ids in self._parked_index.values():
+            ids.discard(event_id)
+        if event_id in parked_new:
+            row = parked_new.pop(event_id)
+            data, source = bytes(row["data"]), str(row["source"])
+        else:
+            stored = conn.execute(select(PARKED.c.data, PARKED.c.source).where(PARKED.c.event_id == event_id)).first()
+            if stored is None:
+                return Incoming(raw=b"", error=EventError(Reason.INTERNAL_ERROR, f"parked event {event_id} vanished"))
+            data, source = bytes(stored.data), str(stored.source)
+        try:
+            return Incoming(raw=data, decoded=decode(data), signature_checked=False, source=source)
+        except EventError as exc:
+            return Incoming(raw=data, error=exc, source=source)
+
+    def _park_room(self) -> bool:
+        return sum(len(v) for v in self._parked_index.values()) < PARK_MAX_EVENTS
+
+    @staticmethod
+    def _rejection(event_id: str | None, err: EventError, it: Incoming, ts: datetime) -> dict[str, Any]:
+        return {
+            "event_id": event_id,
+            "reason": err.reason.value,
+            "detail": err.detail[:2000],
+            "raw": it.raw,
+            "source": it.source,
+            "created_at": ts,
+        }
+
+    def _write_facilities(self, conn: Connection, changed: set[str], seq: int) -> None:
+        when = now()
+        for fid in sorted(changed):
+            fac = self.registry.facilities.get(fid)
+            if fac is None:
+                continue
+            keys = [
+                {
+                    "key_id": k.key_id,
+                    "valid_from": k.valid_from.isoformat(),
+                    "valid_until": k.valid_until.isoformat() if k.valid_until else None,
+                    "revoked_at": k.revoked_at.isoformat() if k.revoked_at else None,
+                }
+                for (f, _), k in self.registry.keys.items()
+                if f == fid
+            ]
+            conn.execute(FACILITIES.delete().where(FACILITIES.c.facility_id == fid))
+            conn.execute(
+                FACILITIES.insert().values(
+                    facility_id=fid,
+                    legal_entity=fac.legal_entity,
+                    country=fac.country,
+                    roles=json.dumps(sorted(r.value for r in fac.roles)),
+                    feoc=fac.feoc_at(when),
+                    pfe=fac.pfe_at(when),
+                    keys=json.dumps(keys),
+                    seq=seq,
+                )
+            )
+
+    def _store_offsets(self, conn: Connection, offsets: Mapping[tuple[str, str, int], int]) -> None:
+        for (consumer, topic, partition), nxt in offsets.items():
+            where = (OFFSETS.c.consumer == consumer) & (OFFSETS.c.topic == topic) & (OFFSETS.c.partition == partition)
+            updated = conn.execute(OFFSETS.update().where(where).values(next_offset=nxt)).rowcount
+            if not updated:
+                conn.execute(
+                    OFFSETS.insert().values(consumer=consumer, topic=topic, partition=partition, next_offset=nxt)
+                )
+
+    def stored_offsets(self, consumer: str) -> dict[tuple[str, int], int]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(OFFSETS).where(OFFSETS.c.consumer == consumer))
+            return {(r.topic, r.partition): r.next_offset for r in rows}
+
+    def record_rejections(self, items: Sequence[Incoming], *, offsets: Mapping[tuple[str, str, int], int] | None = None) -> None:
+        """Record events rejected upstream (verify stage) with their original bytes."""
+        self.append(items, offsets=offsets)
+
+    def expire_parked(self, max_age: timedelta = PARK_MAX_AGE) -> list[AppendResult]:
+        """Reject parked events older than `max_age` whose parents never came (PARENTS_TIMEOUT)."""
+        cutoff = now() - max_age
+        with self.engine.begin() as conn:
+            rows = conn.execute(select(PARKED).where(PARKED.c.parked_at <= cutoff)).fetchall()
+            out: list[AppendResult] = []
+            ts = now()
+            for row in rows:
+                missing = json.loads(row.missing)
+                err = EventError(
+                    Reason.PARENTS_TIMEOUT,
+                    f"input batch(es) {', '.join(missing)} did not arrive within {max_age.total_seconds():g} s",
+                )
+                conn.execute(
+                    REJECTIONS.insert().values(
+                        event_id=row.event_id, reason=err.reason.value, detail=err.detail, raw=bytes(row.data),
+                        source=row.source, created_at=ts,
+                    )
+                )
+                conn.execute(PARKED.delete().where(PARKED.c.event_id == row.event_id))
+                for ids in self._parked_index.values():
+                    ids.discard(row.event_id)
+                out.append(AppendResult(row.event_id, "rejected", reason=err.reason.value, detail=err.detail))
+        self._parked_index = {k: v for k, v in self._parked_index.items() if v}
+        return out
+
+    def parked_count(self) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(PARKED)).scalar_one())
+
+    # -- checkpoints ------------------------------------------------------------------------------
+    def head(self) -> Head:
+        with self.engine.connect() as conn:
+            root = tree.root_from_nodes(self.size, lambda keys: fetch_nodes(conn, keys))
+        return Head(self.size, self.head_hash, root)
+
+    def make_checkpoint(self) -> str | None:
+        """Sign the current tree head (C2SP checkpoint) unless the latest checkpoint already covers it."""
+        if self.operator_key is None:
+            raise StoreError("signing a checkpoint needs the operator key (--operator-key)")
+        with self.engine.begin() as conn:
+            latest = conn.execute(select(CHECKPOINTS.c.size).order_by(CHECKPOINTS.c.size.desc()).limit(1)).first()
+            if latest is not None and latest.size >= self.size:
+                return None
+            root = tree.root_from_nodes(self.size, lambda keys: fetch_nodes(conn, keys))
+            body = Checkpoint(self.origin, self.size, root).body()
+            note = sign_note(body, self.origin, self.operator_key)
+            conn.execute(CHECKPOINTS.insert().values(size=self.size, root_hash=root, note=note, created_at=now()))
+        return note
+
+    def latest_checkpoint(self) -> str | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(CHECKPOINTS.c.note).order_by(CHECKPOINTS.c.size.desc()).limit(1)).first()
+            return None if row is None else str(row.note)
+
+    # -- queries --------------------------------------------------------------------------------
+    def batch(self, batch_id: str) -> BatchState | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(BATCHES.select().where(BATCHES.c.batch_id == batch_id)).first()
+            return None if row is None else row_to_batch(row)
+
+    def entry_data(self, event_ids: Iterable[str]) -> dict[str, tuple[int, bytes]]:
+        out: dict[str, tuple[int, bytes]] = {}
+        with self.engine.connect() as conn:
+            for part in chunks(sorted(set(event_ids))):
+                for row in conn.execute(
+                    select(ENTRIES.c.event_id, ENTRIES.c.seq, ENTRIES.c.data).where(ENTRIES.c.event_id.in_(part))
+                ):
+                    out[row.event_id] = (row.seq, bytes(row.data))
+        return out
+
+    def stats(self) -> dict[str, Any]:
+        with self.engine.connect() as conn:
+            rej = conn.execute(
+                select(REJECTIONS.c.reason, func.count()).group_by(REJECTIONS.c.reason).order_by(REJECTIONS.c.reason)
+            ).all()
+            batches = conn.execute(select(func.count()).select_from(BATCHES)).scalar_one()
+            parked = conn.execute(select(func.count()).select_from(PARKED)).scalar_one()
+            ck = conn.execute(select(CHECKPOINTS.c.size).order_by(CHECKPOINTS.c.size.desc()).limit(1)).first()
+        return {
+            "origin": self.origin,
+            "entries": self.size,
+            "head": self.head_hash.hex(),
+            "batches": int(batches),
+            "parked": int(parked),
+            "facilities": len(self.registry.facilities),
+            "rejections": {str(r[0]): int(r[1]) for r in rej},
+            "latest_checkpoint_size": None if ck is None else int(ck.size),
+        }
+
+    def element_list(self) -> tuple[Element, ...]:
+        return ELEMENTS

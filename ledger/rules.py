@@ -1,0 +1,290 @@
+"""Append rules: what the sequencer checks before an event becomes a ledger entry.
+
+Pure: the rules read and write `BatchState` records through a `StateView` (the store's rows plus the
+uncommitted changes of the current append batch) and never touch a database themselves. Each failure
+is an `EventError` with a stable reason code.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import Protocol
+
+from schemas.events import (
+    ELEMENTS,
+    REGISTRY_KINDS,
+    STAGE_OF_KIND,
+    BatchExtracted,
+    BatchOutput,
+    BatchReceived,
+    BatchRecycled,
+    BatchShipped,
+    Correction,
+    Element,
+    Kind,
+    Stage,
+    SupplierCertified,
+)
+from schemas.reasons import EventError, Reason
+from schemas.signing import DecodedEvent
+
+from ledger.registry import Registry
+
+# Per-element mass conservation: outputs may contain at most the inputs' contained mass times
+# (1 + MASS_TOLERANCE_REL) plus MASS_TOLERANCE_ABS_KG. Assays of one lot differ by a few tenths of a
+# percent between labs; anything beyond that is material appearing from nowhere.
+MASS_TOLERANCE_REL = Decimal("0.005")
+MASS_TOLERANCE_ABS_KG = Decimal("0.001")
+
+# Which stages a transformation may consume. Material only flows forward; a cell, module or pack goes
+# back to processing only through recycling.
+ALLOWED_PARENT_STAGES: dict[Kind, frozenset[Stage]] = {
+    Kind.BATCH_EXTRACTED: frozenset(),
+    Kind.BATCH_PROCESSED: frozenset({Stage.EXTRACTION, Stage.PROCESSING, Stage.RECYCLING}),
+    Kind.MATERIAL_PRODUCED: frozenset({Stage.PROCESSING, Stage.MATERIAL, Stage.RECYCLING}),
+    Kind.CELLS_PRODUCED: frozenset({Stage.PROCESSING, Stage.MATERIAL}),
+    Kind.MODULES_ASSEMBLED: frozenset({Stage.CELL, Stage.MATERIAL}),
+    Kind.PACKS_ASSEMBLED: frozenset({Stage.CELL, Stage.MODULE, Stage.MATERIAL}),
+    Kind.BATCH_RECYCLED: frozenset(
+        {Stage.PROCESSING, Stage.MATERIAL, Stage.CELL, Stage.MODULE, Stage.PACK, Stage.RECYCLING}
+    ),
+}
+
+
+@dataclass(slots=True)
+class BatchState:
+    """What the ledger knows of a batch; `consumed_kg` and `holders` change as events arrive."""
+
+    batch_id: str
+    event_id: str
+    seq: int
+    kind: Kind
+    facility_id: str
+    country: str
+    feoc: bool
+    pfe: bool
+    time: datetime
+    material: str
+    kg: Decimal
+    contained: dict[Element, Decimal]
+    value_usd: Decimal | None = None
+    consumed_kg: Decimal = Decimal(0)
+    holders: dict[str, Decimal] = field(default_factory=dict)  # facility -> kg it holds (custody)
+    in_transit: dict[str, Decimal] = field(default_factory=dict)  # facility -> kg shipped to it
+    extra: dict[str, str] = field(default_factory=dict)  # kind-specific facts (recycling feed, kwh, ...)
+
+    @property
+    def stage(self) -> Stage:
+        return STAGE_OF_KIND[self.kind]
+
+    @property
+    def available_kg(self) -> Decimal:
+        return self.kg - self.consumed_kg
+
+    def custody_json(self) -> str:
+        return json.dumps(
+            {"holders": {k: str(v) for k, v in self.holders.items()},
+             "in_transit": {k: str(v) for k, v in self.in_transit.items()}},
+            sort_keys=True,
+        )
+
+    def load_custody(self, text: str) -> None:
+        data = json.loads(text)
+        self.holders = {k: Decimal(v) for k, v in data.get("holders", {}).items()}
+        self.in_transit = {k: Decimal(v) for k, v in data.get("in_transit", {}).items()}
+
+
+@dataclass(frozen=True, slots=True)
+class Edge:
+    parent: str
+    child: str
+    kg: Decimal
+    seq: int
+
+
+class StateView(Protocol):
+    def batch(self, batch_id: str) -> BatchState | None: ...
+
+    def event_bytes(self, event_id: str) -> bytes | None: ...
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What appending one event changes (applied by the caller only when the event is accepted)."""
+
+    new_batches: list[BatchState] = field(default_factory=list)
+    touched: list[BatchState] = field(default_factory=list)
+    edges: list[Edge] = field(default_factory=list)
+
+
+def _fmt(x: Decimal) -> str:
+    return f"{x.normalize():f}"
+
+
+def check_and_plan(decoded: DecodedEvent, state: StateView, registry: Registry, seq: int) -> Outcome:
+    """Rules 1-9 for one event whose identity `registry.authorize` has accepted.
+
+    Returns the changes to make; does not apply them, so a rejected event leaves no trace in `state`.
+    """
+    ev = decoded.event
+    kind = decoded.kind
+    out = Outcome()
+    if kind in REGISTRY_KINDS:
+        registry.check_registry_event(ev)
+        return out
+    if isinstance(ev, Correction):
+        # corrections point at an existing event and never rewrite it
+        if ev.corrects == decoded.event_id or state.event_bytes(ev.corrects) is None:
+            raise EventError(Reason.CORRECTION_TARGET, f"event {ev.corrects} is not in the ledger")
+        return out
+    if isinstance(ev, SupplierCertified):
+        for bid in ev.batch_ids:
+            b = state.batch(bid)
+            if b is None:
+                raise EventError(Reason.UNKNOWN_INPUT, f"certified batch {bid!r} is not in the ledger")
+            if b.facility_id != ev.facility_id:
+                raise EventError(Reason.NOT_CUSTODIAN, f"{ev.facility_id} did not produce batch {bid!r}")
+        return out
+    if isinstance(ev, BatchShipped):
+        b = _existing(state, ev.batch_id)
+        held = b.holders.get(ev.facility_id, Decimal(0))
+        if held < ev.kg:
+            raise EventError(
+                Reason.NOT_CUSTODIAN,
+                f"{ev.facility_id} holds {_fmt(held)} kg of {ev.batch_id}, cannot ship {_fmt(ev.kg)} kg",
+            )
+        if registry.facilities.get(ev.to_facility_id) is None:
+            raise EventError(Reason.UNKNOWN_FACILITY, f"consignee {ev.to_facility_id!r} is not registered")
+        b.holders[ev.facility_id] = held - ev.kg
+        b.in_transit[ev.to_facility_id] = b.in_transit.get(ev.to_facility_id, Decimal(0)) + ev.kg
+        out.touched.append(b)
+        return out
+    if isinstance(ev, BatchReceived):
+        b = _existing(state, ev.batch_id)
+        pending = b.in_transit.get(ev.facility_id, Decimal(0))
+        if pending < ev.kg:
+            raise EventError(
+                Reason.NOT_CUSTODIAN,
+                f"only {_fmt(pending)} kg of {ev.batch_id} is in transit to {ev.facility_id}; "
+                f"cannot receive {_fmt(ev.kg)} kg",
+            )
+        b.in_transit[ev.facility_id] = pending - ev.kg
+        b.holders[ev.facility_id] = b.holders.get(ev.facility_id, Decimal(0)) + ev.kg
+        out.touched.append(b)
+        return out
+    return _transform(decoded, state, registry, seq, out)
+
+
+def _existing(state: StateView, batch_id: str) -> BatchState:
+    b = state.batch(batch_id)
+    if b is None:
+        raise EventError(Reason.UNKNOWN_INPUT, f"batch {batch_id!r} is not in the ledger")
+    return b
+
+
+def _transform(decoded: DecodedEvent, state: StateView, registry: Registry, seq: int, out: Outcome) -> Outcome:
+    ev = decoded.event
+    kind = decoded.kind
+    assert not isinstance(ev, BatchShipped | BatchReceived | Correction | SupplierCertified)
+    inputs = list(getattr(ev, "inputs", []))
+    outputs: list[BatchOutput] = list(getattr(ev, "outputs", []))
+    in_ids = {i.batch_id for i in inputs}
+    # 1. no cycles: a batch cannot feed the event that creates it
+    loop = in_ids & {o.batch_id for o in outputs}
+    if loop:
+        raise EventError(Reason.CYCLE, f"batch {sorted(loop)[0]!r} is both input and output")
+    # 2. outputs are new ids
+    for o in outputs:
+        if state.batch(o.batch_id) is not None:
+            raise EventError(Reason.BATCH_EXISTS, f"batch {o.batch_id!r} already exists in the ledger")
+    # 3. inputs exist, are held by the consuming facility and are not overdrawn
+    parents: list[tuple[BatchState, Decimal]] = []
+    for i in inputs:
+        p = state.batch(i.batch_id)
+        if p is None:
+            raise EventError(Reason.UNKNOWN_INPUT, f"input batch {i.batch_id!r} is not in the ledger")
+        held = p.holders.get(ev.facility_id, Decimal(0))
+        if held < i.kg:
+            if p.available_kg < i.kg:
+                raise EventError(
+                    Reason.OVERDRAWN,
+                    f"batch {i.batch_id!r} has {_fmt(p.available_kg)} kg left of {_fmt(p.kg)} kg; "
+                    f"{_fmt(i.kg)} kg requested",
+                )
+            raise EventError(
+                Reason.NOT_CUSTODIAN,
+                f"{ev.facility_id} holds {_fmt(held)} kg of {i.batch_id!r}; ship and receive it before use",
+            )
+        # 4. plausible stage order
+        allowed = ALLOWED_PARENT_STAGES[kind]
+        if p.stage not in allowed:
+            raise EventError(
+                Reason.STAGE_ORDER,
+                f"{kind.value} cannot consume {p.stage.value}-stage batch {i.batch_id!r}"
+                + (" (only through recycling)" if p.stage in (Stage.CELL, Stage.MODULE, Stage.PACK) else ""),
+            )
+        parents.append((p, i.kg))
+    # 5. per-element mass conservation
+    external = list(ev.external_feed) if isinstance(ev, BatchRecycled) else []
+    if not isinstance(ev, BatchExtracted):
+        for el in ELEMENTS:
+            supplied = sum(
+                (p.contained[el] * kg / p.kg for p, kg in parents if p.kg > 0), Decimal(0)
+            ) + sum((f.contained_kg.get(el) for f in external), Decimal(0))
+            produced = sum((o.contained_kg.get(el) for o in outputs), Decimal(0))
+            limit = supplied * (1 + MASS_TOLERANCE_REL) + MASS_TOLERANCE_ABS_KG
+            if produced > limit:
+                raise EventError(
+                    Reason.MASS_NOT_CONSERVED,
+                    f"outputs contain {_fmt(produced)} kg {el.value}, inputs supply {_fmt(supplied)} kg "
+                    f"(tolerance {MASS_TOLERANCE_REL * 100}% + {MASS_TOLERANCE_ABS_KG} kg)",
+                )
+    # all checks passed: plan the changes
+    fac = registry.facilities[ev.facility_id]
+    for p, kg in parents:
+        p.consumed_kg += kg
+        p.holders[ev.facility_id] -= kg
+        out.touched.append(p)
+    extra: dict[str, str] = {}
+    if isinstance(ev, BatchRecycled):
+        extra["feed_consumer"] = ev.feed_consumer
+        if external:
+            extra["external_feed"] = json.dumps([f.model_dump(mode="json") for f in external], sort_keys=True)
+    for o in outputs:
+        b = BatchState(
+            batch_id=o.batch_id,
+            event_id=decoded.event_id,
+            seq=seq,
+            kind=kind,
+            facility_id=ev.facility_id,
+            country=fac.country,
+            feoc=fac.feoc_at(ev.time),
+            pfe=fac.pfe_at(ev.time),
+            time=ev.time,
+            material=o.material,
+            kg=o.kg,
+            contained={el: o.contained_kg.get(el) for el in ELEMENTS},
+            value_usd=o.value_usd,
+            holders={ev.facility_id: o.kg},
+            extra=dict(extra),
+        )
+        out.new_batches.append(b)
+        for p, kg in parents:
+            out.edges.append(Edge(p.batch_id, o.batch_id, kg, seq))
+    return out
+
+
+def input_ids(decoded: DecodedEvent) -> Iterable[str]:
+    """Batch ids an event needs to exist before it can be appended (for children-before-parents)."""
+    ev = decoded.event
+    for i in getattr(ev, "inputs", ()):
+        yield i.batch_id
+    for attr in ("batch_id",):
+        value = getattr(ev, attr, None)
+        if isinstance(value, str):
+            yield value
+    yield from getattr(ev, "batch_ids", ())

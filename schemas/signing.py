@@ -1,0 +1,220 @@
+"""Ed25519 keys and signed events.
+
+A signed event is the event's JSON object plus `"sig": {"alg": "Ed25519", "key_id": ..., "value": ...}`.
+The signature covers the RFC 8785 canonical bytes of the object without `sig`; the event id is the
+SHA-256 of those same bytes, so a replay is recognisably the same event. Verification works on the bytes
+received (parsed, `sig` removed, canonicalised), never on a re-serialised model.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from pydantic import BaseModel, ValidationError
+
+from schemas.canonical import CanonicalError, canonicalize, encode_validated
+from schemas.events import MAX_EVENT_BYTES, Event, Kind, event_to_json_obj, parse_event
+from schemas.reasons import EventError, Reason
+
+SIG_FIELD = "sig"
+ALG = "Ed25519"
+
+
+class KeyFileError(Exception):
+    def diagnostics(self) -> str:
+        return str(self)
+
+
+def key_id(public_key: Ed25519PublicKey) -> str:
+    """Fingerprint: first 8 bytes of SHA-256 of the raw public key, hex (16 characters)."""
+    return hashlib.sha256(public_bytes(public_key)).hexdigest()[:16]
+
+
+def public_bytes(public_key: Ed25519PublicKey) -> bytes:
+    return public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def public_key_b64(public_key: Ed25519PublicKey) -> str:
+    return base64.b64encode(public_bytes(public_key)).decode("ascii")
+
+
+def public_key_from_b64(text: str) -> Ed25519PublicKey:
+    try:
+        raw = base64.b64decode(text, validate=True)
+        return Ed25519PublicKey.from_public_bytes(raw)
+    except (binascii.Error, ValueError) as exc:
+        raise KeyFileError(f"not a base64 Ed25519 public key: {exc}") from exc
+
+
+def generate_key() -> Ed25519PrivateKey:
+    return Ed25519PrivateKey.generate()
+
+
+def save_private_key(key: Ed25519PrivateKey, path: Path, passphrase: bytes | None = None) -> Path:
+    """Write PKCS#8 PEM with mode 0600 (created so, never widened), plus `<path>.pub` (base64 raw)."""
+    enc: serialization.KeySerializationEncryption = (
+        serialization.BestAvailableEncryption(passphrase) if passphrase else serialization.NoEncryption()
+    )
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, enc)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists():
+        raise KeyFileError(f"{path} exists; refusing to overwrite a private key")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(pem)
+    os.chmod(path, 0o600)
+    pub_path = path.with_name(path.name + ".pub")
+    pub_path.write_text(public_key_b64(key.public_key()) + "\n")
+    return pub_path
+
+
+def load_private_key(path: Path, passphrase: bytes | None = None) -> Ed25519PrivateKey:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise KeyFileError(f"cannot read key file {path}: {exc.strerror}") from exc
+    try:
+        key = serialization.load_pem_private_key(data, password=passphrase)
+    except TypeError as exc:
+        raise KeyFileError(f"{path} is encrypted: give its passphrase (--passphrase-env VAR)") from exc
+    except ValueError as exc:
+        raise KeyFileError(f"{path}: not a readable private key or wrong passphrase ({exc})") from exc
+    if not isinstance(key, Ed25519PrivateKey):
+        raise KeyFileError(f"{path} holds a {type(key).__name__}, not an Ed25519 key")
+    return key
+
+
+def load_public_key(path: Path) -> Ed25519PublicKey:
+    try:
+        text = path.read_text().strip()
+    except OSError as exc:
+        raise KeyFileError(f"cannot read public key file {path}: {exc.strerror}") from exc
+    if text.startswith("-----BEGIN"):
+        key = serialization.load_pem_public_key(text.encode())
+        if not isinstance(key, Ed25519PublicKey):
+            raise KeyFileError(f"{path} is not an Ed25519 public key")
+        return key
+    return public_key_from_b64(text)
+
+
+def sign_object(obj: dict[str, Any], key: Ed25519PrivateKey) -> tuple[bytes, str]:
+    """Sign an unsigned event object. Returns (canonical signed bytes, event id)."""
+    if SIG_FIELD in obj:
+        raise ValueError("event is already signed")
+    unsigned = canonicalize(obj)
+    signature = key.sign(unsigned)
+    signed_obj = dict(obj)
+    signed_obj[SIG_FIELD] = {
+        "alg": ALG,
+        "key_id": key_id(key.public_key()),
+        "value": base64.b64encode(signature).decode("ascii"),
+    }
+    return canonicalize(signed_obj), hashlib.sha256(unsigned).hexdigest()
+
+
+def sign_event(event: BaseModel | dict[str, Any], key: Ed25519PrivateKey) -> tuple[bytes, str]:
+    """Validate then sign an event (model or dict). Returns (canonical signed bytes, event id)."""
+    obj = event_to_json_obj(event) if isinstance(event, BaseModel) else dict(event)
+    parse_event(obj)  # refuse to sign what the ledger would reject as schema-invalid
+    return sign_object(obj, key)
+
+
+@dataclass(frozen=True, slots=True)
+class DecodedEvent:
+    """A signed event parsed from wire bytes; its signature is not yet checked."""
+
+    event_id: str
+    unsigned: bytes  # canonical bytes the signature covers
+    signed: bytes  # canonical bytes of the whole signed event: what the ledger stores
+    key_id: str
+    signature: bytes
+    event: Event
+
+    @property
+    def kind(self) -> Kind:
+        return Kind(self.event.kind)
+
+    @property
+    def facility_id(self) -> str:
+        return self.event.facility_id
+
+
+def decode(raw: bytes) -> DecodedEvent:
+    """Parse and validate wire bytes. Raises EventError with a stable reason."""
+    # 1. size limit first: never parse an arbitrarily large body
+    if len(raw) > MAX_EVENT_BYTES:
+        raise EventError(Reason.OVERSIZED, f"event is {len(raw)} bytes; the limit is {MAX_EVENT_BYTES}")
+    # 2. JSON object, UTF-8
+    try:
+        obj = json.loads(raw)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise EventError(Reason.MALFORMED, f"not UTF-8 JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise EventError(Reason.MALFORMED, f"expected a JSON object, got {type(obj).__name__}")
+    # 3. detached signature
+    sig = obj.pop(SIG_FIELD, None)
+    if not isinstance(sig, dict):
+        raise EventError(Reason.MISSING_SIGNATURE, 'no "sig" object: events must be signed')
+    if sig.get("alg") != ALG or not isinstance(sig.get("key_id"), str) or not isinstance(sig.get("value"), str):
+        raise EventError(Reason.MISSING_SIGNATURE, 'sig must be {"alg": "Ed25519", "key_id": ..., "value": ...}')
+    if set(sig) != {"alg", "key_id", "value"}:
+        raise EventError(Reason.SCHEMA_INVALID, f"unknown fields in sig: {sorted(set(sig) - {'alg', 'key_id', 'value'})}")
+    try:
+        signature = base64.b64decode(sig["value"], validate=True)
+    except binascii.Error:
+        raise EventError(Reason.BAD_SIGNATURE, "signature is not base64") from None
+    if len(signature) != 64:
+        raise EventError(Reason.BAD_SIGNATURE, f"signature is {len(signature)} bytes, Ed25519 needs 64")
+    # 4. kind known?
+    kind = obj.get("kind")
+    if not isinstance(kind, str) or kind not in Kind._value2member_map_:
+        raise EventError(Reason.UNKNOWN_KIND, f"unknown event kind {kind!r}")
+    # 5. schema (before canonicalising: a valid event holds only strings, bounded ints, bools, lists
+    #    and objects with schema keys, which is exactly the fast path of `encode_validated`)
+    try:
+        event = parse_event(obj)
+    except ValidationError as exc:
+        raise EventError(Reason.SCHEMA_INVALID, _summarise(exc)) from None
+    # 6. canonical bytes of what was received (RFC 8785); id = SHA-256 of them
+    try:
+        unsigned = encode_validated(obj)
+        obj[SIG_FIELD] = sig
+        signed = encode_validated(obj)
+    except CanonicalError as exc:
+        raise EventError(Reason.MALFORMED, f"not canonicalisable JSON: {exc}") from None
+    return DecodedEvent(
+        event_id=hashlib.sha256(unsigned).hexdigest(),
+        unsigned=unsigned,
+        signed=signed,
+        key_id=sig["key_id"],
+        signature=signature,
+        event=event,
+    )
+
+
+def verify_signature(decoded: DecodedEvent, public_key: Ed25519PublicKey) -> None:
+    try:
+        public_key.verify(decoded.signature, decoded.unsigned)
+    except InvalidSignature:
+        raise EventError(
+            Reason.BAD_SIGNATURE, f"signature does not verify under key {decoded.key_id} of {decoded.facility_id}"
+        ) from None
+
+
+def _summarise(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:5]:
+        loc = ".".join(str(p) for p in err["loc"]) or "(event)"
+        parts.append(f"{loc}: {err['msg']}")
+    more = exc.error_count() - 5
+    return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")

@@ -1,0 +1,842 @@
+"""A real Apache Kafka broker on this machine: fetched from Maven Central, run as a child JVM.
+
+There is no Kafka package in Debian and no Docker engine here, so the broker's jars come from Maven
+Central (``streams/broker/pom.xml``) and run as ``java -cp 'libs/*' kafka.Kafka server.properties``:
+exactly what ``bin/kafka-server-start.sh`` does. One node in KRaft combined mode (broker + controller),
+bound to 127.0.0.1 on free ports, so tests can run while a demo broker is up.
+
+Entry points:
+
+* :func:`fetch` - copy the broker's jars into the cache (once; Maven's ~/.m2 caches the downloads).
+* :class:`LocalBroker` - start/stop a broker owned by this process (tests, context manager).
+* :func:`start_background`, :func:`status`, :func:`stop_background` - a broker that outlives the
+  command that started it (``batteryledger broker start|status|stop``), tracked by a state file.
+* :func:`create_topics` - create topics idempotently with kafka-python's admin client.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from streams.topics import TopicSpec
+
+__all__ = [
+    "CACHE_ENV",
+    "KAFKA_VERSION",
+    "LOG4J_CONFIG",
+    "POM_PATH",
+    "STATE_ENV",
+    "BrokerError",
+    "BrokerStatus",
+    "LocalBroker",
+    "create_topics",
+    "default_cache_dir",
+    "default_state_dir",
+    "fetch",
+    "start_background",
+    "status",
+    "stop_background",
+]
+
+BROKER_FILES = Path(__file__).resolve().parent / "broker"
+POM_PATH = BROKER_FILES / "pom.xml"
+LOG4J_CONFIG = BROKER_FILES / "log4j2.properties"
+
+#: Cache root (jars go to ``$BATTERYLEDGER_CACHE/kafka``); default ``<checkout>/.cache``.
+CACHE_ENV = "BATTERYLEDGER_CACHE"
+#: Where ``batteryledger broker start`` keeps its state file and data; default ``<checkout>/.cache/broker-run``.
+STATE_ENV = "BATTERYLEDGER_STATE"
+
+#: A cold fetch downloads about 45 MB of jars; allow for a slow mirror, but never hang forever.
+MVN_TIMEOUT_S = 900.0
+#: Broker message.max.bytes: Kafka's default (1 MiB + record batch overhead). Our topics set
+#: max.message.bytes to 1 MiB (streams.topics.TOPIC_MAX_MESSAGE_BYTES), far above MAX_EVENT_BYTES, so
+#: oversized events reach the verifier and are rejected with a reason instead of bouncing off the broker.
+BROKER_MESSAGE_MAX_BYTES = 1048588
+
+_MARKER = "fetched.ok"
+_STATE_FILE = "broker.json"
+_LOG_FILE = "broker.log"
+_PROPERTIES_FILE = "server.properties"
+_CLUSTER_ID = re.compile(r"^[A-Za-z0-9_-]{22}$")
+_HEAP = re.compile(r"^[1-9][0-9]*[kKmMgG]?$")
+_PORT_RETRIES = 3
+
+
+def _pom_kafka_version() -> str:
+    """The pom is the single source of the Kafka version (compose and tests read it from there too)."""
+    ns = {"m": "http://maven.apache.org/POM/4.0.0"}
+    node = ET.parse(POM_PATH).getroot().find("m:properties/m:kafka.version", ns)
+    if node is None or not (node.text or "").strip():
+        raise RuntimeError(f"{POM_PATH} has no <kafka.version> property")
+    return (node.text or "").strip()
+
+
+KAFKA_VERSION = _pom_kafka_version()
+
+
+class BrokerError(RuntimeError):
+    """The local broker could not be fetched, started, reached or stopped.
+
+    ``summary`` is one line naming what failed and the fix; ``log_path`` and ``log_tail`` carry the
+    evidence (Maven's or the broker's output). ``str()`` is the full :meth:`diagnostics`.
+    """
+
+    def __init__(self, summary: str, *, log_path: Path | None = None, log_tail: str = "") -> None:
+        self.summary = summary
+        self.log_path = log_path
+        self.log_tail = log_tail
+        super().__init__(self.diagnostics())
+
+    def one_line(self) -> str:
+        """For a CLI: the summary plus where the full log is."""
+        return f"{self.summary} (log: {self.log_path})" if self.log_path else self.summary
+
+    def diagnostics(self) -> str:
+        text = self.summary
+        if self.log_path:
+            text += f"\nlog: {self.log_path}"
+        if self.log_tail.strip():
+            text += f"\n--- last lines of the log ---\n{self.log_tail.rstrip()}"
+        return text
+
+
+# --------------------------------------------------------------------------------------------- paths
+
+
+def _checkout_root() -> Path | None:
+    """The repository root when running from a checkout (editable install), else None."""
+    root = Path(__file__).resolve().parents[1]
+    if (root / "pyproject.toml").is_file() and (root / "streams" / "broker" / "pom.xml").is_file():
+        return root
+    return None
+
+
+def _cache_root() -> Path:
+    env = os.environ.get(CACHE_ENV, "").strip()
+    if env:
+        return Path(env).expanduser()
+    root = _checkout_root()
+    if root is not None:
+        return root / ".cache"
+    xdg = os.environ.get("XDG_CACHE_HOME", "").strip() or "~/.cache"
+    return Path(xdg).expanduser() / "batteryledger"
+
+
+def default_cache_dir() -> Path:
+    """Where fetched jars live: ``$BATTERYLEDGER_CACHE/kafka`` or ``<checkout>/.cache/kafka``."""
+    return _cache_root() / "kafka"
+
+
+def default_state_dir() -> Path:
+    """State of the background broker: ``$BATTERYLEDGER_STATE`` or ``<checkout>/.cache/broker-run``."""
+    env = os.environ.get(STATE_ENV, "").strip()
+    if env:
+        return Path(env).expanduser()
+    root = _checkout_root()
+    base = root / ".cache" if root is not None else _cache_root()
+    return base / "broker-run"
+
+
+def _tail(path: Path, n: int) -> str:
+    try:
+        with path.open("rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            fh.seek(max(0, size - 256 * 1024))
+            data = fh.read()
+    except OSError:
+        return ""
+    lines = data.decode("utf-8", errors="replace").splitlines()
+    return "\n".join(lines[-n:])
+
+
+# --------------------------------------------------------------------------------------------- fetch
+
+
+def _pom_digest() -> str:
+    return hashlib.sha256(POM_PATH.read_bytes()).hexdigest()
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Serialise fetches across processes (two test sessions may start cold at once)."""
+    with path.open("a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _is_fetched(home: Path, digest: str) -> bool:
+    marker = home / _MARKER
+    try:
+        return marker.read_text().strip() == digest and any((home / "libs").glob("kafka_2.13-*.jar"))
+    except OSError:
+        return False
+
+
+def fetch(cache_dir: Path | None = None, *, timeout: float = MVN_TIMEOUT_S) -> Path:
+    """Make sure the broker's jars are in ``<cache_dir>/kafka-<version>/libs`` and return that folder.
+
+    Runs Maven only when the jars are missing or the pom changed since they were fetched (a marker file
+    holding the pom's SHA-256 is written after a complete copy; partial copies are never used).
+    """
+    cache_dir = default_cache_dir() if cache_dir is None else Path(cache_dir)
+    home = cache_dir / f"kafka-{KAFKA_VERSION}"
+    digest = _pom_digest()
+    if _is_fetched(home, digest):
+        return home / "libs"
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise BrokerError(
+            f"Maven (mvn) is not on PATH, so Kafka {KAFKA_VERSION} cannot be fetched: install it "
+            "(apt-get install maven, or run scripts/install-system-deps.sh)"
+        )
+    home.mkdir(parents=True, exist_ok=True)
+    with _locked(home / ".lock"):
+        if _is_fetched(home, digest):
+            return home / "libs"
+        staging = home / "libs.partial"
+        shutil.rmtree(staging, ignore_errors=True)
+        log_path = home / "mvn.log"
+        cmd = [
+            mvn,
+            "-q",
+            "-B",
+            "dependency:copy-dependencies",
+            "-DincludeScope=runtime",
+            f"-DoutputDirectory={staging}",
+            "-f",
+            str(POM_PATH),
+        ]
+        with log_path.open("w") as log:
+            log.write("$ " + " ".join(cmd) + "\n")
+            log.flush()
+            try:
+                proc = subprocess.run(
+                    cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, timeout=timeout
+                )
+            except subprocess.TimeoutExpired:
+                raise BrokerError(
+                    f"Maven did not finish fetching Kafka {KAFKA_VERSION} within {timeout:.0f} s: "
+                    "check access to Maven Central and run `batteryledger broker fetch` again",
+                    log_path=log_path,
+                    log_tail=_tail(log_path, 40),
+                ) from None
+        if proc.returncode != 0 or not any(staging.glob("kafka_2.13-*.jar")):
+            raise BrokerError(
+                f"Maven could not fetch Kafka {KAFKA_VERSION} (exit code {proc.returncode}): check access "
+                "to Maven Central (proxy settings in ~/.m2/settings.xml) and run `batteryledger broker fetch`",
+                log_path=log_path,
+                log_tail=_tail(log_path, 40),
+            )
+        libs = home / "libs"
+        shutil.rmtree(libs, ignore_errors=True)
+        staging.rename(libs)
+        (home / _MARKER).write_text(digest + "\n")
+    return libs
+
+
+# -------------------------------------------------------------------------------------------- broker
+
+
+def _free_port(avoid: Iterable[int] = ()) -> int:
+    avoid = set(avoid)
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port not in avoid:
+            return port
+
+
+def _port_open(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _admin(bootstrap: str, timeout: float) -> Any:
+    from kafka import KafkaAdminClient
+
+    ms = max(1000, int(timeout * 1000))
+    return KafkaAdminClient(
+        bootstrap_servers=bootstrap,
+        client_id="batteryledger-admin",
+        bootstrap_timeout_ms=ms,
+        request_timeout_ms=ms,
+    )
+
+
+def _cluster_ready(bootstrap: str, timeout: float) -> bool:
+    """True once the broker answers metadata and lists itself (registered and unfenced)."""
+    try:
+        admin = _admin(bootstrap, timeout)
+    except Exception:
+        return False
+    try:
+        return bool(admin.describe_cluster().get("brokers"))
+    except Exception:
+        return False
+    finally:
+        admin.close()
+
+
+class _PortTaken(Exception):
+    """The broker lost the race for a port we picked (another process bound it first)."""
+
+
+class LocalBroker:
+    """One Kafka broker (KRaft, broker+controller, single node) on 127.0.0.1, owned by this process.
+
+    ``data_dir`` holds server.properties, broker.log and the Kafka log dirs; it is formatted on first
+    start and reused afterwards (topics survive a restart). Ports are picked free at start unless given.
+    """
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        cache_dir: Path | None = None,
+        port: int | None = None,
+        controller_port: int | None = None,
+        heap: str = "1g",
+    ) -> None:
+        if not _HEAP.match(heap):
+            raise BrokerError(f"heap size {heap!r} is not a JVM size: use e.g. '1g' or '768m'")
+        self.data_dir = Path(data_dir).resolve()
+        self.cache_dir = default_cache_dir() if cache_dir is None else Path(cache_dir)
+        self.heap = heap
+        self._want_port = port
+        self._want_controller_port = controller_port
+        self._port: int | None = None
+        self._controller_port: int | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def __repr__(self) -> str:
+        where = self._bootstrap_or_none() or "not running"
+        return f"LocalBroker({str(self.data_dir)!r}, {where})"
+
+    # -- properties
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir / _LOG_FILE
+
+    @property
+    def properties_path(self) -> Path:
+        return self.data_dir / _PROPERTIES_FILE
+
+    @property
+    def port(self) -> int | None:
+        return self._port
+
+    @property
+    def controller_port(self) -> int | None:
+        return self._controller_port
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def bootstrap(self) -> str:
+        """``127.0.0.1:<port>`` of the running broker."""
+        found = self._bootstrap_or_none()
+        if found is None:
+            raise BrokerError("the broker is not running: call start() first")
+        return found
+
+    def _bootstrap_or_none(self) -> str | None:
+        if self._port is None or not self.is_running():
+            return None
+        return f"127.0.0.1:{self._port}"
+
+    def is_running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def log_tail(self, n: int = 60) -> str:
+        """The last ``n`` lines of the broker's log (stdout and stderr of the JVM)."""
+        return _tail(self.log_path, n)
+
+    # -- lifecycle
+
+    def __enter__(self) -> LocalBroker:
+        if not self.is_running():
+            self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def start(self, timeout: float = 60.0) -> str:
+        """Start the broker and wait until it serves metadata; returns the bootstrap address.
+
+        ``timeout`` bounds the wait after launch (fetching jars, done once, is not counted). Raises
+        :class:`BrokerError` with the log tail if the JVM exits or the broker does not answer in time.
+        """
+        if self.is_running():
+            return self.bootstrap
+        java = shutil.which("java")
+        if java is None:
+            raise BrokerError(
+                "java is not on PATH: install Java 17 or newer (apt-get install openjdk-17-jre-headless)"
+            )
+        libs = fetch(self.cache_dir)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        fixed_ports = self._want_port is not None or self._want_controller_port is not None
+        attempts = 1 if fixed_ports else _PORT_RETRIES
+        for attempt in range(1, attempts + 1):
+            port = self._want_port or _free_port()
+            cport = self._want_controller_port or _free_port(avoid={port})
+            if port == cport:
+                raise BrokerError(f"port and controller port are both {port}: give two different ports")
+            self._write_properties(port, cport)
+            self._format_storage(java, libs)
+            self._launch(java, libs)
+            self._port, self._controller_port = port, cport
+            try:
+                self._wait_ready(timeout)
+            except _PortTaken:
+                self._kill()
+                if fixed_ports:
+                    raise BrokerError(
+                        f"port {port} or {cport} is already in use: pick another --port, or give none "
+                        "to use free ones",
+                        log_path=self.log_path,
+                        log_tail=self.log_tail(),
+                    ) from None
+                if attempt == attempts:
+                    raise BrokerError(
+                        f"free ports were taken by another process {attempts} times in a row (last "
+                        f"{port}/{cport}): try again",
+                        log_path=self.log_path,
+                        log_tail=self.log_tail(),
+                    ) from None
+                continue
+            except BaseException:
+                self._kill()
+                raise
+            return self.bootstrap
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """SIGTERM (controlled shutdown), wait up to ``timeout`` s, then SIGKILL. Safe to call twice."""
+        proc = self._proc
+        if proc is None:
+            return
+        if proc.poll() is None:
+            _signal_group(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                _signal_group(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+        self._proc = None
+
+    def _kill(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            _signal_group(self._proc.pid, signal.SIGKILL)
+            self._proc.wait(timeout=10)
+        self._proc = None
+
+    def _detach(self) -> None:
+        """Forget the child without stopping it (background mode: the state file tracks it)."""
+        self._proc = None
+
+    # -- steps
+
+    def _write_properties(self, port: int, cport: int) -> None:
+        log_dirs = self.data_dir / "kraft-logs"
+        lines = [
+            "# Written by batteryledger's LocalBroker at every start; edits are overwritten.",
+            "# Single node, KRaft combined mode, loopback only.",
+            "process.roles=broker,controller",
+            "node.id=1",
+            f"controller.quorum.voters=1@127.0.0.1:{cport}",
+            f"listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{cport}",
+            f"advertised.listeners=PLAINTEXT://127.0.0.1:{port}",
+            "controller.listener.names=CONTROLLER",
+            "inter.broker.listener.name=PLAINTEXT",
+            "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            f"log.dirs={log_dirs}",
+            "# One replica of everything: there is one node.",
+            "default.replication.factor=1",
+            "min.insync.replicas=1",
+            "offsets.topic.replication.factor=1",
+            "transaction.state.log.replication.factor=1",
+            "transaction.state.log.min.isr=1",
+            "share.coordinator.state.topic.replication.factor=1",
+            "share.coordinator.state.topic.min.isr=1",
+            "# Fast start and fast group joins on a 2-core machine.",
+            "offsets.topic.num.partitions=1",
+            "transaction.state.log.num.partitions=1",
+            "group.initial.rebalance.delay.ms=0",
+            "# Topics are created explicitly with the partition counts we mean (streams/topics.py).",
+            "auto.create.topics.enable=false",
+            "num.partitions=1",
+            "# Kafka's default (1 MiB + batch overhead); topics cap records at 1 MiB, events at 64 KiB.",
+            f"message.max.bytes={BROKER_MESSAGE_MAX_BYTES}",
+        ]
+        self.properties_path.write_text("\n".join(lines) + "\n")
+
+    def _format_storage(self, java: str, libs: Path) -> None:
+        if (self.data_dir / "kraft-logs" / "meta.properties").is_file():
+            return  # formatted before: keep the topics
+        base = [java, "-Xmx256m", "-cp", f"{libs}/*", "kafka.tools.StorageTool"]
+        uuid_run = self._run_tool([*base, "random-uuid"])
+        ids = [ln.strip() for ln in uuid_run.splitlines() if _CLUSTER_ID.match(ln.strip())]
+        if not ids:
+            raise BrokerError(
+                "kafka.tools.StorageTool random-uuid printed no cluster id",
+                log_path=self.log_path,
+                log_tail=self.log_tail(),
+            )
+        self._run_tool([*base, "format", "-t", ids[-1], "-c", str(self.properties_path)])
+
+    def _run_tool(self, cmd: list[str]) -> str:
+        try:
+            proc = subprocess.run(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                timeout=120,
+                cwd=self.data_dir,
+            )
+        except subprocess.TimeoutExpired:
+            raise BrokerError(f"{' '.join(cmd[-4:])} did not finish within 120 s") from None
+        with self.log_path.open("a") as log:
+            log.write(f"$ {' '.join(cmd)}\n{proc.stdout}{proc.stderr}")
+        if proc.returncode != 0:
+            raise BrokerError(
+                f"formatting Kafka storage in {self.data_dir} failed (exit code {proc.returncode}): "
+                "remove the folder or use another --data-dir",
+                log_path=self.log_path,
+                log_tail=self.log_tail(),
+            )
+        return proc.stdout
+
+    def _launch(self, java: str, libs: Path) -> None:
+        cmd = [
+            java,
+            f"-Xmx{self.heap}",
+            "-XX:+UseG1GC",
+            "-XX:MaxGCPauseMillis=20",
+            "-XX:+ExitOnOutOfMemoryError",
+            "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={LOG4J_CONFIG}",
+            "-cp",
+            f"{libs}/*",
+            "kafka.Kafka",
+            str(self.properties_path),
+        ]
+        with self.log_path.open("ab") as log:
+            log.write(f"$ {' '.join(cmd)}\n".encode())
+            log.flush()
+            # Own session = own process group: a Ctrl-C in the terminal does not hit the broker
+            # mid-write, and stop() can signal the whole group.
+            self._proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.data_dir,
+                start_new_session=True,
+            )
+
+    def _wait_ready(self, timeout: float) -> None:
+        assert self._proc is not None and self._port is not None
+        bootstrap = f"127.0.0.1:{self._port}"
+        deadline = time.monotonic() + timeout
+        while True:
+            code = self._proc.poll()
+            if code is not None:
+                tail = self.log_tail()
+                if "Address already in use" in tail:
+                    raise _PortTaken
+                raise BrokerError(
+                    f"Kafka exited with code {code} while starting (data dir {self.data_dir})",
+                    log_path=self.log_path,
+                    log_tail=tail,
+                )
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise BrokerError(
+                    f"Kafka did not answer on {bootstrap} within {timeout:.0f} s",
+                    log_path=self.log_path,
+                    log_tail=self.log_tail(),
+                )
+            if _port_open(self._port) and _cluster_ready(bootstrap, min(5.0, max(1.0, remaining))):
+                if self._proc.poll() is None:
+                    return
+                continue
+            time.sleep(0.2)
+
+
+def _signal_group(pid: int, sig: signal.Signals) -> None:
+    """Signal the broker's process group (it leads its own session), or the process alone."""
+    with contextlib.suppress(ProcessLookupError):
+        try:
+            if os.getpgid(pid) == pid:
+                os.killpg(pid, sig)
+                return
+        except ProcessLookupError:
+            return
+        os.kill(pid, sig)
+
+
+# ------------------------------------------------------------------------------- background broker
+
+
+@dataclass(frozen=True)
+class BrokerStatus:
+    """What ``batteryledger broker status`` reports."""
+
+    running: bool
+    bootstrap: str | None = None
+    pid: int | None = None
+    port: int | None = None
+    controller_port: int | None = None
+    data_dir: str | None = None
+    log_path: str | None = None
+    properties_path: str | None = None
+    kafka_version: str | None = None
+    detail: str = ""
+
+
+def _alive(pid: int) -> bool:
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)  # reap it if it was our child and has exited
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
+
+
+def _is_our_broker(pid: int, properties_path: str) -> bool:
+    """Guard against pid reuse: the process must be kafka.Kafka running our server.properties."""
+    if not _alive(pid):
+        return False
+    try:
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return True  # no /proc (macOS): trust the pid
+    return b"kafka.Kafka" in args and properties_path.encode() in args
+
+
+def _read_state(state_dir: Path) -> BrokerStatus | None:
+    path = state_dir / _STATE_FILE
+    try:
+        raw = json.loads(path.read_text())
+        return BrokerStatus(**{**raw, "running": False, "detail": ""})
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, TypeError) as exc:
+        raise BrokerError(f"broker state file {path} is unreadable ({exc}): delete it") from None
+
+
+def status(state_dir: Path | None = None) -> BrokerStatus:
+    """Is the background broker of ``state_dir`` running, and where?"""
+    state_dir = default_state_dir() if state_dir is None else Path(state_dir)
+    state = _read_state(state_dir)
+    if state is None:
+        return BrokerStatus(running=False, detail=f"no broker was started with state dir {state_dir}")
+    assert state.pid is not None and state.properties_path is not None
+    if _is_our_broker(state.pid, state.properties_path):
+        return BrokerStatus(**{**asdict(state), "running": True, "detail": "running"})
+    return BrokerStatus(
+        **{**asdict(state), "running": False, "detail": f"broker process {state.pid} has exited"}
+    )
+
+
+def start_background(
+    state_dir: Path | None = None,
+    *,
+    data_dir: Path | None = None,
+    cache_dir: Path | None = None,
+    port: int | None = None,
+    controller_port: int | None = None,
+    heap: str = "1g",
+    timeout: float = 60.0,
+) -> BrokerStatus:
+    """Start a broker that outlives this process; its pid and ports go to ``<state_dir>/broker.json``.
+
+    Already running: returns its status (``detail='already running'``) unless another port was asked for.
+    """
+    state_dir = default_state_dir() if state_dir is None else Path(state_dir)
+    current = status(state_dir)
+    if current.running:
+        if port is not None and port != current.port:
+            raise BrokerError(
+                f"a broker is already running at {current.bootstrap}: stop it first with "
+                "`batteryledger broker stop`"
+            )
+        return BrokerStatus(**{**asdict(current), "detail": "already running"})
+    state_dir.mkdir(parents=True, exist_ok=True)
+    data_dir = state_dir / "data" if data_dir is None else Path(data_dir)
+    broker = LocalBroker(
+        data_dir, cache_dir=cache_dir, port=port, controller_port=controller_port, heap=heap
+    )
+    bootstrap = broker.start(timeout=timeout)
+    result = BrokerStatus(
+        running=True,
+        bootstrap=bootstrap,
+        pid=broker.pid,
+        port=broker.port,
+        controller_port=broker.controller_port,
+        data_dir=str(broker.data_dir),
+        log_path=str(broker.log_path),
+        properties_path=str(broker.properties_path),
+        kafka_version=KAFKA_VERSION,
+        detail="started",
+    )
+    stored = {k: v for k, v in asdict(result).items() if k not in ("running", "detail")}
+    tmp = state_dir / f"{_STATE_FILE}.tmp"
+    try:
+        tmp.write_text(json.dumps(stored, indent=2) + "\n")
+        tmp.replace(state_dir / _STATE_FILE)
+    except OSError:
+        broker.stop()
+        raise
+    broker._detach()
+    return result
+
+
+def stop_background(state_dir: Path | None = None, timeout: float = 20.0) -> BrokerStatus:
+    """Stop the background broker of ``state_dir`` (SIGTERM, bounded wait, SIGKILL) and forget it.
+
+    Returns the status it had; ``running=False`` with a detail when nothing was running.
+    """
+    state_dir = default_state_dir() if state_dir is None else Path(state_dir)
+    current = status(state_dir)
+    state_file = state_dir / _STATE_FILE
+    if not current.running:
+        state_file.unlink(missing_ok=True)
+        return current
+    assert current.pid is not None
+    _signal_group(current.pid, signal.SIGTERM)
+    if not _wait_gone(current.pid, timeout):
+        _signal_group(current.pid, signal.SIGKILL)
+        if not _wait_gone(current.pid, 10.0):
+            raise BrokerError(
+                f"broker process {current.pid} survived SIGKILL: check it with `ps -p {current.pid}`"
+            )
+    state_file.unlink(missing_ok=True)
+    return BrokerStatus(**{**asdict(current), "detail": "stopped"})
+
+
+def _wait_gone(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while _alive(pid):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+# ------------------------------------------------------------------------------------------ topics
+
+
+def create_topics(
+    bootstrap: str,
+    specs: Iterable[TopicSpec],
+    *,
+    replication_factor: int | None = None,
+    timeout: float = 30.0,
+) -> list[str]:
+    """Create ``specs`` on the cluster at ``bootstrap``; returns the names created now.
+
+    Idempotent: a topic that already exists with the same partition count is left as it is. One that
+    exists with another count is an error (partition counts decide key placement and Faust's changelog
+    layout, so we never silently use it). ``replication_factor`` None = the cluster's default.
+    """
+    from kafka.errors import TopicAlreadyExistsError, for_code
+
+    specs = list(specs)
+    if not specs:
+        return []
+    try:
+        admin = _admin(bootstrap, timeout)
+    except Exception as exc:
+        raise BrokerError(
+            f"cannot reach Kafka at {bootstrap} ({type(exc).__name__}): start it with "
+            "`batteryledger broker start` or pass the right --broker"
+        ) from None
+    try:
+        response = admin.create_topics(
+            {
+                spec.name: {
+                    "num_partitions": spec.partitions,
+                    "replication_factor": -1 if replication_factor is None else replication_factor,
+                    "configs": dict(spec.config),
+                }
+                for spec in specs
+            },
+            timeout_ms=int(timeout * 1000),
+            raise_errors=False,
+        )
+        created: list[str] = []
+        existing: list[str] = []
+        failures: list[str] = []
+        for topic in response["topics"]:
+            code = topic["error_code"]
+            if code == 0:
+                created.append(topic["name"])
+            elif code == TopicAlreadyExistsError.errno:
+                existing.append(topic["name"])
+            else:
+                reason = topic.get("error_message") or for_code(code).__name__
+                failures.append(f"{topic['name']}: {reason}")
+        if failures:
+            raise BrokerError(f"Kafka at {bootstrap} refused to create topics: {'; '.join(failures)}")
+        if existing:
+            wanted = {spec.name: spec.partitions for spec in specs}
+            for info in admin.describe_topics(existing):
+                have = len(info.get("partitions") or [])
+                if have != wanted[info["name"]]:
+                    raise BrokerError(
+                        f"topic {info['name']!r} already exists with {have} partitions, but "
+                        f"{wanted[info['name']]} are configured: delete the topic (its records are lost) "
+                        f"or configure {have} partitions"
+                    )
+        admin.wait_for_topics([spec.name for spec in specs], timeout_ms=int(timeout * 1000))
+        return created
+    except BrokerError:
+        raise
+    except Exception as exc:
+        raise BrokerError(f"creating topics on {bootstrap} failed: {type(exc).__name__}: {exc}") from None
+    finally:
+        admin.close()
