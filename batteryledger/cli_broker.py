@@ -65,10 +65,14 @@ def start(
     ] = None,
     port: Annotated[
         int | None,
-        typer.Option("--port", min=1, max=65535, help="Client port [default: a free one].", show_default=False),
+        typer.Option(
+            "--port", min=1, max=65535, help="Client port [default: a free one].", show_default=False
+        ),
     ] = None,
     state_dir: StateDir = None,
-    timeout: Annotated[float, typer.Option("--timeout", min=1, help="Seconds to wait for the broker.")] = 60.0,
+    timeout: Annotated[
+        float, typer.Option("--timeout", min=1, help="Seconds to wait for the broker.")
+    ] = 60.0,
 ) -> None:
     """Start the broker in the background on 127.0.0.1 and print its bootstrap address."""
     try:

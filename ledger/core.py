@@ -14,17 +14,18 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Literal
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from sqlalchemy import bindparam, func, select
+from sqlalchemy import String, bindparam, func, literal, select, text
 from sqlalchemy.engine import Connection
 
 from ledger import chain, tree
 from ledger.checkpoint import Checkpoint, parse_vkey, sign_note, vkey
+from ledger.provenance import BatchNode, FeedInfo, Provenance, compute
 from ledger.registry import Registry
 from ledger.rules import BatchState, Edge, StateView, check_and_plan, input_ids
 from ledger.store import (
@@ -193,8 +194,10 @@ class Ledger:
         with self.engine.connect() as conn:
             try:
                 origin = get_meta(conn, "origin")
-            except Exception as exc:  # noqa: BLE001 - any driver error here means "no ledger there"
-                raise StoreError(f"no ledger at {url}: run `batteryledger init` first ({type(exc).__name__})") from exc
+            except Exception as exc:
+                raise StoreError(
+                    f"no ledger at {url}: run `batteryledger init` first ({type(exc).__name__})"
+                ) from exc
             if origin is None:
                 raise StoreError(f"no ledger at {url}: run `batteryledger init` first")
             self.origin: str = origin
@@ -273,10 +276,19 @@ class Ledger:
             ).first()
             self.size = 0 if last is None else last.seq + 1
             self.head_hash = chain.GENESIS if last is None else bytes(last.entry_hash)
-            reg_kinds = [k.value for k in (Kind.FACILITY_REGISTERED, Kind.FACILITY_ATTESTED, Kind.KEY_ROTATED,
-                                           Kind.KEY_REVOKED)]
+            reg_kinds = [
+                k.value
+                for k in (
+                    Kind.FACILITY_REGISTERED,
+                    Kind.FACILITY_ATTESTED,
+                    Kind.KEY_ROTATED,
+                    Kind.KEY_REVOKED,
+                )
+            ]
             rows = conn.execute(
-                select(ENTRIES.c.event_id, ENTRIES.c.data).where(ENTRIES.c.kind.in_(reg_kinds)).order_by(ENTRIES.c.seq)
+                select(ENTRIES.c.event_id, ENTRIES.c.data)
+                .where(ENTRIES.c.kind.in_(reg_kinds))
+                .order_by(ENTRIES.c.seq)
             )
             for row in rows:
                 d = decode(bytes(row.data))
@@ -374,7 +386,9 @@ class Ledger:
                         f"event {d.event_id} is already in the ledger with a different signature",
                     )
                     rejections.append(self._rejection(d.event_id, err, it, ts))
-                    results.append(AppendResult(d.event_id, "rejected", reason=err.reason.value, detail=err.detail))
+                    results.append(
+                        AppendResult(d.event_id, "rejected", reason=err.reason.value, detail=err.detail)
+                    )
                 parked_done.add(d.event_id)
                 continue
             # 4. identity, then the append rules
@@ -393,16 +407,22 @@ class Ledger:
                     }
                     for b in missing:
                         self._parked_index.setdefault(b, set()).add(d.event_id)
-                    results.append(AppendResult(d.event_id, "parked", reason=exc.reason.value, detail=exc.detail))
+                    results.append(
+                        AppendResult(d.event_id, "parked", reason=exc.reason.value, detail=exc.detail)
+                    )
                     continue
                 rejections.append(self._rejection(d.event_id, exc, it, ts))
-                results.append(AppendResult(d.event_id, "rejected", reason=exc.reason.value, detail=exc.detail))
+                results.append(
+                    AppendResult(d.event_id, "rejected", reason=exc.reason.value, detail=exc.detail)
+                )
                 parked_done.add(d.event_id)
                 continue
-            except Exception as exc:  # noqa: BLE001 - a bug must not stop the sequencer or lose the event
+            except Exception as exc:
                 err = EventError(Reason.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
                 rejections.append(self._rejection(d.event_id, err, it, ts))
-                results.append(AppendResult(d.event_id, "rejected", reason=err.reason.value, detail=err.detail))
+                results.append(
+                    AppendResult(d.event_id, "rejected", reason=err.reason.value, detail=err.detail)
+                )
                 parked_done.add(d.event_id)
                 continue
             # 5. accepted: chain it, apply its changes to the overlay and the registry
@@ -430,7 +450,12 @@ class Ledger:
                 if b.batch_id not in new_batches:
                     touched[b.batch_id] = b
             edges.extend(outcome.edges)
-            if d.kind in (Kind.FACILITY_REGISTERED, Kind.FACILITY_ATTESTED, Kind.KEY_ROTATED, Kind.KEY_REVOKED):
+            if d.kind in (
+                Kind.FACILITY_REGISTERED,
+                Kind.FACILITY_ATTESTED,
+                Kind.KEY_ROTATED,
+                Kind.KEY_REVOKED,
+            ):
                 self.registry.apply(d.event, d.event_id)
                 facilities_changed.add(str(getattr(d.event, "subject_facility_id", "")))
             results.append(AppendResult(d.event_id, "appended", seq=seq))
@@ -485,9 +510,13 @@ class Ledger:
             row = parked_new.pop(event_id)
             data, source = bytes(row["data"]), str(row["source"])
         else:
-            stored = conn.execute(select(PARKED.c.data, PARKED.c.source).where(PARKED.c.event_id == event_id)).first()
+            stored = conn.execute(
+                select(PARKED.c.data, PARKED.c.source).where(PARKED.c.event_id == event_id)
+            ).first()
             if stored is None:
-                return Incoming(raw=b"", error=EventError(Reason.INTERNAL_ERROR, f"parked event {event_id} vanished"))
+                return Incoming(
+                    raw=b"", error=EventError(Reason.INTERNAL_ERROR, f"parked event {event_id} vanished")
+                )
             data, source = bytes(stored.data), str(stored.source)
         try:
             return Incoming(raw=data, decoded=decode(data), signature_checked=False, source=source)
@@ -540,11 +569,17 @@ class Ledger:
 
     def _store_offsets(self, conn: Connection, offsets: Mapping[tuple[str, str, int], int]) -> None:
         for (consumer, topic, partition), nxt in offsets.items():
-            where = (OFFSETS.c.consumer == consumer) & (OFFSETS.c.topic == topic) & (OFFSETS.c.partition == partition)
+            where = (
+                (OFFSETS.c.consumer == consumer)
+                & (OFFSETS.c.topic == topic)
+                & (OFFSETS.c.partition == partition)
+            )
             updated = conn.execute(OFFSETS.update().where(where).values(next_offset=nxt)).rowcount
             if not updated:
                 conn.execute(
-                    OFFSETS.insert().values(consumer=consumer, topic=topic, partition=partition, next_offset=nxt)
+                    OFFSETS.insert().values(
+                        consumer=consumer, topic=topic, partition=partition, next_offset=nxt
+                    )
                 )
 
     def stored_offsets(self, consumer: str) -> dict[tuple[str, int], int]:
@@ -552,7 +587,9 @@ class Ledger:
             rows = conn.execute(select(OFFSETS).where(OFFSETS.c.consumer == consumer))
             return {(r.topic, r.partition): r.next_offset for r in rows}
 
-    def record_rejections(self, items: Sequence[Incoming], *, offsets: Mapping[tuple[str, str, int], int] | None = None) -> None:
+    def record_rejections(
+        self, items: Sequence[Incoming], *, offsets: Mapping[tuple[str, str, int], int] | None = None
+    ) -> None:
         """Record events rejected upstream (verify stage) with their original bytes."""
         self.append(items, offsets=offsets)
 
@@ -571,8 +608,12 @@ class Ledger:
                 )
                 conn.execute(
                     REJECTIONS.insert().values(
-                        event_id=row.event_id, reason=err.reason.value, detail=err.detail, raw=bytes(row.data),
-                        source=row.source, created_at=ts,
+                        event_id=row.event_id,
+                        reason=err.reason.value,
+                        detail=err.detail,
+                        raw=bytes(row.data),
+                        source=row.source,
+                        created_at=ts,
                     )
                 )
                 conn.execute(PARKED.delete().where(PARKED.c.event_id == row.event_id))
@@ -597,18 +638,24 @@ class Ledger:
         if self.operator_key is None:
             raise StoreError("signing a checkpoint needs the operator key (--operator-key)")
         with self.engine.begin() as conn:
-            latest = conn.execute(select(CHECKPOINTS.c.size).order_by(CHECKPOINTS.c.size.desc()).limit(1)).first()
+            latest = conn.execute(
+                select(CHECKPOINTS.c.size).order_by(CHECKPOINTS.c.size.desc()).limit(1)
+            ).first()
             if latest is not None and latest.size >= self.size:
                 return None
             root = tree.root_from_nodes(self.size, lambda keys: fetch_nodes(conn, keys))
             body = Checkpoint(self.origin, self.size, root).body()
             note = sign_note(body, self.origin, self.operator_key)
-            conn.execute(CHECKPOINTS.insert().values(size=self.size, root_hash=root, note=note, created_at=now()))
+            conn.execute(
+                CHECKPOINTS.insert().values(size=self.size, root_hash=root, note=note, created_at=now())
+            )
         return note
 
     def latest_checkpoint(self) -> str | None:
         with self.engine.connect() as conn:
-            row = conn.execute(select(CHECKPOINTS.c.note).order_by(CHECKPOINTS.c.size.desc()).limit(1)).first()
+            row = conn.execute(
+                select(CHECKPOINTS.c.note).order_by(CHECKPOINTS.c.size.desc()).limit(1)
+            ).first()
             return None if row is None else str(row.note)
 
     # -- queries --------------------------------------------------------------------------------
@@ -622,7 +669,9 @@ class Ledger:
         with self.engine.connect() as conn:
             for part in chunks(sorted(set(event_ids))):
                 for row in conn.execute(
-                    select(ENTRIES.c.event_id, ENTRIES.c.seq, ENTRIES.c.data).where(ENTRIES.c.event_id.in_(part))
+                    select(ENTRIES.c.event_id, ENTRIES.c.seq, ENTRIES.c.data).where(
+                        ENTRIES.c.event_id.in_(part)
+                    )
                 ):
                     out[row.event_id] = (row.seq, bytes(row.data))
         return out
@@ -630,7 +679,9 @@ class Ledger:
     def stats(self) -> dict[str, Any]:
         with self.engine.connect() as conn:
             rej = conn.execute(
-                select(REJECTIONS.c.reason, func.count()).group_by(REJECTIONS.c.reason).order_by(REJECTIONS.c.reason)
+                select(REJECTIONS.c.reason, func.count())
+                .group_by(REJECTIONS.c.reason)
+                .order_by(REJECTIONS.c.reason)
             ).all()
             batches = conn.execute(select(func.count()).select_from(BATCHES)).scalar_one()
             parked = conn.execute(select(func.count()).select_from(PARKED)).scalar_one()
@@ -648,3 +699,108 @@ class Ledger:
 
     def element_list(self) -> tuple[Element, ...]:
         return ELEMENTS
+
+    # -- provenance and lineage -----------------------------------------------------------------
+    def ancestor_nodes(self, batch_id: str) -> dict[str, BatchNode]:
+        """The batch and all its ancestors as provenance nodes: two queries, whatever the depth."""
+        seed = select(literal(batch_id, String).label("id")).cte("anc", recursive=True)
+        anc = seed.union(select(EDGES.c.parent).join(seed, EDGES.c.child == seed.c.id))
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(BATCHES).join(anc, BATCHES.c.batch_id == anc.c.id))
+            batch_rows = {r.batch_id: r for r in rows}
+            edges = conn.execute(
+                select(EDGES.c.parent, EDGES.c.child, EDGES.c.kg).join(anc, EDGES.c.child == anc.c.id)
+            )
+            inputs: dict[str, list[tuple[str, float]]] = {}
+            for e in edges:
+                inputs.setdefault(e.child, []).append((e.parent, float(e.kg)))
+        return {bid: node_from_row(r, tuple(sorted(inputs.get(bid, [])))) for bid, r in batch_rows.items()}
+
+    def provenance(self, batch_id: str) -> Provenance:
+        nodes = self.ancestor_nodes(batch_id)
+        if batch_id not in nodes:
+            raise StoreError(f"batch {batch_id!r} is not in the ledger")
+        return compute(batch_id, nodes)
+
+    def lineage(self, batch_id: str, *, direction: str = "up", depth: int = 50) -> list[dict[str, Any]]:
+        """Edges up (ancestors) or down (descendants) to `depth` hops, nearest first."""
+        if direction not in ("up", "down"):
+            raise ValueError("direction is up or down")
+        if self.batch(batch_id) is None:
+            raise StoreError(f"batch {batch_id!r} is not in the ledger")
+        near, far = ("child", "parent") if direction == "up" else ("parent", "child")
+        sql = (
+            f"WITH RECURSIVE walk(id, depth) AS (SELECT :b, 0 UNION "
+            f"SELECT e.{far}, w.depth + 1 FROM edges e JOIN walk w ON e.{near} = w.id WHERE w.depth < :d) "
+            f"SELECT e.parent, e.child, e.kg, MIN(w.depth) AS depth FROM edges e JOIN walk w ON e.{near} = w.id "
+            f"WHERE w.depth < :d GROUP BY e.parent, e.child, e.kg ORDER BY depth, e.parent, e.child"
+        )
+        with self.engine.connect() as conn:
+            rows = conn.execute(text(sql), {"b": batch_id, "d": depth}).all()
+            ids = sorted({r.parent for r in rows} | {r.child for r in rows} | {batch_id})
+            info: dict[str, Any] = {}
+            for part in chunks(ids):
+                for b in conn.execute(
+                    select(
+                        BATCHES.c.batch_id,
+                        BATCHES.c.kind,
+                        BATCHES.c.facility_id,
+                        BATCHES.c.country,
+                        BATCHES.c.material,
+                        BATCHES.c.kg,
+                    ).where(BATCHES.c.batch_id.in_(part))
+                ):
+                    info[b.batch_id] = b
+        out = []
+        for r in rows:
+            p, c = info.get(r.parent), info.get(r.child)
+            out.append(
+                {
+                    "depth": int(r.depth) + 1,
+                    "parent": r.parent,
+                    "child": r.child,
+                    "kg": r.kg,
+                    "parent_material": p.material if p else None,
+                    "parent_facility": p.facility_id if p else None,
+                    "parent_country": p.country if p else None,
+                    "child_material": c.material if c else None,
+                    "child_facility": c.facility_id if c else None,
+                    "child_country": c.country if c else None,
+                }
+            )
+        return out
+
+
+def node_from_row(row: Any, inputs: tuple[tuple[str, float], ...]) -> BatchNode:
+    extra = json.loads(row.extra)
+    produced = json.loads(extra.get("event_produced", "{}"))
+    value_out = json.loads(extra.get("event_value_out", "null"))
+    feeds: tuple[FeedInfo, ...] = ()
+    if "external_feed" in extra:
+        feeds = tuple(
+            FeedInfo(
+                f["consumer"],
+                float(f["kg"]),
+                {el: float(f.get("contained_kg", {}).get(el.value, 0)) for el in ELEMENTS},
+                f.get("origin_country") or "",
+            )
+            for f in json.loads(extra["external_feed"])
+        )
+    return BatchNode(
+        batch_id=row.batch_id,
+        event_id=row.event_id,
+        kind=Kind(row.kind),
+        facility_id=row.facility_id,
+        country=row.country,
+        feoc=bool(row.feoc),
+        time=_aware(row.time),
+        kg=float(row.kg),
+        contained={el: float(getattr(row, el.value)) for el in ELEMENTS},
+        value_usd=None if row.value_usd is None else float(row.value_usd),
+        inputs=inputs,
+        event_produced={el: float(produced.get(el.value, getattr(row, el.value))) for el in ELEMENTS},
+        event_value_out=None if value_out is None else float(value_out),
+        feed_consumer=extra.get("feed_consumer"),
+        external_feed=feeds,
+        material=row.material,
+    )

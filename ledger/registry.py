@@ -20,9 +20,9 @@ from schemas.events import (
     Event,
     FacilityAttested,
     FacilityRegistered,
-    Kind,
     KeyRevoked,
     KeyRotated,
+    Kind,
     PublicKeyInfo,
 )
 from schemas.reasons import EventError, Reason
@@ -79,7 +79,9 @@ class FacilityRecord:
 def _key_record(facility_id: str, info: PublicKeyInfo) -> KeyRecord:
     pub = public_key_from_b64(info.public_key)
     if key_id(pub) != info.key_id:
-        raise EventError(Reason.SCHEMA_INVALID, f"key_id {info.key_id} is not the fingerprint of the public key")
+        raise EventError(
+            Reason.SCHEMA_INVALID, f"key_id {info.key_id} is not the fingerprint of the public key"
+        )
     return KeyRecord(facility_id, info.key_id, pub, info.valid_from, info.valid_until)
 
 
@@ -109,11 +111,14 @@ class Registry:
         # 2. the key is one of that facility's keys
         rec = self.keys.get((ev.facility_id, decoded.key_id))
         if rec is None:
-            raise EventError(Reason.UNKNOWN_KEY, f"key {decoded.key_id} is not registered for {ev.facility_id}")
+            raise EventError(
+                Reason.UNKNOWN_KEY, f"key {decoded.key_id} is not registered for {ev.facility_id}"
+            )
         # 3. the key was valid and not revoked at the event's time
         if rec.revoked_by(ev.time):
             raise EventError(
-                Reason.KEY_REVOKED, f"key {rec.key_id} of {ev.facility_id} was revoked at {rec.revoked_at:%Y-%m-%dT%H:%M:%SZ}"
+                Reason.KEY_REVOKED,
+                f"key {rec.key_id} of {ev.facility_id} was revoked at {rec.revoked_at:%Y-%m-%dT%H:%M:%SZ}",
             )
         if not rec.valid_at(ev.time):
             raise EventError(
@@ -127,7 +132,9 @@ class Registry:
             verify_signature(decoded, rec.public_key)
         # 5. the facility's roles allow this kind
         if decoded.kind not in fac.roles:
-            raise EventError(Reason.ROLE_NOT_ALLOWED, f"{ev.facility_id} may not sign {decoded.kind.value} events")
+            raise EventError(
+                Reason.ROLE_NOT_ALLOWED, f"{ev.facility_id} may not sign {decoded.kind.value} events"
+            )
 
     def _is_bootstrap(self, decoded: DecodedEvent) -> bool:
         ev = decoded.event
@@ -144,19 +151,27 @@ class Registry:
         """Business rules of registry events (identity was checked by `authorize`)."""
         if isinstance(ev, FacilityRegistered):
             if ev.subject_facility_id in self.facilities:
-                raise EventError(Reason.FACILITY_EXISTS, f"facility {ev.subject_facility_id!r} is already registered")
+                raise EventError(
+                    Reason.FACILITY_EXISTS, f"facility {ev.subject_facility_id!r} is already registered"
+                )
             _key_record(ev.subject_facility_id, ev.key)
         elif isinstance(ev, FacilityAttested | KeyRotated | KeyRevoked):
             if ev.subject_facility_id not in self.facilities:
-                raise EventError(Reason.UNKNOWN_FACILITY, f"facility {ev.subject_facility_id!r} is not registered")
+                raise EventError(
+                    Reason.UNKNOWN_FACILITY, f"facility {ev.subject_facility_id!r} is not registered"
+                )
             if isinstance(ev, KeyRotated):
                 if (ev.subject_facility_id, ev.key.key_id) in self.keys:
                     raise EventError(Reason.SCHEMA_INVALID, f"key {ev.key.key_id} is already registered")
                 _key_record(ev.subject_facility_id, ev.key)
                 if ev.retire_key_id and (ev.subject_facility_id, ev.retire_key_id) not in self.keys:
-                    raise EventError(Reason.UNKNOWN_KEY, f"key {ev.retire_key_id} to retire is not registered")
+                    raise EventError(
+                        Reason.UNKNOWN_KEY, f"key {ev.retire_key_id} to retire is not registered"
+                    )
             if isinstance(ev, KeyRevoked) and (ev.subject_facility_id, ev.key_id) not in self.keys:
-                raise EventError(Reason.UNKNOWN_KEY, f"key {ev.key_id} of {ev.subject_facility_id} is not registered")
+                raise EventError(
+                    Reason.UNKNOWN_KEY, f"key {ev.key_id} of {ev.subject_facility_id} is not registered"
+                )
 
     def apply(self, ev: Event, event_id: str) -> None:
         if ev.kind not in REGISTRY_KINDS:

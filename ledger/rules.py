@@ -14,6 +14,8 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Protocol
 
+from ledger.provenance import extra_for_event
+from ledger.registry import Registry
 from schemas.events import (
     ELEMENTS,
     REGISTRY_KINDS,
@@ -31,8 +33,6 @@ from schemas.events import (
 )
 from schemas.reasons import EventError, Reason
 from schemas.signing import DecodedEvent
-
-from ledger.registry import Registry
 
 # Per-element mass conservation: outputs may contain at most the inputs' contained mass times
 # (1 + MASS_TOLERANCE_REL) plus MASS_TOLERANCE_ABS_KG. Assays of one lot differ by a few tenths of a
@@ -87,8 +87,10 @@ class BatchState:
 
     def custody_json(self) -> str:
         return json.dumps(
-            {"holders": {k: str(v) for k, v in self.holders.items()},
-             "in_transit": {k: str(v) for k, v in self.in_transit.items()}},
+            {
+                "holders": {k: str(v) for k, v in self.holders.items()},
+                "in_transit": {k: str(v) for k, v in self.in_transit.items()},
+            },
             sort_keys=True,
         )
 
@@ -186,7 +188,9 @@ def _existing(state: StateView, batch_id: str) -> BatchState:
     return b
 
 
-def _transform(decoded: DecodedEvent, state: StateView, registry: Registry, seq: int, out: Outcome) -> Outcome:
+def _transform(
+    decoded: DecodedEvent, state: StateView, registry: Registry, seq: int, out: Outcome
+) -> Outcome:
     ev = decoded.event
     kind = decoded.kind
     assert not isinstance(ev, BatchShipped | BatchReceived | Correction | SupplierCertified)
@@ -232,9 +236,9 @@ def _transform(decoded: DecodedEvent, state: StateView, registry: Registry, seq:
     external = list(ev.external_feed) if isinstance(ev, BatchRecycled) else []
     if not isinstance(ev, BatchExtracted):
         for el in ELEMENTS:
-            supplied = sum(
-                (p.contained[el] * kg / p.kg for p, kg in parents if p.kg > 0), Decimal(0)
-            ) + sum((f.contained_kg.get(el) for f in external), Decimal(0))
+            supplied = sum((p.contained[el] * kg / p.kg for p, kg in parents if p.kg > 0), Decimal(0)) + sum(
+                (f.contained_kg.get(el) for f in external), Decimal(0)
+            )
             produced = sum((o.contained_kg.get(el) for o in outputs), Decimal(0))
             limit = supplied * (1 + MASS_TOLERANCE_REL) + MASS_TOLERANCE_ABS_KG
             if produced > limit:
@@ -249,7 +253,7 @@ def _transform(decoded: DecodedEvent, state: StateView, registry: Registry, seq:
         p.consumed_kg += kg
         p.holders[ev.facility_id] -= kg
         out.touched.append(p)
-    extra: dict[str, str] = {}
+    extra: dict[str, str] = extra_for_event(outputs)
     if isinstance(ev, BatchRecycled):
         extra["feed_consumer"] = ev.feed_consumer
         if external:

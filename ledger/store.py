@@ -195,7 +195,9 @@ def make_engine(url: str) -> Engine:
         return engine
     if url.startswith("postgresql"):
         return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
-    raise StoreError(f"unsupported store URL {url!r}: use a SQLite path or sqlite:///FILE, or postgresql://...")
+    raise StoreError(
+        f"unsupported store URL {url!r}: use a SQLite path or sqlite:///FILE, or postgresql://..."
+    )
 
 
 def create_schema(engine: Engine) -> None:

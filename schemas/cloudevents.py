@@ -139,7 +139,9 @@ def check_attributes(envelope: Envelope, decoded: DecodedEvent) -> None:
         if required not in attrs:
             raise EventError(Reason.MISSING_HEADERS, f"CloudEvents attribute `{required}` is missing")
     if attrs["specversion"] != "1.0":
-        raise EventError(Reason.HEADER_MISMATCH, f"specversion {attrs['specversion']!r}; only 1.0 is supported")
+        raise EventError(
+            Reason.HEADER_MISMATCH, f"specversion {attrs['specversion']!r}; only 1.0 is supported"
+        )
     expected = {
         "id": decoded.event_id,
         "source": ce_source(decoded.facility_id),

@@ -60,7 +60,9 @@ class Kind(StrEnum):
     CORRECTION = "correction"
 
 
-REGISTRY_KINDS = frozenset({Kind.FACILITY_REGISTERED, Kind.FACILITY_ATTESTED, Kind.KEY_ROTATED, Kind.KEY_REVOKED})
+REGISTRY_KINDS = frozenset(
+    {Kind.FACILITY_REGISTERED, Kind.FACILITY_ATTESTED, Kind.KEY_ROTATED, Kind.KEY_REVOKED}
+)
 TRANSFORM_KINDS = frozenset(
     {
         Kind.BATCH_EXTRACTED,
@@ -111,7 +113,7 @@ STAGE_OF_KIND: dict[Kind, Stage] = {
 
 def _no_float(value: Any) -> Any:
     if isinstance(value, float):
-        raise ValueError("quantities are decimal strings such as \"1250.750\", not JSON floats")
+        raise ValueError('quantities are decimal strings such as "1250.750", not JSON floats')
     if isinstance(value, bool):
         raise ValueError("a quantity cannot be a boolean")
     return value
@@ -309,7 +311,9 @@ class SupplierCertified(_Envelope):
     kind: Literal[Kind.SUPPLIER_CERTIFIED]
     batch_ids: Annotated[list[Identifier], Field(min_length=1, max_length=MAX_LIST_LEN)]
     statement: Literal["not_prohibited_foreign_entity", "pfe_cost_share"]
-    pfe_cost_share: Annotated[Decimal, BeforeValidator(_no_float), AfterValidator(_check_quantity)] | None = None
+    pfe_cost_share: Annotated[Decimal, BeforeValidator(_no_float), AfterValidator(_check_quantity)] | None = (
+        None
+    )
     reference: Text | None = None
 
 
@@ -410,7 +414,12 @@ MODEL_OF_KIND: dict[Kind, type[_Envelope]] = {
 }
 
 TransformEvent = (
-    BatchExtracted | BatchProcessed | MaterialProduced | CellsProduced | ModulesAssembled | PacksAssembled
+    BatchExtracted
+    | BatchProcessed
+    | MaterialProduced
+    | CellsProduced
+    | ModulesAssembled
+    | PacksAssembled
     | BatchRecycled
 )
 

@@ -165,10 +165,18 @@ def decode(raw: bytes) -> DecodedEvent:
     sig = obj.pop(SIG_FIELD, None)
     if not isinstance(sig, dict):
         raise EventError(Reason.MISSING_SIGNATURE, 'no "sig" object: events must be signed')
-    if sig.get("alg") != ALG or not isinstance(sig.get("key_id"), str) or not isinstance(sig.get("value"), str):
-        raise EventError(Reason.MISSING_SIGNATURE, 'sig must be {"alg": "Ed25519", "key_id": ..., "value": ...}')
+    if (
+        sig.get("alg") != ALG
+        or not isinstance(sig.get("key_id"), str)
+        or not isinstance(sig.get("value"), str)
+    ):
+        raise EventError(
+            Reason.MISSING_SIGNATURE, 'sig must be {"alg": "Ed25519", "key_id": ..., "value": ...}'
+        )
     if set(sig) != {"alg", "key_id", "value"}:
-        raise EventError(Reason.SCHEMA_INVALID, f"unknown fields in sig: {sorted(set(sig) - {'alg', 'key_id', 'value'})}")
+        raise EventError(
+            Reason.SCHEMA_INVALID, f"unknown fields in sig: {sorted(set(sig) - {'alg', 'key_id', 'value'})}"
+        )
     try:
         signature = base64.b64decode(sig["value"], validate=True)
     except binascii.Error:
@@ -207,7 +215,8 @@ def verify_signature(decoded: DecodedEvent, public_key: Ed25519PublicKey) -> Non
         public_key.verify(decoded.signature, decoded.unsigned)
     except InvalidSignature:
         raise EventError(
-            Reason.BAD_SIGNATURE, f"signature does not verify under key {decoded.key_id} of {decoded.facility_id}"
+            Reason.BAD_SIGNATURE,
+            f"signature does not verify under key {decoded.key_id} of {decoded.facility_id}",
         ) from None
 
 

@@ -60,7 +60,8 @@ LOG4J_CONFIG = BROKER_FILES / "log4j2.properties"
 
 #: Cache root (jars go to ``$BATTERYLEDGER_CACHE/kafka``); default ``<checkout>/.cache``.
 CACHE_ENV = "BATTERYLEDGER_CACHE"
-#: Where ``batteryledger broker start`` keeps its state file and data; default ``<checkout>/.cache/broker-run``.
+#: Where ``batteryledger broker start`` keeps its state file and data.
+#: Default ``<checkout>/.cache/broker-run``.
 STATE_ENV = "BATTERYLEDGER_STATE"
 
 #: A cold fetch downloads about 45 MB of jars; allow for a slow mirror, but never hang forever.
@@ -243,8 +244,8 @@ def fetch(cache_dir: Path | None = None, *, timeout: float = MVN_TIMEOUT_S) -> P
                 ) from None
         if proc.returncode != 0 or not any(staging.glob("kafka_2.13-*.jar")):
             raise BrokerError(
-                f"Maven could not fetch Kafka {KAFKA_VERSION} (exit code {proc.returncode}): check access "
-                "to Maven Central (proxy settings in ~/.m2/settings.xml) and run `batteryledger broker fetch`",
+                f"Maven could not fetch Kafka {KAFKA_VERSION} (exit code {proc.returncode}): check access to "
+                "Maven Central (proxy: ~/.m2/settings.xml) and run `batteryledger broker fetch` again",
                 log_path=log_path,
                 log_tail=_tail(log_path, 40),
             )
@@ -332,6 +333,7 @@ class LocalBroker:
         self._port: int | None = None
         self._controller_port: int | None = None
         self._proc: subprocess.Popen[bytes] | None = None
+        self._log_offset = 0
 
     def __repr__(self) -> str:
         where = self._bootstrap_or_none() or "not running"
@@ -408,7 +410,14 @@ class LocalBroker:
                 "java is not on PATH: install Java 17 or newer (apt-get install openjdk-17-jre-headless)"
             )
         libs = fetch(self.cache_dir)
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            self.log_path.touch()
+        except OSError as exc:
+            raise BrokerError(
+                f"cannot use {self.data_dir} as the broker's data dir ({exc.strerror}): "
+                "pass another --data-dir"
+            ) from None
         fixed_ports = self._want_port is not None or self._want_controller_port is not None
         attempts = 1 if fixed_ports else _PORT_RETRIES
         for attempt in range(1, attempts + 1):
@@ -423,11 +432,12 @@ class LocalBroker:
             try:
                 self._wait_ready(timeout)
             except _PortTaken:
+                taken = self._taken_port()
                 self._kill()
                 if fixed_ports:
+                    which = f"port {taken}" if taken and taken != "?" else f"port {port} or {cport}"
                     raise BrokerError(
-                        f"port {port} or {cport} is already in use: pick another --port, or give none "
-                        "to use free ones",
+                        f"{which} is already in use: pick another --port, or give none to use a free one",
                         log_path=self.log_path,
                         log_tail=self.log_tail(),
                     ) from None
@@ -557,6 +567,7 @@ class LocalBroker:
             str(self.properties_path),
         ]
         with self.log_path.open("ab") as log:
+            self._log_offset = log.tell()
             log.write(f"$ {' '.join(cmd)}\n".encode())
             log.flush()
             # Own session = own process group: a Ctrl-C in the terminal does not hit the broker
@@ -577,9 +588,9 @@ class LocalBroker:
         while True:
             code = self._proc.poll()
             if code is not None:
-                tail = self.log_tail()
-                if "Address already in use" in tail:
+                if self._bind_failed():
                     raise _PortTaken
+                tail = self.log_tail()
                 raise BrokerError(
                     f"Kafka exited with code {code} while starting (data dir {self.data_dir})",
                     log_path=self.log_path,
@@ -597,6 +608,22 @@ class LocalBroker:
                     return
                 continue
             time.sleep(0.2)
+
+    def _bind_failed(self) -> bool:
+        return self._taken_port() is not None
+
+    def _taken_port(self) -> str | None:
+        """The port named by a bind failure in the log since the last launch, if any."""
+        try:
+            with self.log_path.open("rb") as fh:
+                fh.seek(self._log_offset)
+                text = fh.read().decode("utf-8", errors="replace")
+        except OSError:
+            return None
+        found = re.search(r"failed to bind to [^\s]*:(\d+): Address already in use", text)
+        if found:
+            return found.group(1)
+        return "?" if "Address already in use" in text else None
 
 
 def _signal_group(pid: int, sig: signal.Signals) -> None:
@@ -705,11 +732,15 @@ def start_background(
                 "`batteryledger broker stop`"
             )
         return BrokerStatus(**{**asdict(current), "detail": "already running"})
-    state_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BrokerError(
+            f"cannot create the broker state dir {state_dir} ({exc.strerror}): set {STATE_ENV} "
+            "or pass --state-dir"
+        ) from None
     data_dir = state_dir / "data" if data_dir is None else Path(data_dir)
-    broker = LocalBroker(
-        data_dir, cache_dir=cache_dir, port=port, controller_port=controller_port, heap=heap
-    )
+    broker = LocalBroker(data_dir, cache_dir=cache_dir, port=port, controller_port=controller_port, heap=heap)
     bootstrap = broker.start(timeout=timeout)
     result = BrokerStatus(
         running=True,

@@ -235,8 +235,8 @@ def test_consistency_size_policy() -> None:
         verify_consistency(8, 8, R8, R8, [R8])
     with pytest.raises(ProofError, match="roots differ"):
         verify_consistency(8, 8, R8, R5, [])
-    with pytest.raises(ProofError, match="has 2 hashes, want 3"):
-        verify_consistency(5, 8, R5, R8, consistency_proof(L, 5)[:2])
+    with pytest.raises(ProofError, match="has 3 hashes, want 4"):
+        verify_consistency(5, 8, R5, R8, consistency_proof(L, 5)[:3])
     with pytest.raises(ProofError, match="from size 0"):
         consistency_proof(L, 0)
     with pytest.raises(ProofError, match="larger than the tree size"):
@@ -349,10 +349,12 @@ INCLUSION_MUTATIONS: dict[str, Callable[[InclusionArgs, list[bytes]], InclusionA
     "proof-33": lambda a, d: (a[0], a[1], a[2], [*a[3][:-1], a[3][-1] + b"\x00"], a[4]) if a[3] else None,
 }
 
+# Not here: new_size + 1. RFC 9162 proofs cannot refute it: e.g. the proof 1 -> 3 also "proves" 1 -> 4
+# with the size-3 root, as that root is what a 4-leaf tree would have if leaf 2's hash were the node
+# over leaves 2 and 3. The claim is bound to its signed checkpoint, which names the size.
 CONSISTENCY_MUTATIONS: dict[str, Callable[[ConsistencyArgs, list[bytes]], ConsistencyArgs | None]] = {
     "old+1": lambda a, d: (a[0] + 1, a[1], a[2], a[3], a[4]),
     "old-1": lambda a, d: (a[0] - 1, a[1], a[2], a[3], a[4]),
-    "new+1": lambda a, d: (a[0], a[1] + 1, a[2], a[3], a[4]),
     "old*2": lambda a, d: (a[0] * 2, a[1], a[2], a[3], a[4]),
     "old//2": lambda a, d: (a[0] // 2, a[1], a[2], a[3], a[4]),
     "new*2": lambda a, d: (a[0], a[1] * 2, a[2], a[3], a[4]),
@@ -397,3 +399,29 @@ def test_mutated_consistency_proof_is_rejected(name: str, case: tuple[list[bytes
     if mutated is not None:
         with pytest.raises(ProofError):
             verify_consistency(*mutated)
+
+
+@pytest.mark.parametrize("n", range(1, 33))
+def test_every_mutation_rejected_exhaustively_on_small_trees(n: int) -> None:
+    d = distinct_leaves(b"mutate", n)
+    root = root_hash(d)
+    applied = 0
+    for m in range(n):
+        valid_i: InclusionArgs = (d[m], m, n, inclusion_proof(d, m), root)
+        for name, mutate_i in INCLUSION_MUTATIONS.items():
+            args_i = mutate_i(valid_i, d)
+            if args_i is not None:
+                applied += 1
+                with pytest.raises(ProofError):
+                    verify_inclusion(*args_i)
+                    pytest.fail(f"inclusion mutation {name} accepted at index {m}")
+    for m in range(1, n + 1):
+        valid_c: ConsistencyArgs = (m, n, root_hash(d[:m]), root, consistency_proof(d, m))
+        for name, mutate_c in CONSISTENCY_MUTATIONS.items():
+            args_c = mutate_c(valid_c, d)
+            if args_c is not None:
+                applied += 1
+                with pytest.raises(ProofError):
+                    verify_consistency(*args_c)
+                    pytest.fail(f"consistency mutation {name} accepted from size {m}")
+    assert applied >= n * 10

@@ -1,0 +1,444 @@
+"""45X advanced manufacturing production credit for battery components and critical minerals.
+
+Sources: 26 USC 45X(b)(1)(J)-(M) (rates), 45X(b)(3) (phase-out; critical minerals as amended by
+P.L. 119-21), 45X(b)(4) (capacity-to-power ratio), 45X(c)(5)-(6) (definitions), 26 CFR 1.45X-3 and
+1.45X-4 (production costs, worked examples). Every number comes from the rule pack.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from enum import StrEnum
+
+from ledger.taxrules._common import fraction, non_negative, positive, usd, year
+from ledger.taxrules.errors import InputError
+from ledger.taxrules.findings import (
+    ClaimKind,
+    Comparison,
+    CustodyModel,
+    Finding,
+    Requirement,
+    make_finding,
+)
+from ledger.taxrules.pack import ParamLog, RulePack
+from ledger.taxrules.policy import AllOf, Condition, Policy, Threshold
+
+
+class Component(StrEnum):
+    CELL = "cell"
+    MODULE = "module"
+    MODULE_WITHOUT_CELLS = "module-without-cells"
+    ELECTRODE_ACTIVE_MATERIAL = "electrode-active-material"
+    CRITICAL_MINERAL = "critical-mineral"
+
+
+CAPACITY_COMPONENTS = frozenset({Component.CELL, Component.MODULE, Component.MODULE_WITHOUT_CELLS})
+MODULES = frozenset({Component.MODULE, Component.MODULE_WITHOUT_CELLS})
+COST_COMPONENTS = frozenset({Component.ELECTRODE_ACTIVE_MATERIAL, Component.CRITICAL_MINERAL})
+
+_RATE_PATH = {
+    Component.CELL: "credit45x.cell_rate",
+    Component.MODULE: "credit45x.module_rate",
+    Component.MODULE_WITHOUT_CELLS: "credit45x.module_without_cells_rate",
+    Component.ELECTRODE_ACTIVE_MATERIAL: "credit45x.electrode_active_material_rate",
+    Component.CRITICAL_MINERAL: "credit45x.critical_mineral_rate",
+}
+
+
+class CostKind(StrEnum):
+    """How a cost line enters production cost (26 CFR 1.45X-3 worked examples)."""
+
+    OWN_PRODUCTION = "own_production"
+    CONSTITUENT_MATERIAL = "constituent_material"
+    UNREFINED_MATERIAL = "unrefined_material"
+    PURCHASED_ELIGIBLE_COMPONENT = "purchased_eligible_component"
+
+
+@dataclass(frozen=True)
+class CostItem:
+    description: str
+    amount: Decimal
+    kind: CostKind
+    event_ids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ProductionCost:
+    included: Decimal
+    excluded: Decimal
+    excluded_items: tuple[CostItem, ...]
+
+
+@dataclass(frozen=True)
+class Claim45X:
+    """One eligible-component claim; amounts in USD, capacity in kWh, power in kW.
+
+    `purchased_eligible_components_cost` is the purchase price (inside `production_cost`) of material
+    that was already an eligible component when bought; it is excluded. Alternatively give
+    `cost_items` and let `production_cost_of` classify them. `unit_id` names the material batch so
+    `credit_45x_claims` can refuse two credits for one material.
+    """
+
+    component: Component
+    sale_year: int | None = None
+    production_year: int | None = None
+    capacity_kwh: Decimal | None = None
+    max_discharge_kw: Decimal | None = None
+    cells_nameplate_kwh: Decimal | None = None
+    energy_density_wh_per_l: Decimal | None = None
+    production_cost: Decimal | None = None
+    purchased_eligible_components_cost: Decimal = Decimal(0)
+    cost_items: tuple[CostItem, ...] = ()
+    first_module_sale: bool = True
+    unit_id: str | None = None
+    events: tuple[str, ...] = ()
+
+
+def _norm_form(form: str) -> str:
+    return form.strip().lower().replace("sulphate", "sulfate")
+
+
+def is_applicable_critical_mineral(
+    pack: RulePack, mineral: str, *, purity: Decimal | None = None, form: str | None = None
+) -> bool:
+    """Whether material is already an applicable critical mineral (26 USC 45X(c)(6), 26 CFR 1.45X-4):
+    a listed compound form, or at least the listed purity (e.g. nickel >= 99% Ni)."""
+    section = pack.credit45x
+    key = mineral.strip().lower()
+    forms = section.critical_mineral_forms.value.get(key)
+    minimum = section.critical_mineral_min_purity.value.get(key)
+    if forms is None and minimum is None:
+        raise InputError("mineral", f"{mineral!r} is not listed in rule pack {pack.pack_id}")
+    if form is not None and _norm_form(form) in {_norm_form(f) for f in forms or ()}:
+        return True
+    if purity is not None:
+        fraction("purity", purity)
+        return minimum is not None and purity >= minimum
+    return False
+
+
+def purchase_cost_kind(
+    pack: RulePack, mineral: str, *, purity: Decimal | None = None, form: str | None = None
+) -> CostKind:
+    """Classify purchased mineral feedstock: already eligible (price excluded) or not (may count)."""
+    if is_applicable_critical_mineral(pack, mineral, purity=purity, form=form):
+        return CostKind.PURCHASED_ELIGIBLE_COMPONENT
+    return CostKind.CONSTITUENT_MATERIAL
+
+
+def _excluded_kinds_path(component: Component) -> str:
+    if component is Component.ELECTRODE_ACTIVE_MATERIAL:
+        return "credit45x.eam_cost_excluded_kinds"
+    if component is Component.CRITICAL_MINERAL:
+        return "credit45x.critical_mineral_cost_excluded_kinds"
+    raise InputError("component", f"{component.value} is credited per kWh, not on production cost")
+
+
+def _production_cost(log: ParamLog, component: Component, items: Sequence[CostItem]) -> ProductionCost:
+    excluded_kinds = set(log.texts(_excluded_kinds_path(component)))
+    included = Decimal(0)
+    excluded = Decimal(0)
+    excluded_items: list[CostItem] = []
+    for i, item in enumerate(items):
+        non_negative(f"cost_items[{i}].amount", item.amount)
+        if item.kind.value in excluded_kinds:
+            excluded += item.amount
+            excluded_items.append(item)
+        else:
+            included += item.amount
+    return ProductionCost(included=included, excluded=excluded, excluded_items=tuple(excluded_items))
+
+
+def production_cost_of(pack: RulePack, component: Component, items: Sequence[CostItem]) -> ProductionCost:
+    """Production cost that earns the 10% credit (26 CFR 1.45X-3): purchased eligible components are
+    never counted twice; for electrode active materials, unrefined raw material is not counted."""
+    return _production_cost(ParamLog(pack), component, items)
+
+
+def _validate(claim: Claim45X) -> None:
+    c = claim.component
+    for name in ("sale_year", "production_year"):
+        value = getattr(claim, name)
+        if value is not None:
+            year(name, value)
+    if c is Component.CRITICAL_MINERAL and claim.production_year is None:
+        raise InputError("production_year", "is required for critical minerals (phase-out is by production year)")
+    if c is not Component.CRITICAL_MINERAL and claim.sale_year is None:
+        raise InputError("sale_year", f"is required for {c.value} (phase-out is by sale year)")
+    if claim.sale_year is not None and claim.production_year is not None:
+        if claim.production_year > claim.sale_year:
+            raise InputError("production_year", f"{claim.production_year} is after sale_year {claim.sale_year}")
+    if c in CAPACITY_COMPONENTS:
+        if claim.capacity_kwh is None:
+            raise InputError("capacity_kwh", f"is required for {c.value}")
+        positive("capacity_kwh", claim.capacity_kwh)
+        if claim.max_discharge_kw is not None:
+            positive("max_discharge_kw", claim.max_discharge_kw)
+        for name in ("production_cost", "cost_items"):
+            if getattr(claim, name):
+                raise InputError(name, f"does not apply to {c.value} (credited per kWh)")
+        if claim.purchased_eligible_components_cost:
+            raise InputError("purchased_eligible_components_cost", f"does not apply to {c.value}")
+    else:
+        for name in ("capacity_kwh", "max_discharge_kw"):
+            if getattr(claim, name) is not None:
+                raise InputError(name, f"does not apply to {c.value} (credited on production cost)")
+        if claim.production_cost is None and not claim.cost_items:
+            raise InputError("production_cost", f"is required for {c.value}")
+        if claim.production_cost is not None and claim.cost_items:
+            raise InputError("production_cost", "give production_cost or cost_items, not both")
+        if claim.production_cost is not None:
+            non_negative("production_cost", claim.production_cost)
+            non_negative("purchased_eligible_components_cost", claim.purchased_eligible_components_cost)
+            if claim.purchased_eligible_components_cost > claim.production_cost:
+                raise InputError(
+                    "purchased_eligible_components_cost",
+                    f"{claim.purchased_eligible_components_cost} exceeds production_cost {claim.production_cost}",
+                )
+    if claim.cells_nameplate_kwh is not None:
+        if c is not Component.MODULE:
+            raise InputError("cells_nameplate_kwh", f"applies to modules built from cells, not {c.value}")
+        positive("cells_nameplate_kwh", claim.cells_nameplate_kwh)
+    if claim.energy_density_wh_per_l is not None:
+        if c is not Component.CELL:
+            raise InputError("energy_density_wh_per_l", f"applies to cells, not {c.value}")
+        positive("energy_density_wh_per_l", claim.energy_density_wh_per_l)
+    if not claim.first_module_sale and c not in MODULES:
+        raise InputError("first_module_sale", f"applies to modules, not {c.value}")
+
+
+def credit_45x(
+    pack: RulePack, claim: Claim45X, *, custody_model: CustodyModel = CustodyModel.MASS_BALANCE
+) -> Finding:
+    """Evaluate one 45X claim (26 USC 45X(b)(1), (b)(3), (b)(4), (c)(5)-(6); 26 CFR 1.45X-3, 1.45X-4).
+
+    Cells and modules: rate x capacity, capacity capped at 100 x maximum discharge (kW) and, for a
+    module, at its cells' nameplate. EAM and critical minerals: 10% of eligible production cost.
+    Then the phase-out factor: by sale year, except critical minerals by production year.
+    """
+    _validate(claim)
+    log = ParamLog(pack)
+    c = claim.component
+    warnings: list[str] = []
+    notes: list[str] = []
+    inputs = {
+        "component": c,
+        "sale_year": claim.sale_year,
+        "production_year": claim.production_year,
+        "capacity_kwh": claim.capacity_kwh,
+        "max_discharge_kw": claim.max_discharge_kw,
+        "cells_nameplate_kwh": claim.cells_nameplate_kwh,
+        "energy_density_wh_per_l": claim.energy_density_wh_per_l,
+        "production_cost": claim.production_cost,
+        "purchased_eligible_components_cost": (
+            claim.purchased_eligible_components_cost if c in COST_COMPONENTS else None
+        ),
+        "first_module_sale": claim.first_module_sale if c in MODULES else None,
+        "unit_id": claim.unit_id,
+    }
+    events = list(claim.events) + [e for item in claim.cost_items for e in item.event_ids]
+
+    def finish(requirements: list[Requirement], amounts: dict[str, Decimal], applicable: bool = True) -> Finding:
+        return make_finding(
+            ClaimKind.CREDIT_45X,
+            requirements,
+            parameters_used=log.used(),
+            pack_id=pack.pack_id,
+            pack_version=pack.version,
+            amounts=amounts,
+            custody_model=custody_model,
+            events=events,
+            warnings=warnings,
+            notes=notes,
+            inputs=inputs,
+            applicable=applicable,
+        )
+
+    # 1. In force: 45X covers components produced and sold after 2022.
+    first = log.year("credit45x.first_year")
+    first_param = log.param("credit45x.first_year")
+    years = [y for y in (claim.production_year, claim.sale_year) if y is not None]
+    in_force = Condition[Claim45X](
+        "production and sale in a year 45X covers",
+        lambda _: min(years) >= first,
+        citation=first_param.citation,
+        confidence=first_param.confidence,
+        show=lambda _: str(min(years)),
+        threshold=f">= {first}",
+    ).evaluate(claim)
+    if not in_force.passed:
+        notes.append(f"45X does not apply to components produced or sold before {first}")
+        return finish([in_force], {"credit_usd": Decimal(0)}, applicable=False)
+
+    # 2. Phase-out factor: critical minerals by production year, everything else by sale year.
+    if c is Component.CRITICAL_MINERAL:
+        assert claim.production_year is not None
+        phase_path, phase_year, phase_what = (
+            "credit45x.critical_mineral_phase_out_by_production_year",
+            claim.production_year,
+            "production year",
+        )
+    else:
+        assert claim.sale_year is not None
+        phase_path, phase_year, phase_what = (
+            "credit45x.component_phase_out_by_sale_year",
+            claim.sale_year,
+            "sale year",
+        )
+    factor = log.by_year(phase_path, phase_year, phase_what)
+    phase_param = log.param(phase_path)
+    if factor is None:
+        notes.append(f"rule pack has no phase-out step for {phase_what} {phase_year}: 45X not in force")
+        return finish([in_force], {"credit_usd": Decimal(0)}, applicable=False)
+    phase_req = Threshold[Claim45X](
+        f"phase-out factor for {phase_what} {phase_year} above zero",
+        lambda _: factor,
+        Decimal(0),
+        comparison=Comparison.GT,
+        citation=phase_param.citation,
+        confidence=phase_param.confidence,
+        threshold_year=phase_year,
+    ).evaluate(claim)
+
+    rate = log.amount(_RATE_PATH[c])
+    amounts: dict[str, Decimal] = {"rate": rate, "phase_out_factor": factor}
+    requirements: list[Requirement] = [in_force]
+
+    if c in CAPACITY_COMPONENTS:
+        assert claim.capacity_kwh is not None
+        requirements += [p.evaluate(claim) for p in _definition_policies(log, claim, warnings)]
+        capped = _capped_capacity(log, claim, warnings, notes)
+        amounts |= {"capacity_kwh": claim.capacity_kwh, "capped_capacity_kwh": capped}
+        gross = rate * capped
+    else:
+        if claim.cost_items:
+            cost = _production_cost(log, c, claim.cost_items)
+            gross_cost, excluded = cost.included + cost.excluded, cost.excluded
+            notes += [f"excluded from production cost: {i.description} ({i.kind.value})" for i in cost.excluded_items]
+        else:
+            assert claim.production_cost is not None
+            log.texts(_excluded_kinds_path(c))
+            gross_cost, excluded = claim.production_cost, claim.purchased_eligible_components_cost
+        eligible = gross_cost - excluded
+        if log.flag("credit45x.one_credit_per_material"):
+            other = (
+                Component.CRITICAL_MINERAL if c is Component.ELECTRODE_ACTIVE_MATERIAL else Component.ELECTRODE_ACTIVE_MATERIAL
+            )
+            notes.append(f"one credit per material: this material must not also be claimed as {other.value}")
+        amounts |= {
+            "production_cost_usd": gross_cost,
+            "excluded_cost_usd": excluded,
+            "eligible_production_cost_usd": eligible,
+        }
+        gross = rate * eligible
+    requirements.append(phase_req)
+
+    passed_all = all(r.passed for r in requirements)
+    amounts["credit_usd"] = usd(gross * factor) if passed_all else Decimal(0)
+    return finish(requirements, amounts)
+
+
+def _definition_policies(log: ParamLog, claim: Claim45X, warnings: list[str]) -> list[Policy[Claim45X]]:
+    """Cell: >= 12 Wh and >= 100 Wh/L; module: >= 7 kWh and first sale in its chain (45X(c)(5))."""
+    c = claim.component
+    policies: list[Policy[Claim45X]] = []
+    if c is Component.CELL:
+        min_wh = log.amount("credit45x.cell_min_capacity")
+        p_wh = log.param("credit45x.cell_min_capacity")
+        parts: list[Policy[Claim45X]] = [
+            Threshold(
+                "cell capacity (Wh)",
+                lambda cl: None if cl.capacity_kwh is None else cl.capacity_kwh * 1000,
+                min_wh,
+                comparison=Comparison.GE,
+                citation=p_wh.citation,
+                confidence=p_wh.confidence,
+            )
+        ]
+        if claim.energy_density_wh_per_l is None:
+            warnings.append("energy density not given: the >= 100 Wh/L part of the cell definition was not checked")
+        else:
+            min_density = log.amount("credit45x.cell_min_energy_density")
+            p_d = log.param("credit45x.cell_min_energy_density")
+            parts.append(
+                Threshold(
+                    "cell energy density (Wh/L)",
+                    lambda cl: cl.energy_density_wh_per_l,
+                    min_density,
+                    comparison=Comparison.GE,
+                    citation=p_d.citation,
+                    confidence=p_d.confidence,
+                )
+            )
+        policies.append(AllOf(*parts, name="battery cell definition"))
+    else:
+        min_kwh = log.amount("credit45x.module_min_capacity")
+        p_m = log.param("credit45x.module_min_capacity")
+        policies.append(
+            Threshold(
+                "module capacity (kWh)",
+                lambda cl: cl.capacity_kwh,
+                min_kwh,
+                comparison=Comparison.GE,
+                citation=p_m.citation,
+                confidence=p_m.confidence,
+                note="tested on the stated capacity, before caps",
+            )
+        )
+        if log.flag("credit45x.first_module_sale_only"):
+            p_f = log.param("credit45x.first_module_sale_only")
+            policies.append(
+                Condition(
+                    "first sale of this module in its chain",
+                    lambda cl: cl.first_module_sale,
+                    citation=p_f.citation,
+                    confidence=p_f.confidence,
+                    show=lambda cl: str(cl.first_module_sale).lower(),
+                )
+            )
+    return policies
+
+
+def _capped_capacity(log: ParamLog, claim: Claim45X, warnings: list[str], notes: list[str]) -> Decimal:
+    """Capacity counted: at most ratio x max discharge (45X(b)(4)); a module at most its cells' nameplate."""
+    assert claim.capacity_kwh is not None
+    capped = claim.capacity_kwh
+    if claim.max_discharge_kw is None:
+        warnings.append("maximum discharge not given: the capacity-to-power cap was not applied")
+    else:
+        ratio = log.amount("credit45x.max_capacity_to_power_ratio")
+        limit = ratio * claim.max_discharge_kw
+        if limit < capped:
+            notes.append(f"capacity capped at {ratio} x {claim.max_discharge_kw} kW = {limit} kWh")
+            capped = limit
+    if claim.component is Component.MODULE and log.flag("credit45x.module_capacity_limited_to_cells"):
+        if claim.cells_nameplate_kwh is None:
+            warnings.append("cells' nameplate capacity not given: the module was not capped at its cells")
+        elif claim.cells_nameplate_kwh < capped:
+            notes.append(f"module capacity capped at its cells' nameplate {claim.cells_nameplate_kwh} kWh")
+            capped = claim.cells_nameplate_kwh
+    return capped
+
+
+def credit_45x_claims(
+    pack: RulePack, claims: Sequence[Claim45X], *, custody_model: CustodyModel = CustodyModel.MASS_BALANCE
+) -> list[Finding]:
+    """Evaluate several claims, refusing one material (same `unit_id`) claimed under two components:
+    e.g. lithium carbonate is both an electrode active material and a critical mineral, and earns one
+    credit, never both (26 CFR 1.45X-3). The caller picks which."""
+    if pack.credit45x.one_credit_per_material.value:
+        seen: defaultdict[str, list[Component]] = defaultdict(list)
+        for claim in claims:
+            if claim.unit_id is not None:
+                seen[claim.unit_id].append(claim.component)
+        for unit, components in seen.items():
+            if len(components) > 1:
+                listed = " and ".join(x.value for x in components)
+                raise InputError(
+                    "claims",
+                    f"unit {unit!r} is claimed as {listed}: a material earns one 45X credit; keep one claim",
+                )
+    return [credit_45x(pack, claim, custody_model=custody_model) for claim in claims]
