@@ -623,6 +623,41 @@ class Ledger:
         self._parked_index = {k: v for k, v in self._parked_index.items() if v}
         return out
 
+    def refresh_registry(self) -> None:
+        """Re-read registry state written by another process (verify workers are readers)."""
+        self._load()
+
+    def decisions(
+        self, event_ids: Iterable[str] = (), sources: Iterable[str] = ()
+    ) -> dict[str, tuple[Status, int | None, str | None, str | None]]:
+        """What the ledger decided, by event id or by rejection source (e.g. "topic/partition/offset").
+
+        Returns {key: (status, seq, reason, detail)} for the keys it knows; "parked" while waiting.
+        """
+        ids = sorted(set(event_ids))
+        srcs = sorted(set(sources))
+        out: dict[str, tuple[Status, int | None, str | None, str | None]] = {}
+        with self.engine.connect() as conn:
+            for part in chunks(ids):
+                for r in conn.execute(select(PARKED.c.event_id).where(PARKED.c.event_id.in_(part))):
+                    out[r.event_id] = ("parked", None, None, None)
+                for r in conn.execute(
+                    select(REJECTIONS.c.event_id, REJECTIONS.c.reason, REJECTIONS.c.detail).where(
+                        REJECTIONS.c.event_id.in_(part)
+                    )
+                ):
+                    out[r.event_id] = ("rejected", None, r.reason, r.detail)
+                for r in conn.execute(select(ENTRIES.c.event_id, ENTRIES.c.seq).where(ENTRIES.c.event_id.in_(part))):
+                    out[r.event_id] = ("appended", int(r.seq), None, None)
+            for part in chunks(srcs):
+                for r in conn.execute(
+                    select(REJECTIONS.c.source, REJECTIONS.c.reason, REJECTIONS.c.detail).where(
+                        REJECTIONS.c.source.in_(part)
+                    )
+                ):
+                    out[r.source] = ("rejected", None, r.reason, r.detail)
+        return out
+
     def parked_count(self) -> int:
         with self.engine.connect() as conn:
             return int(conn.execute(select(func.count()).select_from(PARKED)).scalar_one())

@@ -114,7 +114,7 @@ class RejectionRow(SQLModel, table=True):
     reason: str = Field(max_length=48, index=True)
     detail: str
     raw: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
-    source: str
+    source: str = Field(index=True)
     created_at: datetime
 
 
