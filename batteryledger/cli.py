@@ -1,7 +1,582 @@
-"""Command line interface (placeholder until the core lands)."""
+"""`batteryledger` command line.
+
+Every error a user can cause prints one line (`error: ...`) and exits non-zero; no tracebacks unless
+BATTERYLEDGER_DEBUG=1. The store is `--store URL` or $BATTERYLEDGER_STORE (default ./batteryledger.db).
+"""
 
 from __future__ import annotations
 
+import json
+import os
+import sys
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from ledger.core import Incoming, Ledger, verify_ledger
+from ledger.store import StoreError
+from schemas.events import SPEC, Kind
+from schemas.reasons import EventError
+from schemas.signing import (
+    KeyFileError,
+    generate_key,
+    key_id,
+    load_private_key,
+    load_public_key,
+    public_key_b64,
+    save_private_key,
+    sign_object,
+)
+
+DEFAULT_STORE = "batteryledger.db"
+APPEND_BATCH = 1000
+
+app = typer.Typer(
+    name="batteryledger",
+    help="Battery supply-chain traceability ledger: signed events, hash chain, provenance, audits.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+keys_app = typer.Typer(help="Ed25519 keys for facilities and the ledger operator.", no_args_is_help=True)
+facility_app = typer.Typer(help="The facility registry (signed by the operator key).", no_args_is_help=True)
+schema_app = typer.Typer(help="The wire contract as JSON Schema.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+app.add_typer(facility_app, name="facility")
+app.add_typer(schema_app, name="schema")
+
+# Not a terminal (CI logs, `make demo | tee`): rich would wrap tables at 80 columns; logs can be wider.
+console = Console() if sys.stdout.isatty() else Console(width=160)
+err_console = Console(stderr=True) if sys.stderr.isatty() else Console(stderr=True, width=160)
+
+StoreOpt = Annotated[
+    str, typer.Option("--store", envvar="BATTERYLEDGER_STORE", help="Store URL or SQLite file path.")
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for machines.")]
+
+
+class CliError(Exception):
+    """A user-facing error: printed as one line."""
+
+    def diagnostics(self) -> str:
+        return str(self)
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    raise CliError(message) from None
+
+
+def _passphrase(env: str | None) -> bytes | None:
+    if not env:
+        return None
+    value = os.environ.get(env)
+    if value is None:
+        fail(f"environment variable {env} (the key passphrase) is not set")
+    return value.encode()
+
+
+def open_ledger(store: str, operator_key: Path | None = None, passphrase_env: str | None = None) -> Ledger:
+    key = load_private_key(operator_key, _passphrase(passphrase_env)) if operator_key else None
+    return Ledger(store, operator_key=key)
+
+
+def progress_bar() -> Progress:
+    return Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=False,
+    )
+
+
+def read_lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    """Non-empty lines of a JSON-lines file ('-' = stdin), with line numbers."""
+    fh = sys.stdin.buffer if str(path) == "-" else path.open("rb")
+    try:
+        for n, line in enumerate(fh, 1):
+            line = line.strip()
+            if line:
+                yield n, line
+    finally:
+        if fh is not sys.stdin.buffer:
+            fh.close()
+
+
+# -- init & keys ---------------------------------------------------------------------------------
+@app.command()
+def init(
+    store: StoreOpt = DEFAULT_STORE,
+    origin: Annotated[
+        str, typer.Option(help="Log origin name (checkpoints carry it), e.g. ledger.example.com/na")
+    ] = ("batteryledger.local/ledger"),
+    operator_key: Annotated[
+        Path, typer.Option(help="Operator (registry authority) private key; created if missing.")
+    ] = Path("keys/operator.key"),
+    passphrase_env: Annotated[str | None, typer.Option(help="Env var holding the key passphrase.")] = None,
+    legal_entity: Annotated[str, typer.Option(help="The operator's legal entity.")] = "Ledger operator",
+) -> None:
+    """Create a ledger: schema, operator key, and entry 0 (the registry authority)."""
+    if operator_key.exists():
+        key = load_private_key(operator_key, _passphrase(passphrase_env))
+    else:
+        key = generate_key()
+        save_private_key(key, operator_key, _passphrase(passphrase_env))
+        console.print(f"operator key written to {operator_key} (0600) and {operator_key}.pub")
+    led = Ledger.init(store, operator_key=key, origin=origin, legal_entity=legal_entity)
+    console.print(
+        f"ledger {origin!r} created at {led.url}: {led.size} entry, operator key {key_id(key.public_key())}"
+    )
+    console.print(f"operator verifier key: {led.operator_vkey}")
+
+
+@keys_app.command("new")
+def keys_new(
+    path: Annotated[Path, typer.Argument(help="Private key file to create (PKCS#8 PEM, mode 0600).")],
+    passphrase_env: Annotated[
+        str | None, typer.Option(help="Encrypt with the passphrase in this env var.")
+    ] = None,
+) -> None:
+    """Generate an Ed25519 key pair."""
+    key = generate_key()
+    pub = save_private_key(key, path, _passphrase(passphrase_env))
+    console.print(f"key id {key_id(key.public_key())}  public {public_key_b64(key.public_key())}")
+    console.print(f"private key {path} (0600), public key {pub}")
+
+
+@keys_app.command("show")
+def keys_show(
+    path: Annotated[Path, typer.Argument(help="A private (.key) or public (.pub) key file.")],
+) -> None:
+    """Print a key's id (fingerprint) and public key."""
+    try:
+        pub = load_public_key(path)
+    except (KeyFileError, ValueError):
+        pub = load_private_key(path).public_key()
+    console.print(f"key id {key_id(pub)}  public {public_key_b64(pub)}")
+
+
+# -- registry ------------------------------------------------------------------------------------
+@facility_app.command("register")
+def facility_register(
+    facility_id: Annotated[str, typer.Argument(help="Facility id, e.g. ref-us-kings-mountain")],
+    legal_entity: Annotated[str, typer.Option(help="Legal entity operating the facility.")],
+    country: Annotated[str, typer.Option(help="ISO 3166-1 alpha-2 country code.")],
+    role: Annotated[list[str], typer.Option(help="Event kind the facility may sign (repeat).")],
+    key: Annotated[Path, typer.Option(help="The facility's public key file (.pub) or private key.")],
+    operator_key: Annotated[Path, typer.Option(help="Operator private key.")] = Path("keys/operator.key"),
+    feoc: Annotated[bool, typer.Option(help="Attested foreign entity of concern.")] = False,
+    pfe: Annotated[bool, typer.Option(help="Attested prohibited foreign entity (45X MACR).")] = False,
+    valid_from: Annotated[
+        str, typer.Option(help="Key and attestation valid from (RFC 3339).")
+    ] = "2024-01-01T00:00:00Z",
+    evidence: Annotated[str | None, typer.Option(help="Reference to the attestation evidence.")] = None,
+    store: StoreOpt = DEFAULT_STORE,
+    passphrase_env: Annotated[
+        str | None, typer.Option(help="Env var holding the operator key passphrase.")
+    ] = None,
+) -> None:
+    """Register a facility and its key (a signed registry event appended to the ledger)."""
+    kinds = []
+    for r in role:
+        try:
+            kinds.append(Kind(r).value)
+        except ValueError:
+            fail(f"unknown role {r!r}: roles are event kinds ({', '.join(k.value for k in Kind)})")
+    try:
+        pub = load_public_key(key)
+    except (KeyFileError, ValueError):
+        pub = load_private_key(key).public_key()
+    led = open_ledger(store, operator_key, passphrase_env)
+    assert led.operator_key is not None
+    obj: dict[str, Any] = {
+        "spec": SPEC,
+        "kind": Kind.FACILITY_REGISTERED.value,
+        "facility_id": "registry",
+        "time": _now(),
+        "subject_facility_id": facility_id,
+        "legal_entity": legal_entity,
+        "country": country.upper(),
+        "roles": sorted(set(kinds)),
+        "attestation": {"feoc": feoc, "prohibited_foreign_entity": pfe, "as_of": valid_from},
+        "key": {"key_id": key_id(pub), "public_key": public_key_b64(pub), "valid_from": valid_from},
+    }
+    if evidence:
+        obj["attestation"]["evidence"] = evidence
+    raw, _ = sign_object(obj, led.operator_key)
+    [res] = led.append([raw])
+    if res.status != "appended":
+        fail(f"registration rejected ({res.reason}): {res.detail}")
+    console.print(f"registered {facility_id} ({country.upper()}) at entry {res.seq}, key {key_id(pub)}")
+
+
+@facility_app.command("list")
+def facility_list(store: StoreOpt = DEFAULT_STORE, as_json: JsonOpt = False) -> None:
+    """List registered facilities."""
+    led = open_ledger(store)
+    now = datetime.now(UTC)
+    rows = [
+        {
+            "facility_id": f.facility_id,
+            "legal_entity": f.legal_entity,
+            "country": f.country,
+            "feoc": f.feoc_at(now),
+            "prohibited_foreign_entity": f.pfe_at(now),
+            "roles": sorted(r.value for r in f.roles),
+        }
+        for f in sorted(led.registry.facilities.values(), key=lambda f: f.facility_id)
+    ]
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    t = Table("facility", "legal entity", "country", "FEOC", "PFE", "roles")
+    for r in rows:
+        t.add_row(
+            r["facility_id"],
+            r["legal_entity"],
+            r["country"],
+            "yes" if r["feoc"] else "",
+            "yes" if r["prohibited_foreign_entity"] else "",
+            ", ".join(r["roles"]),
+        )
+    console.print(t)
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# -- sign & append -------------------------------------------------------------------------------
+@app.command()
+def sign(
+    file: Annotated[Path, typer.Argument(help="JSON lines of unsigned events ('-' for stdin).")],
+    key: Annotated[Path, typer.Option(help="The facility's private key.")],
+    facility: Annotated[str | None, typer.Option(help="Fill facility_id where an event lacks it.")] = None,
+    output: Annotated[
+        Path | None, typer.Option("-o", "--output", help="Write signed lines here (default stdout).")
+    ] = None,
+    passphrase_env: Annotated[str | None, typer.Option(help="Env var holding the key passphrase.")] = None,
+) -> None:
+    """Sign JSON-lines events with a facility key (RFC 8785 canonical bytes, Ed25519)."""
+    from pydantic import ValidationError
+
+    from schemas.events import parse_event
+
+    priv = load_private_key(key, _passphrase(passphrase_env))
+    out = output.open("wb") if output else sys.stdout.buffer
+    count = 0
+    try:
+        for n, line in read_lines(file):
+            try:
+                obj = json.loads(line, parse_float=str)  # numbers keep their exact decimal text
+            except ValueError as exc:
+                fail(f"{file}:{n}: not JSON: {exc}")
+            if not isinstance(obj, dict):
+                fail(f"{file}:{n}: expected a JSON object")
+            obj.setdefault("spec", SPEC)
+            if facility:
+                obj.setdefault("facility_id", facility)
+            try:
+                parse_event(obj)
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                loc = ".".join(str(p) for p in first["loc"])
+                fail(f"{file}:{n}: {loc}: {first['msg']}")
+            raw, _ = sign_object(obj, priv)
+            out.write(raw + b"\n")
+            count += 1
+    finally:
+        if output:
+            out.close()
+    err_console.print(f"signed {count} event(s) with key {key_id(priv.public_key())}")
+
+
+@app.command()
+def append(
+    file: Annotated[Path, typer.Argument(help="JSON lines of signed events ('-' for stdin).")],
+    store: StoreOpt = DEFAULT_STORE,
+    as_json: JsonOpt = False,
+) -> None:
+    """Append signed events directly (no Kafka): bulk import and tests."""
+    led = open_ledger(store)
+    lines = list(read_lines(file))
+    results = []
+    with progress_bar() as bar:
+        task = bar.add_task("appending", total=len(lines))
+        for i in range(0, len(lines), APPEND_BATCH):
+            part = lines[i : i + APPEND_BATCH]
+            res = led.append([Incoming(raw=line, source=f"{file}:{n}") for n, line in part], park=True)
+            results.extend((n, r) for (n, _), r in zip(part, res, strict=True))
+            bar.advance(task, len(part))
+    expired = {r.event_id: r for r in led.expire_parked(max_age=_zero())}
+    counts: dict[str, int] = {}
+    rows = []
+    for n, r in results:
+        if r.status == "parked" and r.event_id in expired:
+            r = expired[r.event_id]
+        counts[r.status if r.status != "rejected" else f"rejected:{r.reason}"] = (
+            counts.get(r.status if r.status != "rejected" else f"rejected:{r.reason}", 0) + 1
+        )
+        rows.append(
+            {
+                "line": n,
+                "event_id": r.event_id,
+                "status": r.status,
+                "seq": r.seq,
+                "reason": r.reason,
+                "detail": r.detail,
+            }
+        )
+    if as_json:
+        print(json.dumps({"results": rows, "counts": counts}, indent=2))
+    else:
+        for row in rows:
+            if row["status"] == "rejected":
+                err_console.print(f"{file}:{row['line']}: rejected ({row['reason']}): {row['detail']}")
+        console.print(", ".join(f"{v} {k}" for k, v in sorted(counts.items())) or "nothing to append")
+        console.print(f"ledger size {led.size}, head {led.head_hash.hex()[:16]}..")
+    if any(r["status"] == "rejected" for r in rows):
+        raise typer.Exit(3)
+
+
+def _zero() -> Any:
+    from datetime import timedelta
+
+    return timedelta(0)
+
+
+# -- queries -------------------------------------------------------------------------------------
+def fta_countries() -> list[str]:
+    """FTA countries for the former 30D test, from the default rule pack."""
+    try:
+        from ledger.taxrules.pack import load_pack
+
+        pack = load_pack(None)
+        countries = pack.fta_countries() if hasattr(pack, "fta_countries") else None
+        if countries:
+            return sorted(countries)
+    except Exception:
+        pass
+    return [
+        "AU",
+        "BH",
+        "CA",
+        "CL",
+        "CO",
+        "CR",
+        "DO",
+        "SV",
+        "GT",
+        "HN",
+        "IL",
+        "JO",
+        "KR",
+        "MX",
+        "MA",
+        "NI",
+        "OM",
+        "PA",
+        "PE",
+        "SG",
+        "JP",
+    ]
+
+
+SHARE_COLUMNS = [
+    ("us_extracted", "US extr."),
+    ("us_processed", "US proc."),
+    ("fta_or_us_extracted", "US/FTA extr."),
+    ("fta_or_us_processed", "US/FTA proc."),
+    ("north_america_processed", "NA proc."),
+    ("recycled", "recycled"),
+    ("recycled_pre_consumer", "pre"),
+    ("recycled_post_consumer", "post"),
+    ("feoc_touched", "FEOC"),
+    ("unknown", "unknown"),
+]
+
+
+def provenance_table(summary: dict[str, Any]) -> Table:
+    t = Table(
+        title=f"provenance of {summary['batch_id']} ({summary['custody_model']}, "
+        f"{summary['ancestors']} ancestor batches)"
+    )
+    t.add_column("element")
+    t.add_column("kg", justify="right")
+    for _, label in SHARE_COLUMNS:
+        t.add_column(label, justify="right")
+    for el, data in summary["elements"].items():
+        shares = data["shares"]
+        t.add_row(el, f"{data['contained_kg']:,.1f}", *[f"{shares[k] * 100:.1f}%" for k, _ in SHARE_COLUMNS])
+    return t
+
+
+@app.command()
+def provenance(
+    batch: Annotated[str, typer.Argument(help="Batch id.")],
+    store: StoreOpt = DEFAULT_STORE,
+    as_json: JsonOpt = False,
+) -> None:
+    """Where a batch's Li, Ni, Co, Mn and graphite came from: shares by country, recycled, FEOC, unknown."""
+    led = open_ledger(store)
+    summary = led.provenance(batch).summary(fta=fta_countries())
+    if as_json:
+        print(json.dumps(summary, indent=2))
+        return
+    console.print(provenance_table(summary))
+    if summary["missing_parents"]:
+        console.print(
+            f"[yellow]parents not in the ledger (counted as unknown): {', '.join(summary['missing_parents'])}"
+        )
+    if summary["value"]:
+        console.print(
+            f"value USD {summary['value']['value_usd']:,.2f}; rests on {len(summary['events'])} events"
+        )
+
+
+@app.command()
+def lineage(
+    batch: Annotated[str, typer.Argument(help="Batch id.")],
+    up: Annotated[
+        bool, typer.Option("--up/--down", help="Ancestors (--up, default) or descendants (--down).")
+    ] = True,
+    depth: Annotated[int, typer.Option(min=1, max=10_000, help="How many hops.")] = 50,
+    store: StoreOpt = DEFAULT_STORE,
+    as_json: JsonOpt = False,
+) -> None:
+    """The batches a batch came from (--up) or went into (--down)."""
+    led = open_ledger(store)
+    rows = led.lineage(batch, direction="up" if up else "down", depth=depth)
+    if as_json:
+        print(json.dumps({"batch_id": batch, "direction": "up" if up else "down", "edges": rows}, indent=2))
+        return
+    t = Table(
+        "depth", "parent", "material", "facility", "→ child", "material", "kg", title=f"lineage of {batch}"
+    )
+    for r in rows:
+        t.add_row(
+            str(r["depth"]),
+            r["parent"],
+            r["parent_material"] or "?",
+            f"{r['parent_facility']} ({r['parent_country']})",
+            r["child"],
+            r["child_material"] or "?",
+            r["kg"],
+        )
+    console.print(t)
+
+
+@app.command()
+def verify(
+    store: StoreOpt = DEFAULT_STORE,
+    signatures: Annotated[
+        bool, typer.Option("--signatures/--no-signatures", help="Re-check every signature.")
+    ] = True,
+    as_json: JsonOpt = False,
+) -> None:
+    """Re-derive every chain link, Merkle root, checkpoint and signature; name the first mismatch."""
+    led = open_ledger(store)
+    with progress_bar() as bar:
+        task = bar.add_task("verifying", total=led.size)
+        report = verify_ledger(led, signatures=signatures, progress=lambda n: bar.advance(task, n))
+    for msg in getattr(led, "load_errors", []):
+        report.add(None, msg)
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "ok": report.ok,
+                    "entries": report.entries,
+                    "checkpoints": report.checkpoints,
+                    "signatures_checked": report.signatures_checked,
+                    "root_hash": report.root_hash.hex(),
+                    "errors": [{"entry": s, "message": m} for s, m in report.errors],
+                },
+                indent=2,
+            )
+        )
+    elif report.ok:
+        console.print(
+            f"ok: {report.entries} entries, {report.checkpoints} checkpoints, "
+            f"{report.signatures_checked} signatures; root {report.root_hash.hex()}"
+        )
+    else:
+        for _, msg in report.errors[:20]:
+            err_console.print(f"error: {msg}")
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@app.command()
+def stats(store: StoreOpt = DEFAULT_STORE) -> None:
+    """Ledger size, head, batches, facilities, rejections by reason (no broker needed)."""
+    led = open_ledger(store)
+    print(json.dumps(led.stats(), indent=2))
+
+
+@schema_app.command("export")
+def schema_export(
+    directory: Annotated[
+        Path, typer.Argument(help="Folder to write one JSON Schema per event kind into.")
+    ] = Path("schemas/jsonschema/v1"),
+) -> None:
+    """Write the JSON Schema of every event kind (the repo keeps them under schemas/jsonschema/v1)."""
+    from schemas.jsonschema_export import export
+
+    written = export(directory)
+    console.print(f"wrote {len(written)} schemas to {directory}")
+
+
+def _mount_optional() -> None:
+    """Sub-apps of the other faces (broker, streams, credits, proofs, audit)."""
+    from batteryledger import cli_broker, cli_credits
+
+    app.add_typer(
+        cli_broker.broker_app, name="broker", help="The local Apache Kafka broker (KRaft, loopback)."
+    )
+    app.add_typer(cli_credits.credits_app, name="credits", help="What-if tax-credit calculator.")
+    try:
+        from batteryledger import cli_streams
+    except ImportError:
+        return
+    cli_streams.register(app)
+
+
+_mount_optional()
+
 
 def main() -> None:
-    raise SystemExit("not yet")
+    debug = os.environ.get("BATTERYLEDGER_DEBUG") == "1"
+    try:
+        app(standalone_mode=False)
+    except typer.Exit as exc:
+        raise SystemExit(exc.exit_code) from None
+    except SystemExit:
+        raise
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        raise SystemExit(130) from None
+    except Exception as exc:
+        import click
+
+        if debug:
+            raise
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            raise SystemExit(exc.exit_code) from None
+        if isinstance(exc, click.exceptions.Abort):
+            raise SystemExit(1) from None
+        diag = getattr(exc, "diagnostics", None)
+        message = diag() if callable(diag) else f"{type(exc).__name__}: {exc}"
+        err_console.print(f"error: {message}", markup=False, highlight=False)
+        raise SystemExit(2 if isinstance(exc, CliError | KeyFileError | EventError) else 1) from None
+
+
+__all__ = ["StoreError", "app", "main"]

@@ -203,7 +203,9 @@ def open_note(note: str, name: str, public_key: Ed25519PublicKey) -> str:
             continue  # unknown key (another name, or another key under our name): ignore, per spec
         signature = blob[_KEY_ID_SIZE:]
         if len(signature) != _ED25519_SIG_SIZE:
-            raise NoteError(f"signature line {number} from {name} is not a {_ED25519_SIG_SIZE}-byte Ed25519 signature")
+            raise NoteError(
+                f"signature line {number} from {name} is not a {_ED25519_SIG_SIZE}-byte Ed25519 signature"
+            )
         try:
             public_key.verify(signature, data)
         except InvalidSignature:
@@ -233,7 +235,11 @@ class Checkpoint:
 
     def __post_init__(self) -> None:
         _check_line(self.origin, "origin")
-        if not isinstance(self.size, int) or isinstance(self.size, bool) or not 0 <= self.size <= MAX_TREE_SIZE:
+        if (
+            not isinstance(self.size, int)
+            or isinstance(self.size, bool)
+            or not 0 <= self.size <= MAX_TREE_SIZE
+        ):
             raise CheckpointError(f"tree size must be an int in [0, 2**64), got {self.size!r}")
         if not isinstance(self.root_hash, bytes) or len(self.root_hash) != HASH_SIZE:
             raise CheckpointError(f"root hash must be {HASH_SIZE} bytes")
@@ -258,10 +264,14 @@ class Checkpoint:
             raise CheckpointError("checkpoint must end with a newline")
         lines = text[:-1].split("\n")
         if len(lines) < 3:
-            raise CheckpointError(f"checkpoint has {len(lines)} lines; origin, size and root hash are required")
+            raise CheckpointError(
+                f"checkpoint has {len(lines)} lines; origin, size and root hash are required"
+            )
         origin, size_text, root_text, *extensions = lines
         if not _DECIMAL.fullmatch(size_text) or len(size_text) > len(str(MAX_TREE_SIZE)):
-            raise CheckpointError(f"tree size {size_text!r} is not a canonical decimal (no sign, no leading zeros)")
+            raise CheckpointError(
+                f"tree size {size_text!r} is not a canonical decimal (no sign, no leading zeros)"
+            )
         try:
             root = _b64decode_canonical(root_text)
         except ValueError as exc:

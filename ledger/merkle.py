@@ -172,7 +172,9 @@ def _inclusion_proof_length(index: int, size: int) -> int:
     return inner + (index >> inner).bit_count()
 
 
-def verify_inclusion(leaf_hash: bytes, index: int, tree_size: int, proof: Sequence[bytes], root: bytes) -> None:
+def verify_inclusion(
+    leaf_hash: bytes, index: int, tree_size: int, proof: Sequence[bytes], root: bytes
+) -> None:
     """Check that `leaf_hash` is leaf `index` of the tree of `tree_size` with `root`; raise ProofError if not.
 
     RFC 9162 section 2.1.3.2, with the lengths of every hash and of the proof checked first.
@@ -239,7 +241,9 @@ def _consistency_proof_length(old_size: int, new_size: int) -> int:
     return seed + inner - shift + border
 
 
-def verify_consistency(old_size: int, new_size: int, old_root: bytes, new_root: bytes, proof: Sequence[bytes]) -> None:
+def verify_consistency(
+    old_size: int, new_size: int, old_root: bytes, new_root: bytes, proof: Sequence[bytes]
+) -> None:
     """Check that the tree of `new_size` with `new_root` extends the one of `old_size` with `old_root`.
 
     RFC 9162 section 2.1.4.2, plus: sizes are checked (old_size 0 is refused, even 0 -> 0, as such a
@@ -260,7 +264,9 @@ def verify_consistency(old_size: int, new_size: int, old_root: bytes, new_root: 
     if old_size == new_size:
         # RFC 9162 defines the proof for 0 < first < second; for equal sizes the trees are the same.
         if proof:
-            raise ProofError(f"consistency proof between equal sizes {old_size} must be empty, has {len(proof)}")
+            raise ProofError(
+                f"consistency proof between equal sizes {old_size} must be empty, has {len(proof)}"
+            )
         if old_root != new_root:
             raise ProofError(f"roots differ for the same tree size {old_size}")
         return

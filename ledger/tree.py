@@ -144,7 +144,9 @@ def _path_keys(index: int, level: int, size: int) -> tuple[list[NodeKey], list[N
     return siblings, range_nodes(end, size), range_nodes(0, begin)[::-1]
 
 
-def _path(siblings: list[NodeKey], ephemeral: list[NodeKey], left: list[NodeKey], found: Mapping[NodeKey, bytes]) -> list[bytes]:
+def _path(
+    siblings: list[NodeKey], ephemeral: list[NodeKey], left: list[NodeKey], found: Mapping[NodeKey, bytes]
+) -> list[bytes]:
     proof = [found[k] for k in siblings]
     if ephemeral:
         proof.append(_fold([found[k] for k in ephemeral]))

@@ -99,10 +99,13 @@ class BrokerError(RuntimeError):
     evidence (Maven's or the broker's output). ``str()`` is the full :meth:`diagnostics`.
     """
 
-    def __init__(self, summary: str, *, log_path: Path | None = None, log_tail: str = "") -> None:
+    def __init__(
+        self, summary: str, *, log_path: Path | None = None, log_tail: str = "", first_errors: str = ""
+    ) -> None:
         self.summary = summary
         self.log_path = log_path
         self.log_tail = log_tail
+        self.first_errors = first_errors
         super().__init__(self.diagnostics())
 
     def one_line(self) -> str:
@@ -113,6 +116,8 @@ class BrokerError(RuntimeError):
         text = self.summary
         if self.log_path:
             text += f"\nlog: {self.log_path}"
+        if self.first_errors.strip():
+            text += f"\n--- first errors in the log ---\n{self.first_errors.rstrip()}"
         if self.log_tail.strip():
             text += f"\n--- last lines of the log ---\n{self.log_tail.rstrip()}"
         return text
@@ -436,17 +441,13 @@ class LocalBroker:
                 self._kill()
                 if fixed_ports:
                     which = f"port {taken}" if taken and taken != "?" else f"port {port} or {cport}"
-                    raise BrokerError(
-                        f"{which} is already in use: pick another --port, or give none to use a free one",
-                        log_path=self.log_path,
-                        log_tail=self.log_tail(),
+                    raise self._failure(
+                        f"{which} is already in use: pick another --port, or give none to use a free one"
                     ) from None
                 if attempt == attempts:
-                    raise BrokerError(
+                    raise self._failure(
                         f"free ports were taken by another process {attempts} times in a row (last "
-                        f"{port}/{cport}): try again",
-                        log_path=self.log_path,
-                        log_tail=self.log_tail(),
+                        f"{port}/{cport}): try again"
                     ) from None
                 continue
             except BaseException:
@@ -590,18 +591,14 @@ class LocalBroker:
             if code is not None:
                 if self._bind_failed():
                     raise _PortTaken
-                tail = self.log_tail()
-                raise BrokerError(
-                    f"Kafka exited with code {code} while starting (data dir {self.data_dir})",
-                    log_path=self.log_path,
-                    log_tail=tail,
+                raise self._failure(
+                    f"Kafka exited with code {code} while starting (data dir {self.data_dir})"
                 )
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise BrokerError(
-                    f"Kafka did not answer on {bootstrap} within {timeout:.0f} s",
-                    log_path=self.log_path,
-                    log_tail=self.log_tail(),
+                raise self._failure(
+                    f"Kafka did not answer on {bootstrap} within {timeout:.0f} s: see its log; on a slow machine "
+                    "allow more time (--timeout)"
                 )
             if _port_open(self._port) and _cluster_ready(bootstrap, min(5.0, max(1.0, remaining))):
                 if self._proc.poll() is None:
@@ -609,17 +606,30 @@ class LocalBroker:
                 continue
             time.sleep(0.2)
 
+    def _log_since_launch(self) -> str:
+        try:
+            with self.log_path.open("rb") as fh:
+                fh.seek(self._log_offset)
+                return fh.read().decode("utf-8", errors="replace")
+        except OSError:
+            return ""
+
+    def _first_errors(self, n: int = 5) -> str:
+        """The first ERROR/FATAL lines since launch: the cause, before pages of shutdown noise."""
+        found = [ln for ln in self._log_since_launch().splitlines() if " ERROR " in ln or " FATAL " in ln]
+        return "\n".join(found[:n])
+
+    def _failure(self, summary: str) -> BrokerError:
+        return BrokerError(
+            summary, log_path=self.log_path, log_tail=self.log_tail(), first_errors=self._first_errors()
+        )
+
     def _bind_failed(self) -> bool:
         return self._taken_port() is not None
 
     def _taken_port(self) -> str | None:
         """The port named by a bind failure in the log since the last launch, if any."""
-        try:
-            with self.log_path.open("rb") as fh:
-                fh.seek(self._log_offset)
-                text = fh.read().decode("utf-8", errors="replace")
-        except OSError:
-            return None
+        text = self._log_since_launch()
         found = re.search(r"failed to bind to [^\s]*:(\d+): Address already in use", text)
         if found:
             return found.group(1)

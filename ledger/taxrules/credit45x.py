@@ -165,12 +165,17 @@ def _validate(claim: Claim45X) -> None:
         if value is not None:
             year(name, value)
     if c is Component.CRITICAL_MINERAL and claim.production_year is None:
-        raise InputError("production_year", "is required for critical minerals (phase-out is by production year)")
+        raise InputError(
+            "production_year", "is required for critical minerals (phase-out is by production year)"
+        )
     if c is not Component.CRITICAL_MINERAL and claim.sale_year is None:
         raise InputError("sale_year", f"is required for {c.value} (phase-out is by sale year)")
-    if claim.sale_year is not None and claim.production_year is not None:
-        if claim.production_year > claim.sale_year:
-            raise InputError("production_year", f"{claim.production_year} is after sale_year {claim.sale_year}")
+    if (
+        claim.sale_year is not None
+        and claim.production_year is not None
+        and claim.production_year > claim.sale_year
+    ):
+        raise InputError("production_year", f"{claim.production_year} is after sale_year {claim.sale_year}")
     if c in CAPACITY_COMPONENTS:
         if claim.capacity_kwh is None:
             raise InputError("capacity_kwh", f"is required for {c.value}")
@@ -241,7 +246,9 @@ def credit_45x(
     }
     events = list(claim.events) + [e for item in claim.cost_items for e in item.event_ids]
 
-    def finish(requirements: list[Requirement], amounts: dict[str, Decimal], applicable: bool = True) -> Finding:
+    def finish(
+        requirements: list[Requirement], amounts: dict[str, Decimal], applicable: bool = True
+    ) -> Finding:
         return make_finding(
             ClaimKind.CREDIT_45X,
             requirements,
@@ -317,7 +324,10 @@ def credit_45x(
         if claim.cost_items:
             cost = _production_cost(log, c, claim.cost_items)
             gross_cost, excluded = cost.included + cost.excluded, cost.excluded
-            notes += [f"excluded from production cost: {i.description} ({i.kind.value})" for i in cost.excluded_items]
+            notes += [
+                f"excluded from production cost: {i.description} ({i.kind.value})"
+                for i in cost.excluded_items
+            ]
         else:
             assert claim.production_cost is not None
             log.texts(_excluded_kinds_path(c))
@@ -325,7 +335,9 @@ def credit_45x(
         eligible = gross_cost - excluded
         if log.flag("credit45x.one_credit_per_material"):
             other = (
-                Component.CRITICAL_MINERAL if c is Component.ELECTRODE_ACTIVE_MATERIAL else Component.ELECTRODE_ACTIVE_MATERIAL
+                Component.CRITICAL_MINERAL
+                if c is Component.ELECTRODE_ACTIVE_MATERIAL
+                else Component.ELECTRODE_ACTIVE_MATERIAL
             )
             notes.append(f"one credit per material: this material must not also be claimed as {other.value}")
         amounts |= {
@@ -359,7 +371,9 @@ def _definition_policies(log: ParamLog, claim: Claim45X, warnings: list[str]) ->
             )
         ]
         if claim.energy_density_wh_per_l is None:
-            warnings.append("energy density not given: the >= 100 Wh/L part of the cell definition was not checked")
+            warnings.append(
+                "energy density not given: the >= 100 Wh/L part of the cell definition was not checked"
+            )
         else:
             min_density = log.amount("credit45x.cell_min_energy_density")
             p_d = log.param("credit45x.cell_min_energy_density")

@@ -119,7 +119,11 @@ def _safe_harbor_policy(log: ParamLog) -> AnyOf[MineralChain]:
 
 
 def _mineral_content(
-    log: ParamLog, chains: Sequence[MineralChain], report_date: date | None, warnings: list[str], notes: list[str]
+    log: ParamLog,
+    chains: Sequence[MineralChain],
+    report_date: date | None,
+    warnings: list[str],
+    notes: list[str],
 ) -> MineralContent:
     log.text("cv30d.traced_value_formula")
     window = log.param("cv30d.value_added_safe_harbor_share").effective
@@ -138,8 +142,14 @@ def _mineral_content(
         non_negative(f"mineral_chains[{i}].total_value_usd", ch.total_value_usd)
         non_negative(f"mineral_chains[{i}].traced_qualifying_value_usd", ch.traced_qualifying_value_usd)
         if ch.traced_qualifying_value_usd > ch.total_value_usd:
-            raise InputError(f"mineral_chains[{i}].traced_qualifying_value_usd", "exceeds the chain's total value")
-        for attr in ("extraction_value_added_share", "processing_value_added_share", "recycling_value_added_share"):
+            raise InputError(
+                f"mineral_chains[{i}].traced_qualifying_value_usd", "exceeds the chain's total value"
+            )
+        for attr in (
+            "extraction_value_added_share",
+            "processing_value_added_share",
+            "recycling_value_added_share",
+        ):
             value = getattr(ch, attr)
             if value is not None:
                 fraction(f"mineral_chains[{i}].{attr}", value)
@@ -202,7 +212,9 @@ def evaluate_30d(
     if (critical_mineral_content is None) == (not mineral_chains):
         raise InputError("critical_mineral_content", "give the content or mineral_chains, exactly one")
     if feoc_only_impracticable_to_trace and not feoc_critical_mineral:
-        raise InputError("feoc_only_impracticable_to_trace", "needs feoc_critical_mineral (a FEOC-touched mineral)")
+        raise InputError(
+            "feoc_only_impracticable_to_trace", "needs feoc_critical_mineral (a FEOC-touched mineral)"
+        )
     log = ParamLog(pack)
     warnings: list[str] = []
     notes: list[str] = []
@@ -219,7 +231,9 @@ def evaluate_30d(
         "feoc_only_impracticable_to_trace": feoc_only_impracticable_to_trace or None,
     }
 
-    def finish(requirements: list[Requirement], amounts: dict[str, Decimal], applicable: bool = True) -> Finding:
+    def finish(
+        requirements: list[Requirement], amounts: dict[str, Decimal], applicable: bool = True
+    ) -> Finding:
         return make_finding(
             ClaimKind.CLEAN_VEHICLE_30D,
             requirements,
@@ -299,7 +313,9 @@ def evaluate_30d(
             ).evaluate(v)
         )
     else:
-        notes.append(f"battery-component FEOC restriction applies from {comp_from}: not in force for this vehicle")
+        notes.append(
+            f"battery-component FEOC restriction applies from {comp_from}: not in force for this vehicle"
+        )
     min_from = log.day("cv30d.feoc_critical_minerals_from")
     p_min = log.param("cv30d.feoc_critical_minerals_from")
     if placed_in_service >= min_from:
@@ -324,7 +340,9 @@ def evaluate_30d(
             ).evaluate(v)
         )
     else:
-        notes.append(f"critical-mineral FEOC restriction applies from {min_from}: not in force for this vehicle")
+        notes.append(
+            f"critical-mineral FEOC restriction applies from {min_from}: not in force for this vehicle"
+        )
 
     # 4. Content requirements: each worth its own amount; at least one must be met.
     cm_path = "cv30d.critical_mineral_applicable_percentage"

@@ -84,7 +84,9 @@ def evaluate_domestic_content(
     notes: list[str] = []
     by_cost = domestic_cost is not None or total_cost is not None
     if by_cost and safe_harbor_table is not None:
-        raise InputError("safe_harbor_table", "give domestic_cost/total_cost or a safe-harbor table, not both")
+        raise InputError(
+            "safe_harbor_table", "give domestic_cost/total_cost or a safe-harbor table, not both"
+        )
     if safe_harbor_table is not None:
         percentage = safe_harbor_percentage(safe_harbor_table, us_components)
         log.text("domestic_content.safe_harbor_cost_table")
@@ -112,7 +114,9 @@ def evaluate_domestic_content(
 
     requirements: list[Requirement] = []
     if steel_iron_us_share is None:
-        warnings.append("steel and iron share not given: the 100% US steel and iron requirement was not checked")
+        warnings.append(
+            "steel and iron share not given: the 100% US steel and iron requirement was not checked"
+        )
     else:
         steel = log.amount("domestic_content.steel_iron_us_share")
         p_s = log.param("domestic_content.steel_iron_us_share")
@@ -163,10 +167,16 @@ def evaluate_domestic_content(
         increase = log.amount("domestic_content.bonus_45y_credit_increase")
         amounts["bonus_credit_fraction"] = increase if passed else Decimal(0)
         if prevailing_wage:
-            notes.append("45Y: the bonus is a 10% increase whatever the wage rate; prevailing wage sets the base")
+            notes.append(
+                "45Y: the bonus is a 10% increase whatever the wage rate; prevailing wage sets the base"
+            )
         if base_credit_usd is not None:
             bonus = usd(base_credit_usd * increase) if passed else Decimal(0)
-            amounts |= {"base_credit_usd": base_credit_usd, "bonus_usd": bonus, "credit_usd": base_credit_usd + bonus}
+            amounts |= {
+                "base_credit_usd": base_credit_usd,
+                "bonus_usd": bonus,
+                "credit_usd": base_credit_usd + bonus,
+            }
     kind = (
         ClaimKind.DOMESTIC_CONTENT_48E
         if credit is CleanElectricityCredit.INVESTMENT_48E

@@ -59,7 +59,9 @@ def recycled_content_from_masses(
     non_negative("pre_consumer_kg", pre_consumer_kg)
     non_negative("post_consumer_kg", post_consumer_kg)
     if pre_consumer_kg + post_consumer_kg > total_kg:
-        raise InputError("post_consumer_kg", f"recycled mass exceeds the total {total_kg} kg of {material.value}")
+        raise InputError(
+            "post_consumer_kg", f"recycled mass exceeds the total {total_kg} kg of {material.value}"
+        )
     return RecycledContent(material, pre_consumer_kg / total_kg, post_consumer_kg / total_kg)
 
 
@@ -104,7 +106,9 @@ def evaluate_recycled_content(
     materials. A year with no minimum in force gives not_applicable (the shares are still reported)."""
     check_year("year", year)
     if not plant_id or not battery_model:
-        raise InputError("plant_id", "plant_id and battery_model are required (Art. 8 is per model and plant)")
+        raise InputError(
+            "plant_id", "plant_id and battery_model are required (Art. 8 is per model and plant)"
+        )
     _validate(contents)
     log = ParamLog(pack)
     warnings: list[str] = []

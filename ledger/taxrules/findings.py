@@ -190,9 +190,7 @@ def _input_text(value: object) -> str:
 
 # ---- JSON with decimal numbers (never via float) -------------------------------------------------
 
-JsonValue = (
-    None | bool | int | str | Decimal | Sequence["JsonValue"] | Mapping[str, "JsonValue"]
-)
+JsonValue = None | bool | int | str | Decimal | Sequence["JsonValue"] | Mapping[str, "JsonValue"]
 
 
 def decimal_literal(value: Decimal) -> str:

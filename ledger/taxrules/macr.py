@@ -89,7 +89,9 @@ def evaluate_macr(
         if not cert.event_id:
             raise InputError(f"certifications[{i}].event_id", "a certification must name the ledger event")
         all_events.append(cert.event_id)
-        notes.append(f"supplier certification relied on: {cert.supplier} (event {cert.event_id}) {cert.note}".strip())
+        notes.append(
+            f"supplier certification relied on: {cert.supplier} (event {cert.event_id}) {cert.note}".strip()
+        )
     if certifications:
         log.text("macr.supplier_certification")
     amounts: dict[str, Decimal] = {
@@ -146,7 +148,9 @@ def evaluate_macr(
     path = _THRESHOLD_PATH[category]
     threshold = log.by_year(path, sale_year, "sale year")
     if threshold is None:
-        notes.append(f"rule pack has no {category.value} MACR threshold for sale year {sale_year}: not applicable")
+        notes.append(
+            f"rule pack has no {category.value} MACR threshold for sale year {sale_year}: not applicable"
+        )
         return finish(requirements, applicable=False)
     amounts["threshold"] = threshold
     equality_passes = log.flag("macr.equality_passes")

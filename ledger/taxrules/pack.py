@@ -349,7 +349,9 @@ def _read_json(text: str, source: str) -> dict[str, Any]:
     try:
         data = json.loads(text, parse_float=Decimal)
     except json.JSONDecodeError as exc:
-        raise PackError(source, [f"not valid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"]) from None
+        raise PackError(
+            source, [f"not valid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"]
+        ) from None
     if not isinstance(data, dict):
         raise PackError(source, ["top level must be a JSON object"])
     return data
@@ -369,7 +371,12 @@ def _merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _default_text() -> str:
-    return resources.files("ledger.taxrules").joinpath("packs").joinpath(DEFAULT_PACK).read_text(encoding="utf-8")
+    return (
+        resources.files("ledger.taxrules")
+        .joinpath("packs")
+        .joinpath(DEFAULT_PACK)
+        .read_text(encoding="utf-8")
+    )
 
 
 def parse_pack(text: str, source: str = "<string>") -> RulePack:

@@ -28,7 +28,9 @@ from ledger.merkle import EMPTY_ROOT, leaf_hash, root_hash
 GO_VKEY = "PeterNeumann+c74f20a3+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW"
 GO_SKEY = "PRIVATE+KEY+PeterNeumann+c74f20a3+AYEKFALVFGyNhPJEMzD1QIDr+Y7hfZx09iUvxdXHKDFz"
 GO_ENOCH_VKEY = "EnochRoot+af0cfe78+ATtqJ7zOtqQtYqOo0CpvDXNlMhV3HeJDpjrASKGLWdop"
-GO_TEXT = "If you think cryptography is the answer to your problem,\nthen you don't know what your problem is.\n"
+GO_TEXT = (
+    "If you think cryptography is the answer to your problem,\nthen you don't know what your problem is.\n"
+)
 GO_PETER_SIG = "— PeterNeumann x08go/ZJkuBS9UG/SffcvIAQxVBtiFupLLr8pAcElZInNIuGUgYN1FFYC2pZSNXgKvqfqdngotpRZb6KE6RyyBwJnAM=\n"
 GO_ENOCH_SIG = "— EnochRoot rwz+eBzmZa0SO3NbfRGzPCpDckykFXSdeX+MNtCOXm2/5n2tiOHp+vAF1aGrQ5ovTG01oOTGwnWLox33WWd1RvMc+QQ=\n"
 GO_NOTE = GO_TEXT + "\n" + GO_PETER_SIG
@@ -117,7 +119,9 @@ def sample_checkpoint(extensions: tuple[str, ...] = ()) -> Checkpoint:
 
 
 @pytest.mark.parametrize("extensions", [(), ("Timestamp: 1700000000",), ("a", "b c — d")])
-def test_checkpoint_sign_open_parse_round_trip(log_key: Ed25519PrivateKey, extensions: tuple[str, ...]) -> None:
+def test_checkpoint_sign_open_parse_round_trip(
+    log_key: Ed25519PrivateKey, extensions: tuple[str, ...]
+) -> None:
     cp = sample_checkpoint(extensions)
     note = sign_note(cp.body(), LOG_NAME, log_key)
     assert note.startswith(cp.body() + "\n— " + LOG_NAME + " ")
@@ -185,7 +189,9 @@ def test_unknown_key_line_is_ignored_but_a_known_signature_is_required() -> None
 def test_witness_cosignature_is_ignored(log_key: Ed25519PrivateKey) -> None:
     body = sample_checkpoint().body()
     witness = Ed25519PrivateKey.from_private_bytes(b"\x09" * 32)
-    cosigned = sign_note(body, LOG_NAME, log_key) + sign_note(body, "witness.example/w1", witness).split("\n\n")[-1]
+    cosigned = (
+        sign_note(body, LOG_NAME, log_key) + sign_note(body, "witness.example/w1", witness).split("\n\n")[-1]
+    )
     assert open_note(cosigned, LOG_NAME, log_key.public_key()) == body
     assert open_note(cosigned, "witness.example/w1", witness.public_key()) == body
 
@@ -210,7 +216,9 @@ def test_bad_signature_from_known_key_rejects_the_whole_note() -> None:
         GO_TEXT + "\n",
         GO_TEXT + "\n" + GO_PETER_SIG[:-1],
         "\x01" + GO_TEXT + "\n" + GO_PETER_SIG,
-        GO_TEXT + "\n" + "— Bad Name x08go/ZJkuBS9UG/SffcvIAQxVBtiFupLLr8pAcElZInNIuGUgYN1FFYC2pZSNXgKvqfqdngotpRZb6KE6RyyBwJnAM=",
+        GO_TEXT
+        + "\n"
+        + "— Bad Name x08go/ZJkuBS9UG/SffcvIAQxVBtiFupLLr8pAcElZInNIuGUgYN1FFYC2pZSNXgKvqfqdngotpRZb6KE6RyyBwJnAM=",
         GO_TEXT + "\n" + GO_PETER_SIG + "Unexpected line.\n",
         # And ours.
         GO_TEXT + "\n" + GO_PETER_SIG.replace("—", "-"),

@@ -4,6 +4,7 @@ O(log n) stored nodes in one `get` call."""
 from __future__ import annotations
 
 from collections.abc import Iterable
+from itertools import pairwise
 
 import pytest
 from hypothesis import given, settings
@@ -90,7 +91,16 @@ def store() -> MemoryNodes:
 # reference tree of 8 leaves (the CT leaf inputs), by level then index.
 CT_LEAVES = [
     bytes.fromhex(x)
-    for x in ["", "00", "10", "2021", "3031", "40414243", "5051525354555657", "606162636465666768696a6b6c6d6e6f"]
+    for x in [
+        "",
+        "00",
+        "10",
+        "2021",
+        "3031",
+        "40414243",
+        "5051525354555657",
+        "606162636465666768696a6b6c6d6e6f",
+    ]
 ]
 CT_NODES = [
     [
@@ -228,14 +238,14 @@ def test_append_reads_only_the_right_edge(store: MemoryNodes) -> None:
 def test_range_nodes_tile_the_range_exactly() -> None:
     for begin in range(70):
         for end in range(begin, 140):
-            covered = []
+            covered: list[int] = []
             for level, index in range_nodes(begin, end):
                 assert index << level >= begin
                 covered.extend(range(index << level, (index + 1) << level))
             assert covered == list(range(begin, end))
             # Never two adjacent siblings: a compact range is the fewest perfect subtrees.
             keys = range_nodes(begin, end)
-            assert all(not (a[0] == b[0] and a[1] ^ 1 == b[1] and a[1] % 2 == 0) for a, b in zip(keys, keys[1:]))
+            assert all(not (a[0] == b[0] and a[1] ^ 1 == b[1] and a[1] % 2 == 0) for a, b in pairwise(keys))
 
 
 # --- errors ----------------------------------------------------------------------------------------

@@ -1,0 +1,392 @@
+"""`batteryledger credits ...`: evaluate one tax-credit rule from plain numbers.
+
+Mounted by the main CLI as `credits`. Every command takes `--pack FILE` (a user rule pack; default the
+shipped pack) and `--json`.
+
+Input: fractions are 0..1 (0.6, not 60); money in USD; dates ISO 8601 (2024-03-01).
+
+Output with `--json`: one JSON object on one line. Numbers are JSON numbers written from Decimal
+(never via float): USD rounded to cents, fractions and other quantities to 6 decimal places, trailing
+zeros dropped (3750, 0.6). Keys common to all commands: `status` ("pass", "fail", "not_applicable"),
+`passes`, `requirements`, `warnings`, `notes`, `unconfirmed_parameters` (names of "?" parameters the
+result rests on), `citations`, `pack` ({id, version}). The exit code is 0 whenever a finding was made,
+whatever it says; bad input prints one line `error: ...` on stderr and exits 2.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from datetime import date
+from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
+from pathlib import Path
+from typing import Annotated, NoReturn, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ledger.taxrules.credit45x import Claim45X, Component, credit_45x
+from ledger.taxrules.cv30d import evaluate_30d
+from ledger.taxrules.domestic_content import evaluate_domestic_content
+from ledger.taxrules.errors import InputError, TaxRuleError
+from ledger.taxrules.findings import Comparison, Finding, JsonValue, Requirement, dumps_json
+from ledger.taxrules.macr import MacrCategory, evaluate_macr
+from ledger.taxrules.pack import RulePack, load_pack
+
+credits_app = typer.Typer(
+    name="credits",
+    help="Evaluate US battery tax-credit rules (45X, MACR, 48E/45Y domestic content, former 30D).",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+CENT = Decimal("0.01")
+MICRO = Decimal("0.000001")
+
+#: function argument -> CLI option, so errors name what the user typed
+OPTION_OF = {
+    "capacity_kwh": "--capacity-kwh",
+    "max_discharge_kw": "--max-discharge-kw",
+    "production_cost": "--production-cost",
+    "production_year": "--production-year",
+    "sale_year": "--sale-year",
+    "total_direct_material_cost": "--total-direct-cost",
+    "pfe_cost": "--pfe-cost",
+    "domestic_cost": "--domestic-cost",
+    "total_cost": "--total-cost",
+    "construction_year": "--construction-year",
+    "acquired": "--acquired",
+    "placed_in_service": "--placed-in-service",
+    "critical_mineral_content": "--critical-mineral-content",
+    "battery_component_content": "--battery-component-content",
+}
+
+PackOpt = Annotated[
+    Path | None,
+    typer.Option("--pack", help="Rule pack JSON file (default: the shipped pack).", dir_okay=False),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")]
+
+
+def _fail(message: str) -> NoReturn:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code=2)
+
+
+def _diagnose(exc: TaxRuleError) -> str:
+    """The error in the CLI's words: argument names become the options the user typed."""
+    text = exc.diagnostics()
+    if isinstance(exc, InputError):
+        text = f"{OPTION_OF.get(exc.field, exc.field)}: {exc.message}"
+        for field, option in OPTION_OF.items():
+            text = re.sub(rf"(?<![-\w]){field}\b", option, text)
+    return text
+
+
+def _number(option: str, text: str | None) -> Decimal | None:
+    if text is None:
+        return None
+    try:
+        value = Decimal(text.strip())
+    except InvalidOperation:
+        raise InputError(option, f"{text!r} is not a number") from None
+    if not value.is_finite():
+        raise InputError(option, f"{text!r} is not a finite number")
+    if value < 0:
+        raise InputError(option, f"must be >= 0, got {text}")
+    return value
+
+
+def _required_number(option: str, text: str) -> Decimal:
+    value = _number(option, text)
+    assert value is not None
+    return value
+
+
+def _fraction_opt(option: str, text: str) -> Decimal:
+    value = _required_number(option, text)
+    if value > 1:
+        raise InputError(option, f"is a fraction between 0 and 1, got {text} (write 0.6, not 60)")
+    return value
+
+
+def _date(option: str, text: str) -> date:
+    try:
+        return date.fromisoformat(text.strip())
+    except ValueError:
+        raise InputError(option, f"{text!r} is not a date (YYYY-MM-DD)") from None
+
+
+def _round(value: Decimal | None, step: Decimal = MICRO) -> Decimal | None:
+    return None if value is None else value.quantize(step, rounding=ROUND_HALF_EVEN)
+
+
+def _shown(value: Decimal | str | None) -> JsonValue:
+    return _round(value) if isinstance(value, Decimal) else value
+
+
+def _requirement(r: Requirement) -> dict[str, JsonValue]:
+    out: dict[str, JsonValue] = {
+        "name": r.name,
+        "passed": r.passed,
+        "value": _shown(r.value),
+        "comparison": r.comparison.value,
+        "threshold": _shown(r.threshold),
+        "threshold_year": r.threshold_year,
+        "citation": r.citation,
+        "confidence": r.confidence,
+    }
+    if r.note:
+        out["note"] = r.note
+    if r.children:
+        out["children"] = [_requirement(c) for c in r.children]
+    return out
+
+
+def _citations(requirements: tuple[Requirement, ...]) -> list[str]:
+    found: dict[str, None] = {}
+    stack = list(requirements)
+    while stack:
+        r = stack.pop(0)
+        for part in r.citation.split("; "):
+            if part:
+                found[part] = None
+        stack.extend(r.children)
+    return list(found)
+
+
+def _common(finding: Finding) -> dict[str, JsonValue]:
+    return {
+        "status": finding.status,
+        "passes": finding.passed,
+        "requirements": [_requirement(r) for r in finding.requirements],
+        "warnings": list(finding.warnings),
+        "notes": list(finding.notes),
+        "unconfirmed_parameters": [p.name for p in finding.unconfirmed_parameters()],
+        "citations": _citations(finding.requirements),
+        "pack": {"id": finding.pack_id, "version": finding.pack_version},
+    }
+
+
+def _text(value: JsonValue) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, str):
+        return value
+    return dumps_json(value)
+
+
+def _emit(title: str, head: Mapping[str, JsonValue], finding: Finding, as_json: bool) -> None:
+    payload = dict(head) | _common(finding)
+    if as_json:
+        typer.echo(dumps_json(payload))
+        return
+    console = Console(soft_wrap=True)
+    summary = Table(title=f"{title}: {finding.status}", show_header=False)
+    summary.add_column("item", style="bold")
+    summary.add_column("value")
+    for key, value in head.items():
+        summary.add_row(key, _text(value))
+    summary.add_row("pack", f"{finding.pack_id} {finding.pack_version}")
+    console.print(summary)
+    reqs = Table(title="requirements")
+    for col in ("requirement", "ok", "value", "threshold", "conf"):
+        reqs.add_column(col, overflow="fold")
+
+    def add(r: Requirement, depth: int) -> None:
+        test = r.comparison.value
+        if r.threshold is not None:
+            shown = _text(_shown(r.threshold))
+            test = shown if r.comparison is Comparison.IS_TRUE else f"{test} {shown}"
+        if r.threshold_year is not None:
+            test = f"{test} ({r.threshold_year})"
+        reqs.add_row(
+            "  " * depth + r.name,
+            "yes" if r.passed else "NO",
+            _text(_shown(r.value)),
+            test,
+            r.confidence,
+        )
+        for child in r.children:
+            add(child, depth + 1)
+
+    for r in finding.requirements:
+        add(r, 0)
+    console.print(reqs)
+    for c in _citations(finding.requirements):
+        console.print(f"cites: {c}")
+    for w in finding.warnings:
+        console.print(f"warning: {w}")
+    for n in finding.notes:
+        console.print(f"note: {n}")
+    for p in finding.unconfirmed_parameters():
+        console.print(f"unconfirmed parameter: {p.name} = {p.value} ({p.note})")
+
+
+T = TypeVar("T")
+
+
+def _run(body: Callable[[], T]) -> T:
+    try:
+        return body()
+    except TaxRuleError as exc:
+        _fail(_diagnose(exc))
+
+
+def _pack(path: Path | None) -> RulePack:
+    return load_pack(path)
+
+
+@credits_app.command("45x")
+def cmd_45x(
+    component: Annotated[Component, typer.Option("--component", help="Eligible component kind.")],
+    capacity_kwh: Annotated[
+        str | None, typer.Option("--capacity-kwh", help="Capacity in kWh (cells, modules).")
+    ] = None,
+    max_discharge_kw: Annotated[
+        str | None, typer.Option("--max-discharge-kw", help="Maximum discharge in kW (100:1 cap).")
+    ] = None,
+    production_cost: Annotated[
+        str | None, typer.Option("--production-cost", help="Production cost in USD (EAM, critical minerals).")
+    ] = None,
+    production_year: Annotated[int | None, typer.Option("--production-year", help="Year produced.")] = None,
+    sale_year: Annotated[int | None, typer.Option("--sale-year", help="Year sold.")] = None,
+    pack: PackOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """45X credit for one component: credit_usd, rate, phase-out factor, capped capacity."""
+
+    def body() -> tuple[Finding, dict[str, JsonValue]]:
+        claim = Claim45X(
+            component,
+            sale_year=sale_year,
+            production_year=production_year,
+            capacity_kwh=_number("--capacity-kwh", capacity_kwh),
+            max_discharge_kw=_number("--max-discharge-kw", max_discharge_kw),
+            production_cost=_number("--production-cost", production_cost),
+        )
+        finding = credit_45x(_pack(pack), claim)
+        a = finding.amounts
+        head: dict[str, JsonValue] = {
+            "component": component.value,
+            "credit_usd": _round(a.get("credit_usd"), CENT),
+            "rate": _round(a.get("rate")),
+            "rate_unit": "fraction_of_cost" if "eligible_production_cost_usd" in a else "usd_per_kwh",
+            "phase_out_factor": _round(a.get("phase_out_factor")),
+            "capacity_kwh": _round(a.get("capacity_kwh")),
+            "capped_capacity_kwh": _round(a.get("capped_capacity_kwh")),
+            "eligible_production_cost_usd": _round(a.get("eligible_production_cost_usd"), CENT),
+        }
+        return finding, head
+
+    finding, head = _run(body)
+    _emit("45X", head, finding, as_json)
+
+
+@credits_app.command("macr")
+def cmd_macr(
+    category: Annotated[
+        MacrCategory, typer.Option("--category", help="Battery component or critical mineral.")
+    ],
+    total_direct_cost: Annotated[
+        str, typer.Option("--total-direct-cost", help="Total direct material cost, USD.")
+    ],
+    pfe_cost: Annotated[
+        str, typer.Option("--pfe-cost", help="Cost attributable to prohibited foreign entities, USD.")
+    ],
+    sale_year: Annotated[int, typer.Option("--sale-year", help="Year sold.")],
+    pack: PackOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """45X material assistance cost ratio against the threshold for the sale year."""
+
+    def body() -> Finding:
+        return evaluate_macr(
+            _pack(pack),
+            category=category,
+            total_direct_material_cost=_required_number("--total-direct-cost", total_direct_cost),
+            pfe_cost=_required_number("--pfe-cost", pfe_cost),
+            sale_year=sale_year,
+        )
+
+    finding = _run(body)
+    head: dict[str, JsonValue] = {
+        "category": category.value,
+        "macr": _round(finding.amounts["macr"]),
+        "threshold": _round(finding.amounts.get("threshold")),
+        "sale_year": sale_year,
+    }
+    _emit("45X MACR", head, finding, as_json)
+
+
+@credits_app.command("domestic-content")
+def cmd_domestic_content(
+    domestic_cost: Annotated[
+        str, typer.Option("--domestic-cost", help="Cost of US-manufactured products and components, USD.")
+    ],
+    total_cost: Annotated[str, typer.Option("--total-cost", help="Total manufactured products cost, USD.")],
+    construction_year: Annotated[int, typer.Option("--construction-year", help="Year construction began.")],
+    offshore_wind: Annotated[
+        bool, typer.Option("--offshore-wind", help="Use the offshore wind schedule.")
+    ] = False,
+    pack: PackOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """48E domestic content: domestic cost percentage against the adjusted percentage."""
+
+    def body() -> Finding:
+        return evaluate_domestic_content(
+            _pack(pack),
+            construction_year=construction_year,
+            domestic_cost=_required_number("--domestic-cost", domestic_cost),
+            total_cost=_required_number("--total-cost", total_cost),
+            offshore_wind=offshore_wind,
+        )
+
+    finding = _run(body)
+    head: dict[str, JsonValue] = {
+        "percentage": _round(finding.amounts["domestic_cost_percentage"]),
+        "threshold": _round(finding.amounts["threshold"]),
+        "construction_year": construction_year,
+        "offshore_wind": offshore_wind,
+        "bonus_rate_points_48e": _round(finding.amounts.get("bonus_rate_points")),
+    }
+    _emit("48E domestic content", head, finding, as_json)
+
+
+@credits_app.command("30d")
+def cmd_30d(
+    acquired: Annotated[str, typer.Option("--acquired", help="Date acquired (YYYY-MM-DD).")],
+    placed_in_service: Annotated[str, typer.Option("--placed-in-service", help="Date placed in service.")],
+    critical_mineral_content: Annotated[
+        str, typer.Option("--critical-mineral-content", help="Qualifying critical mineral content, 0..1.")
+    ],
+    battery_component_content: Annotated[
+        str,
+        typer.Option("--battery-component-content", help="North American battery component content, 0..1."),
+    ],
+    pack: PackOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Former 30D clean vehicle credit from the two content fractions (historic claims)."""
+
+    def body() -> Finding:
+        return evaluate_30d(
+            _pack(pack),
+            acquired=_date("--acquired", acquired),
+            placed_in_service=_date("--placed-in-service", placed_in_service),
+            critical_mineral_content=_fraction_opt("--critical-mineral-content", critical_mineral_content),
+            battery_component_content=_fraction_opt("--battery-component-content", battery_component_content),
+        )
+
+    finding = _run(body)
+    a = finding.amounts
+    head: dict[str, JsonValue] = {
+        "credit_usd": _round(a.get("credit_usd"), CENT),
+        "critical_minerals_credit_usd": _round(a.get("critical_minerals_credit_usd"), CENT),
+        "battery_components_credit_usd": _round(a.get("battery_components_credit_usd"), CENT),
+        "critical_mineral_threshold": _round(a.get("critical_mineral_threshold")),
+        "battery_component_threshold": _round(a.get("battery_component_threshold")),
+    }
+    _emit("former 30D", head, finding, as_json)

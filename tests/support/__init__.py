@@ -1,0 +1,1 @@
+"""Test support code (helpers, not tests): throwaway servers the fixtures and benchmarks start."""

@@ -1,0 +1,355 @@
+from __future__ import annotations
+
+from collections.abc import Callable
+from decimal import Decimal as D
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ledger.taxrules.credit45x import (
+    Claim45X,
+    Component,
+    CostItem,
+    CostKind,
+    credit_45x,
+    credit_45x_claims,
+    is_applicable_critical_mineral,
+    production_cost_of,
+    purchase_cost_kind,
+)
+from ledger.taxrules.errors import InputError
+from ledger.taxrules.pack import RulePack, load_pack
+
+from .conftest import param
+
+
+def cell(**kw: Any) -> Claim45X:
+    return Claim45X(Component.CELL, **({"sale_year": 2026, "capacity_kwh": D(1)} | kw))
+
+
+def module(**kw: Any) -> Claim45X:
+    return Claim45X(Component.MODULE, **({"sale_year": 2026, "capacity_kwh": D(10)} | kw))
+
+
+def mineral(**kw: Any) -> Claim45X:
+    return Claim45X(
+        Component.CRITICAL_MINERAL, **({"production_year": 2026, "production_cost": D(1000)} | kw)
+    )
+
+
+def eam(**kw: Any) -> Claim45X:
+    return Claim45X(
+        Component.ELECTRODE_ACTIVE_MATERIAL, **({"sale_year": 2026, "production_cost": D(1000)} | kw)
+    )
+
+
+# ---- rates ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("claim", "credit"),
+    [
+        (cell(capacity_kwh=D(100)), D("3500")),
+        (module(capacity_kwh=D(10)), D("100")),
+        (Claim45X(Component.MODULE_WITHOUT_CELLS, sale_year=2026, capacity_kwh=D(10)), D("450")),
+        (eam(), D("100")),
+        (mineral(), D("100")),
+    ],
+)
+def test_rates(pack: RulePack, claim: Claim45X, credit: D) -> None:
+    f = credit_45x(pack, claim)
+    assert f.status == "pass"
+    assert f.amounts["credit_usd"] == credit
+
+
+def test_credit_is_rounded_to_cents(pack: RulePack) -> None:
+    f = credit_45x(pack, cell(capacity_kwh=D("0.0123456")))
+    assert f.amounts["credit_usd"] == D("0.43")
+
+
+# ---- phase-out --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("sale_year", "factor", "credit", "status"),
+    [
+        (2023, D(1), D("35"), "pass"),
+        (2029, D(1), D("35"), "pass"),
+        (2030, D("0.75"), D("26.25"), "pass"),
+        (2031, D("0.50"), D("17.50"), "pass"),
+        (2032, D("0.25"), D("8.75"), "pass"),
+        (2033, D(0), D(0), "fail"),
+        (2040, D(0), D(0), "fail"),
+    ],
+)
+def test_component_phase_out_by_sale_year(
+    pack: RulePack, sale_year: int, factor: D, credit: D, status: str
+) -> None:
+    f = credit_45x(pack, cell(sale_year=sale_year))
+    assert f.amounts["phase_out_factor"] == factor
+    assert f.amounts["credit_usd"] == credit
+    assert f.status == status
+
+
+@pytest.mark.parametrize(
+    ("production_year", "factor", "credit"),
+    [
+        (2023, D(1), D("100")),
+        (2030, D(1), D("100")),
+        (2031, D("0.75"), D("75")),
+        (2032, D("0.50"), D("50")),
+        (2033, D("0.25"), D("25")),
+        (2034, D(0), D(0)),
+    ],
+)
+def test_critical_mineral_phase_out_by_production_year(
+    pack: RulePack, production_year: int, factor: D, credit: D
+) -> None:
+    f = credit_45x(pack, mineral(production_year=production_year))
+    assert f.amounts["phase_out_factor"] == factor
+    assert f.amounts["credit_usd"] == credit
+
+
+def test_critical_mineral_uses_production_not_sale_year(pack: RulePack) -> None:
+    f = credit_45x(pack, mineral(production_year=2030, sale_year=2033))
+    assert f.amounts["phase_out_factor"] == D(1)
+
+
+def test_electrode_material_uses_sale_not_production_year(pack: RulePack) -> None:
+    f = credit_45x(pack, eam(production_year=2029, sale_year=2030))
+    assert f.amounts["phase_out_factor"] == D("0.75")
+    assert f.amounts["credit_usd"] == D("75")
+
+
+@pytest.mark.parametrize("claim", [cell(sale_year=2022), cell(production_year=2022, sale_year=2023)])
+def test_before_2023_is_not_applicable(pack: RulePack, claim: Claim45X) -> None:
+    f = credit_45x(pack, claim)
+    assert f.status == "not_applicable"
+    assert f.amounts["credit_usd"] == 0
+    assert any("before 2023" in n for n in f.notes)
+
+
+# ---- definitions and caps ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("kwh", "ok"), [(D("0.012"), True), (D("0.0119"), False), (D("0.0121"), True)])
+def test_cell_minimum_capacity_12_wh(pack: RulePack, kwh: D, ok: bool) -> None:
+    f = credit_45x(pack, cell(capacity_kwh=kwh))
+    assert f.passed is ok
+    assert (f.amounts["credit_usd"] > 0) is ok
+
+
+@pytest.mark.parametrize(("density", "ok"), [(D(100), True), (D("99.99"), False), (D("100.01"), True)])
+def test_cell_minimum_energy_density(pack: RulePack, density: D, ok: bool) -> None:
+    f = credit_45x(pack, cell(energy_density_wh_per_l=density))
+    assert f.passed is ok
+    assert not any("energy density" in w for w in f.warnings)
+
+
+def test_cell_without_energy_density_is_flagged(pack: RulePack) -> None:
+    f = credit_45x(pack, cell())
+    assert any("energy density not given" in w for w in f.warnings)
+
+
+@pytest.mark.parametrize(("kwh", "ok"), [(D(7), True), (D("6.999"), False), (D("7.001"), True)])
+def test_module_minimum_capacity_7_kwh(pack: RulePack, kwh: D, ok: bool) -> None:
+    assert credit_45x(pack, module(capacity_kwh=kwh)).passed is ok
+
+
+@pytest.mark.parametrize(
+    ("discharge_kw", "counted"),
+    [(D(1), D(100)), (D("0.99"), D(99)), (D("1.01"), D(100)), (D("0.5"), D(50))],
+)
+def test_capacity_to_power_ratio_cap(pack: RulePack, discharge_kw: D, counted: D) -> None:
+    f = credit_45x(pack, cell(capacity_kwh=D(100), max_discharge_kw=discharge_kw))
+    assert f.amounts["capped_capacity_kwh"] == counted
+    assert f.amounts["credit_usd"] == counted * 35
+    assert not any("capacity-to-power" in w for w in f.warnings)
+
+
+def test_missing_discharge_leaves_capacity_uncapped_with_warning(pack: RulePack) -> None:
+    f = credit_45x(pack, cell(capacity_kwh=D(100)))
+    assert f.amounts["capped_capacity_kwh"] == D(100)
+    assert any("capacity-to-power cap was not applied" in w for w in f.warnings)
+
+
+@pytest.mark.parametrize(("cells", "counted"), [(D(9), D(9)), (D(10), D(10)), (D(11), D(10))])
+def test_module_capacity_capped_at_cells(pack: RulePack, cells: D, counted: D) -> None:
+    f = credit_45x(pack, module(capacity_kwh=D(10), cells_nameplate_kwh=cells))
+    assert f.amounts["capped_capacity_kwh"] == counted
+    assert f.amounts["credit_usd"] == counted * 10
+
+
+def test_module_without_cells_nameplate_warns(pack: RulePack) -> None:
+    assert any("nameplate" in w for w in credit_45x(pack, module()).warnings)
+
+
+def test_only_first_module_sale_earns_credit(pack: RulePack) -> None:
+    f = credit_45x(pack, module(first_module_sale=False))
+    assert f.status == "fail"
+    assert f.amounts["credit_usd"] == 0
+    assert any(r.name.startswith("first sale") and not r.passed for r in f.requirements)
+
+
+# ---- production cost: 26 CFR 1.45X-3 worked examples ------------------------------------------------
+
+
+def test_example_integrated_component_costs_are_not_stacked(pack: RulePack) -> None:
+    """A first component costs 50; a second component built from it adds 100: costs are 50 and 100."""
+    first = credit_45x(pack, eam(production_cost=D(50)))
+    second = credit_45x(pack, eam(production_cost=D(150), purchased_eligible_components_cost=D(50)))
+    assert first.amounts["eligible_production_cost_usd"] == D(50)
+    assert second.amounts["eligible_production_cost_usd"] == D(100)
+    assert first.amounts["credit_usd"] + second.amounts["credit_usd"] == D(15)  # 10% of 150, not of 200
+    items = (
+        CostItem("first component, bought", D(50), CostKind.PURCHASED_ELIGIBLE_COMPONENT),
+        CostItem("integration", D(100), CostKind.OWN_PRODUCTION),
+    )
+    assert production_cost_of(pack, Component.ELECTRODE_ACTIVE_MATERIAL, items).included == D(100)
+
+
+def test_example_nickel_at_99_percent_is_excluded(pack: RulePack) -> None:
+    kind = purchase_cost_kind(pack, "nickel", purity=D("0.99"))
+    assert kind is CostKind.PURCHASED_ELIGIBLE_COMPONENT
+    items = (
+        CostItem("nickel 99%", D(800), kind, ("ev-ni",)),
+        CostItem("conversion to sulfate", D(200), CostKind.OWN_PRODUCTION),
+    )
+    f = credit_45x(pack, mineral(production_cost=None, cost_items=items))
+    assert f.amounts["eligible_production_cost_usd"] == D(200)
+    assert f.amounts["credit_usd"] == D(20)
+    assert "ev-ni" in f.events
+
+
+def test_example_nickel_at_90_percent_is_included(pack: RulePack) -> None:
+    kind = purchase_cost_kind(pack, "nickel", purity=D("0.90"))
+    assert kind is CostKind.CONSTITUENT_MATERIAL
+    items = (CostItem("nickel 90%", D(800), kind), CostItem("refining", D(200), CostKind.OWN_PRODUCTION))
+    f = credit_45x(pack, mineral(production_cost=None, cost_items=items))
+    assert f.amounts["eligible_production_cost_usd"] == D(1000)
+
+
+def test_example_cam_counts_refined_inputs_but_not_unrefined_source(pack: RulePack) -> None:
+    items = (
+        CostItem("CAM synthesis", D(300), CostKind.OWN_PRODUCTION),
+        CostItem("refined A", D(200), CostKind.CONSTITUENT_MATERIAL),
+        CostItem("refined B", D(100), CostKind.CONSTITUENT_MATERIAL),
+        CostItem("unrefined C (source of A)", D(150), CostKind.UNREFINED_MATERIAL),
+    )
+    f = credit_45x(pack, eam(production_cost=None, cost_items=items))
+    assert f.amounts["eligible_production_cost_usd"] == D(600)
+    assert f.amounts["excluded_cost_usd"] == D(150)
+    assert any("unrefined C" in n for n in f.notes)
+
+
+def test_example_lithium_carbonate_earns_one_credit(pack: RulePack) -> None:
+    assert is_applicable_critical_mineral(pack, "lithium", form="carbonate")
+    both = [eam(unit_id="li2co3-lot-7"), mineral(unit_id="li2co3-lot-7")]
+    with pytest.raises(InputError, match="one 45X credit"):
+        credit_45x_claims(pack, both)
+    [only] = credit_45x_claims(pack, [mineral(unit_id="li2co3-lot-7")])
+    assert only.amounts["credit_usd"] == D(100)
+    assert any("must not also be claimed as electrode-active-material" in n for n in only.notes)
+
+
+def test_different_units_may_each_earn_a_credit(pack: RulePack) -> None:
+    findings = credit_45x_claims(pack, [eam(unit_id="a"), mineral(unit_id="b")])
+    assert [f.amounts["credit_usd"] for f in findings] == [D(100), D(100)]
+
+
+@pytest.mark.parametrize(
+    ("mineral_name", "purity", "form", "expected"),
+    [
+        ("nickel", D("0.99"), None, True),
+        ("nickel", D("0.9899"), None, False),
+        ("cobalt", D("0.996"), None, True),
+        ("cobalt", D("0.9959"), None, False),
+        ("lithium", D("0.999"), None, True),
+        ("manganese", D("0.9969"), None, False),
+        ("graphite", D("0.999"), None, True),
+        ("nickel", None, "sulfate", True),
+        ("cobalt", None, "sulphate", True),
+        ("lithium", None, "hydroxide", True),
+        ("lithium", None, "chloride", False),
+    ],
+)
+def test_applicable_critical_mineral_forms(
+    pack: RulePack, mineral_name: str, purity: D | None, form: str | None, expected: bool
+) -> None:
+    assert is_applicable_critical_mineral(pack, mineral_name, purity=purity, form=form) is expected
+
+
+def test_unknown_mineral_is_refused(pack: RulePack) -> None:
+    with pytest.raises(InputError, match="not listed"):
+        is_applicable_critical_mineral(pack, "unobtainium", purity=D(1))
+
+
+# ---- bad input --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("claim", "field"),
+    [
+        (Claim45X(Component.CELL, sale_year=2026), "capacity_kwh"),
+        (Claim45X(Component.CELL, capacity_kwh=D(1)), "sale_year"),
+        (Claim45X(Component.CRITICAL_MINERAL, sale_year=2026, production_cost=D(1)), "production_year"),
+        (cell(production_year=2027, sale_year=2026), "production_year"),
+        (cell(capacity_kwh=D(-1)), "capacity_kwh"),
+        (cell(capacity_kwh=D(0)), "capacity_kwh"),
+        (cell(capacity_kwh=D("NaN")), "capacity_kwh"),
+        (cell(max_discharge_kw=D(0)), "max_discharge_kw"),
+        (cell(production_cost=D(5)), "production_cost"),
+        (eam(capacity_kwh=D(5)), "capacity_kwh"),
+        (eam(production_cost=None), "production_cost"),
+        (eam(cost_items=(CostItem("x", D(1), CostKind.OWN_PRODUCTION),)), "production_cost"),
+        (eam(production_cost=D(-1)), "production_cost"),
+        (
+            eam(production_cost=D(10), purchased_eligible_components_cost=D(11)),
+            "purchased_eligible_components_cost",
+        ),
+        (cell(first_module_sale=False), "first_module_sale"),
+        (module(energy_density_wh_per_l=D(200)), "energy_density_wh_per_l"),
+        (
+            Claim45X(
+                Component.MODULE_WITHOUT_CELLS, sale_year=2026, capacity_kwh=D(10), cells_nameplate_kwh=D(9)
+            ),
+            "cells_nameplate_kwh",
+        ),
+        (cell(sale_year=1800), "sale_year"),
+    ],
+)
+def test_bad_input_is_refused_with_the_field_named(pack: RulePack, claim: Claim45X, field: str) -> None:
+    with pytest.raises(InputError) as err:
+        credit_45x(pack, claim)
+    assert err.value.field == field
+
+
+# ---- pack-driven ------------------------------------------------------------------------------------
+
+
+def test_user_pack_rate_changes_the_credit(user_pack: Callable[..., Path]) -> None:
+    pack = load_pack(user_pack({"credit45x": {"cell_rate": param("40", unit="usd_per_kwh")}}))
+    f = credit_45x(pack, cell(capacity_kwh=D(10)))
+    assert f.amounts["credit_usd"] == D(400)
+    assert f.pack_id == "user-test"
+    used = {u.name: u for u in f.parameters_used}
+    assert used["credit45x.cell_rate"].citation == "test notice"
+
+
+def test_user_pack_phase_out_changes_the_factor(user_pack: Callable[..., Path]) -> None:
+    schedule = [{"from_year": 2023, "value": "1"}, {"from_year": 2028, "value": "0.5"}]
+    pack = load_pack(user_pack({"credit45x": {"component_phase_out_by_sale_year": param(schedule)}}))
+    assert credit_45x(pack, cell(sale_year=2028)).amounts["phase_out_factor"] == D("0.5")
+    assert credit_45x(pack, cell(sale_year=2027)).amounts["phase_out_factor"] == D(1)
+
+
+def test_finding_records_parameters_and_custody(pack: RulePack) -> None:
+    f = credit_45x(pack, cell(sale_year=2031, events=("ev-1",)))
+    names = {(u.name, u.applies_to) for u in f.parameters_used}
+    assert ("credit45x.component_phase_out_by_sale_year", "sale year 2031") in names
+    assert ("credit45x.cell_rate", "") in names
+    assert f.custody_model.value == "mass_balance"
+    assert f.events == ("ev-1",)
+    for u in f.parameters_used:
+        pack.lookup(u.name)  # every recorded name resolves in the pack
