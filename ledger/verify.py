@@ -25,7 +25,7 @@ from sqlalchemy.engine import Engine
 
 from ledger import chain, tree
 from ledger.checkpoint import Checkpoint, CheckpointError, NoteError, open_note
-from ledger.merkle import _node
+from ledger.merkle import node_hash
 from ledger.registry import Registry
 from ledger.store import CHECKPOINTS, ENTRIES, fetch_nodes
 from schemas.events import REGISTRY_KINDS
@@ -65,21 +65,25 @@ class _CompactRange:
         self.stack: list[tuple[int, bytes]] = []  # (height, hash), heights strictly decreasing
         self.size = 0
 
-    def append(self, leaf: bytes) -> None:
+    def append(self, leaf: bytes) -> list[tuple[int, int, bytes]]:
+        """Add a leaf; returns every perfect-subtree node it completes as (level, index, hash)."""
         h, node = 0, leaf
+        self.size += 1
+        done = [(0, self.size - 1, leaf)]
         while self.stack and self.stack[-1][0] == h:
             _, left = self.stack.pop()
-            node = _node(left, node)
+            node = node_hash(left, node)
             h += 1
+            done.append((h, (self.size >> h) - 1, node))
         self.stack.append((h, node))
-        self.size += 1
+        return done
 
     def root(self) -> bytes:
         if not self.stack:
             return hashlib.sha256(b"").digest()
         node = self.stack[-1][1]
         for _, left in reversed(self.stack[:-1]):
-            node = _node(left, node)
+            node = node_hash(left, node)
         return node
 
 
@@ -178,6 +182,7 @@ def verify_store(
     try:
         for rows in _chunks(engine):
             sig_rows: list[tuple[int, bytes]] = []
+            computed: list[tuple[int, int, bytes]] = []
             for r in rows:
                 seq = int(r.seq)
                 data = bytes(r.data)
@@ -202,13 +207,15 @@ def verify_store(
                         f"recomputed {_short(eh)}",
                     )
                 prev = bytes(r.entry_hash)  # continue from what is stored, so one break is reported once
-                cr.append(leaf)
+                computed.extend(cr.append(leaf))
                 expected = seq + 1
                 # 4. checkpoints at this size
                 cp = checkpoints.get(cr.size)
                 if cp is not None:
                     _check_checkpoint(report, cp, cr.root(), origin, operator_public_key)
                 sig_rows.append((seq, data))
+            # 4a. every stored Merkle node this chunk completes equals the one recomputed from the leaves
+            _check_nodes(engine, computed, report)
             if pool is not None:
                 futures.append(pool.submit(_check_signatures, sig_rows))
             report.entries = expected
@@ -264,3 +271,20 @@ def _check_checkpoint(report: VerifyReport, cp: Any, root: bytes, origin: str, p
             f"{_short(root)}",
         )
     report.checkpoints += 1
+
+
+def _check_nodes(engine: Engine, computed: list[tuple[int, int, bytes]], report: VerifyReport) -> None:
+    if not computed:
+        return
+    with engine.connect() as conn:
+        stored = fetch_nodes(conn, [(lv, ix) for lv, ix, _ in computed])
+    for level, idx, h in computed:
+        got = stored.get((level, idx))
+        if got != h:
+            first, last = idx << level, ((idx + 1) << level) - 1
+            what = "missing" if got is None else f"{_short(got)} != recomputed {_short(h)}"
+            # a leaf node names its entry; an inner node only says which range it covers
+            report.add(
+                first if level == 0 else None,
+                f"stored Merkle node (level {level}, index {idx}) over entries {first}..{last}: {what}",
+            )

@@ -616,8 +616,18 @@ class LocalBroker:
 
     def _first_errors(self, n: int = 5) -> str:
         """The first ERROR/FATAL lines since launch: the cause, before pages of shutdown noise."""
-        found = [ln for ln in self._log_since_launch().splitlines() if " ERROR " in ln or " FATAL " in ln]
-        return "\n".join(found[:n])
+        lines = self._log_since_launch().splitlines()
+        found: list[str] = []
+        for i, line in enumerate(lines):
+            if " ERROR " in line or " FATAL " in line:
+                found.append(line)
+                # The exception's message follows on the next line (its stack trace does not matter).
+                after = lines[i + 1] if i + 1 < len(lines) else ""
+                if after and not after.startswith(("[", "\t", " ")):
+                    found.append("    " + after)
+                if len(found) >= 2 * n:
+                    break
+        return "\n".join(found)
 
     def _failure(self, summary: str) -> BrokerError:
         return BrokerError(
@@ -699,7 +709,7 @@ def _read_state(state_dir: Path) -> BrokerStatus | None:
     try:
         raw = json.loads(path.read_text())
         return BrokerStatus(**{**raw, "running": False, "detail": ""})
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return None
     except (OSError, ValueError, TypeError) as exc:
         raise BrokerError(f"broker state file {path} is unreadable ({exc}): delete it") from None

@@ -181,6 +181,8 @@ def make_finding(
 
 
 def _input_text(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
     if isinstance(value, Decimal):
         return format(value, "f")
     if isinstance(value, StrEnum):

@@ -25,23 +25,23 @@ from .conftest import param
 
 
 def cell(**kw: Any) -> Claim45X:
-    return Claim45X(Component.CELL, **({"sale_year": 2026, "capacity_kwh": D(1)} | kw))
+    defaults: dict[str, Any] = {"sale_year": 2026, "capacity_kwh": D(1)}
+    return Claim45X(Component.CELL, **(defaults | kw))
 
 
 def module(**kw: Any) -> Claim45X:
-    return Claim45X(Component.MODULE, **({"sale_year": 2026, "capacity_kwh": D(10)} | kw))
+    defaults: dict[str, Any] = {"sale_year": 2026, "capacity_kwh": D(10)}
+    return Claim45X(Component.MODULE, **(defaults | kw))
 
 
 def mineral(**kw: Any) -> Claim45X:
-    return Claim45X(
-        Component.CRITICAL_MINERAL, **({"production_year": 2026, "production_cost": D(1000)} | kw)
-    )
+    defaults: dict[str, Any] = {"production_year": 2026, "production_cost": D(1000)}
+    return Claim45X(Component.CRITICAL_MINERAL, **(defaults | kw))
 
 
 def eam(**kw: Any) -> Claim45X:
-    return Claim45X(
-        Component.ELECTRODE_ACTIVE_MATERIAL, **({"sale_year": 2026, "production_cost": D(1000)} | kw)
-    )
+    defaults: dict[str, Any] = {"sale_year": 2026, "production_cost": D(1000)}
+    return Claim45X(Component.ELECTRODE_ACTIVE_MATERIAL, **(defaults | kw))
 
 
 # ---- rates ------------------------------------------------------------------------------------------

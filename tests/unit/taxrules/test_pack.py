@@ -53,6 +53,7 @@ def test_every_parameter_is_cited_with_a_confidence(pack: RulePack) -> None:
     for name, p in params.items():
         assert p.citation.strip(), name
         assert p.confidence in ("P", "S", "?"), name
+        assert p.note.strip(), name
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,75 @@
+"""The Faust app of one ledger, built from Settings (no module-level app: tests and workers build their own).
+
+    >>> app = create_app(Settings.from_env())
+    >>> app.main()  # or streams.worker.run_worker(settings)
+
+What is configured and why (see shared/kafka.md for the traps):
+
+* ``store="memory://"`` and no tables: all state lives in the ledger store, so no changelog topics exist
+  that could be auto-created with the wrong partition count.
+* ``topic_disable_leader``: no ``__assignor-__leader`` topic; the broker has topic auto-creation off.
+* ``topic_allow_declare=False``: topics are created explicitly (``batteryledger topics create``).
+* ``broker_session_timeout`` from the settings (6 s by default) so a dead worker's partitions move fast
+  and a group join takes seconds, heartbeat at a third of it.
+* ``processing_guarantee="at_least_once"``: Faust's exactly-once has open bugs; the ledger is idempotent
+  by event id and stores the consumed offset in the append transaction.
+* web server off unless a port is given (then bound to 127.0.0.1): queries go through the HTTP API over
+  the store, because Faust's views answer 500 before partitions are assigned.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import faust
+
+from streams.settings import Settings
+
+__all__ = ["create_app"]
+
+
+def faust_config(settings: Settings) -> dict[str, Any]:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    session_ms = settings.session_timeout_s
+    config: dict[str, Any] = {
+        "broker": settings.broker,
+        "store": "memory://",
+        "autodiscover": False,
+        "datadir": str(settings.data_dir),
+        "topic_disable_leader": True,
+        "topic_allow_declare": False,
+        "topic_partitions": 1,
+        "topic_replication_factor": 1,
+        "processing_guarantee": "at_least_once",
+        "broker_session_timeout": session_ms,
+        "broker_heartbeat_interval": max(session_ms / 3.0, 0.5),
+        "broker_rebalance_timeout": max(session_ms * 2, 10.0),
+        "broker_commit_interval": 1.0,
+        "broker_max_poll_records": 2000,
+        "stream_buffer_maxsize": 8192,
+        "stream_recovery_delay": 0.0,
+        "consumer_auto_offset_reset": "earliest",
+        "producer_acks": -1,
+        "producer_linger": 0.005,
+        "producer_max_request_size": 2 * 1024 * 1024,
+        "consumer_max_fetch_size": 4 * 1024 * 1024,
+        "web_enabled": settings.web_port is not None,
+        "web_host": "127.0.0.1",
+        "web_bind": "127.0.0.1",
+        "worker_redirect_stdouts": False,
+    }
+    if settings.web_port is not None:
+        config["web_port"] = settings.web_port
+    return config
+
+
+def create_app(settings: Settings, *, install: bool = True) -> faust.App:
+    """A Faust app for `settings`, with the ledger's agents installed (unless `install=False`)."""
+    app = faust.App(settings.app_id, **faust_config(settings))
+    logging.getLogger("faust").setLevel(logging.WARNING)
+    if install:
+        from streams.agents import install_agents
+
+        install_agents(app, settings)
+    return app

@@ -1,0 +1,249 @@
+"""Publisher SDK: how a plant system puts signed events on the ledger's Kafka topic.
+
+    >>> with Publisher("127.0.0.1:9092", "cam-kr-gwangyang", key) as pub:
+    ...     event_id = pub.publish({"kind": "material.produced", "time": ..., "outputs": [...]})
+
+`publish` validates the event, signs its RFC 8785 canonical bytes with the facility's Ed25519 key, sends
+it as a CloudEvents 1.0 binary-mode Kafka message (headers ``ce_id``, ``ce_source``, ``ce_type``,
+``ce_time``, ``ce_subject``, ``ce_specversion``, ``content-type``; key = facility id, so one facility's
+events stay in order on one partition), waits for the broker's acknowledgement from all in-sync replicas
+and returns the event id. The producer is idempotent (kafka-python: ``acks=all``,
+``enable_idempotence=True``), so a retried send is not a second record; a second *publish* of the same
+event is a second record, which the ledger recognises by its event id and appends once.
+
+Acknowledged means durably on the topic, not yet decided by the ledger: the verdict (appended, or
+rejected with a reason) is in the ledger store, found by event id or by the Receipt's `source`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from pydantic import BaseModel, ValidationError
+
+from schemas.cloudevents import WireMessage, to_binary, to_structured
+from schemas.events import SPEC, event_to_json_obj
+from schemas.reasons import EventError
+from schemas.signing import SIG_FIELD, decode, sign_event
+from streams.topics import MATERIAL_EVENTS
+
+__all__ = ["PublishError", "Publisher", "Receipt"]
+
+#: Seconds to wait for the broker's acknowledgement of one message before giving up.
+DEFAULT_ACK_TIMEOUT_S = 30.0
+
+
+class PublishError(Exception):
+    """An event could not be signed or was not acknowledged by the broker."""
+
+    def diagnostics(self) -> str:
+        return str(self)
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """Where the broker put a message: its position is how the ledger names a rejection's source."""
+
+    event_id: str | None
+    topic: str
+    partition: int
+    offset: int
+
+    @property
+    def source(self) -> str:
+        return f"{self.topic}/{self.partition}/{self.offset}"
+
+
+EventLike = Mapping[str, Any] | BaseModel | bytes
+
+
+class Publisher:
+    """Signs and publishes one facility's events. Not thread-safe; one per facility and thread."""
+
+    def __init__(
+        self,
+        bootstrap: str,
+        facility_id: str,
+        key: Ed25519PrivateKey | None,
+        *,
+        topic: str = MATERIAL_EVENTS,
+        structured: bool = False,
+        ack_timeout: float = DEFAULT_ACK_TIMEOUT_S,
+        **producer_config: Any,
+    ) -> None:
+        from kafka import KafkaProducer
+        from kafka.errors import KafkaError
+
+        self.bootstrap = bootstrap
+        self.facility_id = facility_id
+        self.key = key
+        self.topic = topic
+        self.structured = structured
+        self.ack_timeout = ack_timeout
+        config: dict[str, Any] = {
+            "bootstrap_servers": bootstrap,
+            "acks": "all",
+            "enable_idempotence": True,
+            "linger_ms": 5,
+            "batch_size": 256 * 1024,
+            "max_request_size": 2 * 1024 * 1024,
+            "client_id": f"batteryledger-publisher-{facility_id}",
+        }
+        config.update(producer_config)
+        try:
+            self._producer = KafkaProducer(**config)
+        except KafkaError as exc:
+            raise PublishError(
+                f"cannot reach Kafka at {bootstrap} ({type(exc).__name__}): start it with "
+                "`batteryledger broker start` or pass the right --broker"
+            ) from None
+        self.last_receipt: Receipt | None = None
+
+    # -- context manager -----------------------------------------------------------------------
+    def __enter__(self) -> Publisher:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self, timeout: float = 10.0) -> None:
+        self._producer.close(timeout=timeout)
+
+    # -- building messages ---------------------------------------------------------------------
+    def sign(self, event: Mapping[str, Any] | BaseModel) -> bytes:
+        """Validate and sign an unsigned event (spec and facility_id default to this publisher's)."""
+        if self.key is None:
+            raise PublishError(f"no signing key for {self.facility_id}: give one (--key FILE)")
+        obj = event_to_json_obj(event) if isinstance(event, BaseModel) else dict(event)
+        obj.setdefault("spec", SPEC)
+        obj.setdefault("facility_id", self.facility_id)
+        if obj["facility_id"] != self.facility_id:
+            raise PublishError(
+                f"event is for facility {obj['facility_id']!r} but this publisher signs as "
+                f"{self.facility_id!r}: use a Publisher for that facility"
+            )
+        if SIG_FIELD in obj:
+            raise PublishError("event is already signed: use publish_signed")
+        try:
+            raw, _ = sign_event(obj, self.key)
+        except ValidationError as exc:
+            raise PublishError(f"event is not valid: {_first_error(exc)}") from None
+        return raw
+
+    def message(self, signed: bytes) -> WireMessage:
+        """The CloudEvents Kafka message of already-signed bytes (binary or structured mode)."""
+        try:
+            decoded = decode(signed)
+        except EventError as exc:
+            raise PublishError(f"cannot publish: {exc.diagnostics()}") from None
+        return to_structured(decoded) if self.structured else to_binary(decoded)
+
+    # -- publishing ----------------------------------------------------------------------------
+    def publish(self, event: Mapping[str, Any] | BaseModel) -> str:
+        """Sign, send, wait for the broker's ack; returns the event id."""
+        return self.publish_signed(self.sign(event))
+
+    def publish_signed(self, raw: bytes) -> str:
+        """Send an event signed elsewhere (bytes as signed); returns its event id after the ack."""
+        receipt = self._wait(self._send_signed(raw))
+        assert receipt.event_id is not None
+        return receipt.event_id
+
+    def publish_raw(
+        self,
+        value: bytes | None,
+        headers: Iterable[tuple[str, bytes]] | None = None,
+        key: bytes | None = None,
+    ) -> Receipt:
+        """Send bytes exactly as given (tests, replays of captured traffic, deliberately bad input)."""
+        fut = self._producer.send(
+            self.topic,
+            value=value,
+            key=self.facility_id.encode() if key is None else key,
+            headers=list(headers or []),
+        )
+        return self._wait((None, fut))
+
+    def publish_many(
+        self,
+        events: Iterable[EventLike],
+        *,
+        on_ack: Callable[[Receipt], None] | None = None,
+        window: int = 10_000,
+    ) -> list[Receipt]:
+        """Send many events (unsigned dicts/models are signed; bytes are taken as signed) and wait for all.
+
+        Up to `window` sends are in flight before the oldest is awaited, so memory stays bounded. One
+        failed acknowledgement raises PublishError after the ones before it were reported via `on_ack`.
+        """
+        pending: list[tuple[str | None, Any]] = []
+        receipts: list[Receipt] = []
+
+        def drain(keep: int) -> None:
+            while len(pending) > keep:
+                r = self._wait(pending.pop(0))
+                receipts.append(r)
+                if on_ack is not None:
+                    on_ack(r)
+
+        for ev in events:
+            raw = ev if isinstance(ev, bytes) else self.sign(ev)
+            pending.append(self._send_signed(raw))
+            drain(window)
+        self._producer.flush(timeout=self.ack_timeout)
+        drain(0)
+        return receipts
+
+    def flush(self) -> None:
+        self._producer.flush(timeout=self.ack_timeout)
+
+    # -- internals -----------------------------------------------------------------------------
+    def _send_signed(self, raw: bytes) -> tuple[str | None, Any]:
+        msg = self.message(raw)
+        event_id = dict(msg.headers).get("ce_id", b"").decode() or None
+        fut = self._producer.send(self.topic, value=msg.value, key=msg.key, headers=msg.headers)
+        return event_id, fut
+
+    def _wait(self, pending: tuple[str | None, Any]) -> Receipt:
+        from kafka.errors import KafkaError
+
+        event_id, fut = pending
+        try:
+            md = fut.get(timeout=self.ack_timeout)
+        except KafkaError as exc:
+            raise PublishError(
+                f"Kafka at {self.bootstrap} did not acknowledge "
+                f"{'event ' + event_id if event_id else 'a message'} on {self.topic}: {type(exc).__name__}: {exc}"
+            ) from None
+        receipt = Receipt(event_id, md.topic, md.partition, md.offset)
+        self.last_receipt = receipt
+        return receipt
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"]) or "(event)"
+    more = exc.error_count() - 1
+    return f"{loc}: {err['msg']}" + (f" (and {more} more)" if more > 0 else "")
+
+
+def load_json_lines(lines: Iterable[str]) -> Iterable[tuple[int, dict[str, Any]]]:
+    """(line number, object) of each non-blank JSON-lines entry; raises PublishError on a bad line."""
+    for n, line in enumerate(lines, 1):
+        text = line.strip()
+        if not text:
+            continue
+        try:
+            obj = json.loads(text)
+        except ValueError as exc:
+            raise PublishError(f"line {n}: not JSON ({exc})") from None
+        if not isinstance(obj, dict):
+            raise PublishError(f"line {n}: expected a JSON object, got {type(obj).__name__}")
+        yield n, obj

@@ -1,0 +1,185 @@
+"""Worker settings: one frozen dataclass, each field read from one environment variable.
+
+| field | environment variable | default | meaning |
+|---|---|---|---|
+| broker | BATTERYLEDGER_BROKER | kafka://127.0.0.1:9092 | Kafka bootstrap (``host:port`` or ``kafka://host:port``) |
+| store | BATTERYLEDGER_STORE | sqlite:///ledger.db | ledger store URL (SQLite path/URL or PostgreSQL URL) |
+| app_id | BATTERYLEDGER_APP_ID | batteryledger | Faust app id = Kafka consumer group; one per ledger |
+| partitions | BATTERYLEDGER_PARTITIONS | 2 | partitions of material-events (verify parallelism) |
+| topic_suffix | BATTERYLEDGER_TOPIC_SUFFIX | "" | appended as ``-<suffix>`` to every topic name (tests, many ledgers on one cluster) |
+| operator_key | BATTERYLEDGER_OPERATOR_KEY | none | operator's Ed25519 key file; without it no checkpoints are signed |
+| max_batch | BATTERYLEDGER_MAX_BATCH | 2000 | most events the sequencer appends in one store transaction |
+| batch_within_s | BATTERYLEDGER_BATCH_WITHIN | 0.05 | longest a partial batch waits before it is appended |
+| verify_batch | BATTERYLEDGER_VERIFY_BATCH | 500 | events the verify agent takes at a time |
+| park_max_age_s | BATTERYLEDGER_PARK_MAX_AGE | 30 | how long an event waits for its parents (children before parents) |
+| expire_interval_s | BATTERYLEDGER_EXPIRE_INTERVAL | 2 | how often waiting events are checked against park_max_age_s |
+| checkpoint_every | BATTERYLEDGER_CHECKPOINT_EVERY | 10000 | sign a checkpoint after this many new entries ... |
+| checkpoint_interval_s | BATTERYLEDGER_CHECKPOINT_INTERVAL | 30 | ... or after this many seconds with new entries |
+| registry_refresh_s | BATTERYLEDGER_REGISTRY_REFRESH | 5 | how often a verify agent re-reads the registry (also, at most this often, on an unknown key) |
+| session_timeout_s | BATTERYLEDGER_SESSION_TIMEOUT | 6 | Kafka consumer session timeout (a dead worker's partitions move after it) |
+| web_port | BATTERYLEDGER_WEB_PORT | none | Faust's web server port on 127.0.0.1; none = disabled (queries go through the HTTP API) |
+| data_dir | BATTERYLEDGER_WORKER_DIR | a temp dir | Faust's data directory (no tables are kept; it only needs to exist) |
+| log_level | BATTERYLEDGER_LOG_LEVEL | info | worker log level |
+
+Why these defaults: a batch of 2000 keeps one SQLite transaction at tens of milliseconds; 50 ms bounds the
+latency a quiet ledger adds; 30 s of parking is the ledger's own bound (ledger.core.PARK_MAX_AGE); a 6 s
+session timeout makes a SIGKILLed worker's partitions move within seconds (the Kafka default is 45 s).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from ledger.core import PARK_MAX_AGE
+from streams.topics import (
+    LEDGER_CHECKPOINTS,
+    MATERIAL_EVENTS,
+    MATERIAL_EVENTS_REJECTED,
+    MATERIAL_EVENTS_VERIFIED,
+    partitions_from_env,
+)
+
+__all__ = ["ENV", "Settings", "SettingsError", "normalise_broker"]
+
+ENV = {
+    "broker": "BATTERYLEDGER_BROKER",
+    "store": "BATTERYLEDGER_STORE",
+    "app_id": "BATTERYLEDGER_APP_ID",
+    "topic_suffix": "BATTERYLEDGER_TOPIC_SUFFIX",
+    "operator_key": "BATTERYLEDGER_OPERATOR_KEY",
+    "max_batch": "BATTERYLEDGER_MAX_BATCH",
+    "batch_within_s": "BATTERYLEDGER_BATCH_WITHIN",
+    "verify_batch": "BATTERYLEDGER_VERIFY_BATCH",
+    "park_max_age_s": "BATTERYLEDGER_PARK_MAX_AGE",
+    "expire_interval_s": "BATTERYLEDGER_EXPIRE_INTERVAL",
+    "checkpoint_every": "BATTERYLEDGER_CHECKPOINT_EVERY",
+    "checkpoint_interval_s": "BATTERYLEDGER_CHECKPOINT_INTERVAL",
+    "registry_refresh_s": "BATTERYLEDGER_REGISTRY_REFRESH",
+    "session_timeout_s": "BATTERYLEDGER_SESSION_TIMEOUT",
+    "web_port": "BATTERYLEDGER_WEB_PORT",
+    "data_dir": "BATTERYLEDGER_WORKER_DIR",
+    "log_level": "BATTERYLEDGER_LOG_LEVEL",
+}
+
+
+class SettingsError(ValueError):
+    def diagnostics(self) -> str:
+        return str(self)
+
+
+def normalise_broker(broker: str) -> str:
+    """``host:port[,host:port]`` or ``kafka://host:port`` -> Faust's ``kafka://host:port[;...]``."""
+    text = broker.strip()
+    if not text:
+        raise SettingsError("the broker address is empty: give --broker HOST:PORT")
+    if "://" in text:
+        return text
+    return ";".join("kafka://" + part.strip() for part in text.split(",") if part.strip())
+
+
+def bootstrap_of(broker: str) -> str:
+    """Faust broker URL(s) -> kafka-python's ``host:port,host:port``."""
+    parts = [p.strip() for p in broker.replace(",", ";").split(";") if p.strip()]
+    return ",".join(p.split("://", 1)[-1] for p in parts)
+
+
+@dataclass(frozen=True)
+class Settings:
+    broker: str = "kafka://127.0.0.1:9092"
+    store: str = "sqlite:///ledger.db"
+    app_id: str = "batteryledger"
+    partitions: int = 2
+    topic_suffix: str = ""
+    operator_key: Path | None = None
+    max_batch: int = 2000
+    batch_within_s: float = 0.05
+    verify_batch: int = 500
+    park_max_age_s: float = PARK_MAX_AGE.total_seconds()
+    expire_interval_s: float = 2.0
+    checkpoint_every: int = 10_000
+    checkpoint_interval_s: float = 30.0
+    registry_refresh_s: float = 5.0
+    session_timeout_s: float = 6.0
+    web_port: int | None = None
+    data_dir: Path = field(default_factory=lambda: Path(tempfile.gettempdir()) / "batteryledger-worker")
+    log_level: str = "info"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "broker", normalise_broker(self.broker))
+        for name in ("max_batch", "verify_batch", "partitions", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise SettingsError(f"{name} must be at least 1 (set {ENV.get(name, name)})")
+        for name in ("batch_within_s", "expire_interval_s", "checkpoint_interval_s", "session_timeout_s"):
+            if getattr(self, name) <= 0:
+                raise SettingsError(f"{name} must be positive (set {ENV[name]})")
+
+    # -- derived --------------------------------------------------------------------------------
+    @property
+    def bootstrap(self) -> str:
+        return bootstrap_of(self.broker)
+
+    def topic(self, logical: str) -> str:
+        return f"{logical}-{self.topic_suffix}" if self.topic_suffix else logical
+
+    @property
+    def events_topic(self) -> str:
+        return self.topic(MATERIAL_EVENTS)
+
+    @property
+    def verified_topic(self) -> str:
+        return self.topic(MATERIAL_EVENTS_VERIFIED)
+
+    @property
+    def rejected_topic(self) -> str:
+        return self.topic(MATERIAL_EVENTS_REJECTED)
+
+    @property
+    def checkpoints_topic(self) -> str:
+        return self.topic(LEDGER_CHECKPOINTS)
+
+    def with_(self, **changes: object) -> Settings:
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+    # -- environment ----------------------------------------------------------------------------
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+        """Settings from the environment; keyword overrides (e.g. CLI flags that were given) win."""
+        env = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        defaults = cls.__dataclass_fields__
+        for name, var in ENV.items():
+            raw = env.get(var, "").strip()
+            if not raw:
+                continue
+            kind = str(defaults[name].type)
+            try:
+                if "int" in kind:
+                    values[name] = int(raw)
+                elif "float" in kind:
+                    values[name] = float(raw)
+                elif "Path" in kind:
+                    values[name] = Path(raw)
+                else:
+                    values[name] = raw
+            except ValueError:
+                raise SettingsError(f"{var}={raw!r} is not a valid {kind}") from None
+        try:
+            values["partitions"] = partitions_from_env(env)
+        except ValueError as exc:
+            raise SettingsError(str(exc)) from None
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)  # type: ignore[arg-type]
+
+    def to_env(self) -> dict[str, str]:
+        """The environment that reproduces these settings in a child process (`batteryledger worker`)."""
+        out: dict[str, str] = {}
+        for name, var in ENV.items():
+            value = getattr(self, name)
+            if value is not None:
+                out[var] = str(value)
+        out["BATTERYLEDGER_PARTITIONS"] = str(self.partitions)
+        return out

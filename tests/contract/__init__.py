@@ -1,0 +1,1 @@
+"""The ledger-store contract: one abstract suite (store_contract.py), one tiny subclass per backend."""
