@@ -600,7 +600,7 @@ class LocalBroker:
                     f"Kafka did not answer on {bootstrap} within {timeout:.0f} s: see its log; on a slow machine "
                     "allow more time (--timeout)"
                 )
-            if _port_open(self._port) and _cluster_ready(bootstrap, min(5.0, max(1.0, remaining))):
+            if _port_open(self._port) and _cluster_ready(bootstrap, min(2.0, max(1.0, remaining))):
                 if self._proc.poll() is None:
                     return
                 continue
