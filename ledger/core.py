@@ -39,7 +39,10 @@ from ledger.store import (
     PARKED,
     REJECTIONS,
     StoreError,
+    bulk_insert,
+    bulk_update,
     chunks,
+    db_time,
     create_schema,
     fetch_nodes,
     get_meta,
@@ -161,27 +164,20 @@ def _aware(t: datetime) -> datetime:
     return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
 
 
-def _batch_values(b: BatchState) -> dict[str, Any]:
-    values: dict[str, Any] = {
-        "batch_id": b.batch_id,
-        "seq": b.seq,
-        "event_id": b.event_id,
-        "kind": b.kind.value,
-        "facility_id": b.facility_id,
-        "country": b.country,
-        "feoc": b.feoc,
-        "pfe": b.pfe,
-        "time": b.time,
-        "material": b.material,
-        "kg": str(b.kg),
-        "consumed_kg": str(b.consumed_kg),
-        "value_usd": None if b.value_usd is None else str(b.value_usd),
-        "custody": b.custody_json(),
-        "extra": json.dumps(b.extra, sort_keys=True),
-    }
-    for el in ELEMENTS:
-        values[el.value] = str(b.contained[el])
-    return values
+ENTRY_COLUMNS = ("seq", "event_id", "kind", "facility_id", "time", "data", "leaf_hash", "entry_hash", "appended_at")
+BATCH_COLUMNS = (
+    "batch_id", "seq", "event_id", "kind", "facility_id", "country", "feoc", "pfe", "time", "material", "kg",
+    "consumed_kg", "value_usd", "custody", "extra", *(el.value for el in ELEMENTS),
+)
+
+
+def _batch_row(conn: Connection, b: BatchState) -> tuple[Any, ...]:
+    return (
+        b.batch_id, b.seq, b.event_id, b.kind.value, b.facility_id, b.country, b.feoc, b.pfe, db_time(conn, b.time),
+        b.material, str(b.kg), str(b.consumed_kg), None if b.value_usd is None else str(b.value_usd),
+        b.custody_json(), json.dumps(b.extra, sort_keys=True) if b.extra else "{}",
+        *(str(b.contained[el]) for el in ELEMENTS),
+    )
 
 
 class Ledger:
@@ -472,29 +468,23 @@ class Ledger:
                 for waiting in sorted(self._parked_index.pop(b.batch_id, set())):
                     queue.append(self._unpark(conn, waiting, parked_new))
 
-        # 7. write everything in this one transaction
+        # 7. write everything in this one transaction (driver-level executemany: see store.bulk_insert)
         if entry_rows:
-            conn.execute(ENTRIES.insert(), entry_rows)
+            bulk_insert(conn, ENTRIES, ENTRY_COLUMNS, [
+                (r["seq"], r["event_id"], r["kind"], r["facility_id"], db_time(conn, r["time"]), r["data"],
+                 r["leaf_hash"], r["entry_hash"], db_time(conn, ts))
+                for r in entry_rows
+            ])
             start = self.size
             nodes = tree.nodes_for_append(start, leaves, lambda keys: fetch_nodes(conn, keys))
-            conn.execute(NODES.insert(), [{"level": lv, "idx": ix, "hash": h} for lv, ix, h in nodes])
+            bulk_insert(conn, NODES, ("level", "idx", "hash"), nodes)
         if new_batches:
-            conn.execute(BATCHES.insert(), [_batch_values(b) for b in new_batches.values()])
+            bulk_insert(conn, BATCHES, BATCH_COLUMNS, [_batch_row(conn, b) for b in new_batches.values()])
         if touched:
-            conn.execute(
-                BATCHES.update()
-                .where(BATCHES.c.batch_id == bindparam("b_id"))
-                .values(consumed_kg=bindparam("b_consumed"), custody=bindparam("b_custody")),
-                [
-                    {"b_id": b.batch_id, "b_consumed": str(b.consumed_kg), "b_custody": b.custody_json()}
-                    for b in touched.values()
-                ],
-            )
+            bulk_update(conn, BATCHES, "batch_id", ("consumed_kg", "custody"),
+                        [(str(b.consumed_kg), b.custody_json(), b.batch_id) for b in touched.values()])
         if edges:
-            conn.execute(
-                EDGES.insert(),
-                [{"parent": e.parent, "child": e.child, "kg": str(e.kg), "seq": e.seq} for e in edges],
-            )
+            bulk_insert(conn, EDGES, ("parent", "child", "kg", "seq"), [(e.parent, e.child, str(e.kg), e.seq) for e in edges])
         if rejections:
             conn.execute(REJECTIONS.insert(), rejections)
         self._write_facilities(conn, facilities_changed, seq)

@@ -36,9 +36,13 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Protocol
 
+from sqlalchemy import ColumnElement, select
+
 from ledger.core import AppendResult, Incoming, Ledger
+from ledger.store import REJECTIONS, chunks
 from schemas.cloudevents import check_attributes, unwrap
 from schemas.events import MAX_EVENT_BYTES
 from schemas.reasons import EventError, Reason
@@ -329,13 +333,68 @@ class Sequencer:
             if mark > self.source_marks.get((topic, partition), 0):
                 offsets[(self.sources_consumer, topic, partition)] = mark
         results = self.ledger.append(todo, offsets=offsets, park=True)
-        out.results = list(zip(todo, results, strict=True))
+        # committed: from here on nothing may fail before the tracking records move on
         for (consumer, topic, partition), nxt in offsets.items():
             if consumer == self.consumer:
                 self.next_offsets[(topic, partition)] = nxt
             else:
                 self.source_marks[(topic, partition)] = nxt
+        # one result per item in order, then one per parked event the batch released (children whose
+        # parents just arrived): those are paired with what the store kept of them
+        out.results = list(zip(todo, results[: len(todo)], strict=True))
+        released = results[len(todo) :]
+        if released:
+            out.results.extend(self._released(released))
         return out
+
+    def _released(self, results: Sequence[AppendResult]) -> list[tuple[Incoming, AppendResult]]:
+        rejected = [r.event_id for r in results if r.status == "rejected" and r.event_id]
+        kept = self._rejection_rows(rejected, None) if rejected else {}
+        out: list[tuple[Incoming, AppendResult]] = []
+        for r in results:
+            raw, source = kept.get(r.event_id or "", (b"", "parked"))
+            out.append((Incoming(raw=raw, source=source), r))
+        return out
+
+    def _rejection_rows(
+        self, event_ids: Sequence[str], reason: Reason | None
+    ) -> dict[str, tuple[bytes, str]]:
+        found: dict[str, tuple[bytes, str]] = {}
+        with self.ledger.engine.connect() as conn:
+            for part in chunks(sorted(set(event_ids))):
+                where: ColumnElement[bool] = REJECTIONS.c.event_id.in_(part)
+                if reason is not None:
+                    where = where & (REJECTIONS.c.reason == reason.value)
+                rows = conn.execute(
+                    select(REJECTIONS.c.event_id, REJECTIONS.c.raw, REJECTIONS.c.source)
+                    .where(where)
+                    .order_by(REJECTIONS.c.id)
+                )
+                for row in rows:
+                    found[str(row.event_id)] = (bytes(row.raw), str(row.source))
+        return found
+
+    def record_failure(self, rec: VerifiedRecord, exc: BaseException) -> SequencedBatch:
+        """Record one record that broke the append as an internal_error rejection, with its offset."""
+        fallback = source_of(rec.topic, rec.partition, rec.offset)
+        source = from_verified(rec.headers, None, fallback_source=fallback).source
+        it = Incoming(
+            raw=b"" if rec.value is None else bytes(rec.value),
+            source=source,
+            error=EventError(Reason.INTERNAL_ERROR, f"sequence stage: {type(exc).__name__}: {exc}"[:2000]),
+        )
+        nxt = max(self.next_offsets.get((rec.topic, rec.partition), 0), rec.offset + 1)
+        [res] = self.ledger.append([it], offsets={(self.consumer, rec.topic, rec.partition): nxt})
+        self.next_offsets[(rec.topic, rec.partition)] = nxt
+        return SequencedBatch(results=[(it, res)])
+
+    def expire(self, max_age: timedelta) -> list[tuple[bytes, str, AppendResult]]:
+        """Reject parked events older than `max_age`; returns (original bytes, source, result) of each."""
+        results = self.ledger.expire_parked(max_age)
+        if not results:
+            return []
+        found = self._rejection_rows([r.event_id for r in results if r.event_id], Reason.PARENTS_TIMEOUT)
+        return [(*found.get(r.event_id or "", (b"", "")), r) for r in results]
 
     def _already_decided(self, items: Sequence[Incoming]) -> set[int]:
         """ids (object ids) of items whose event id or source the store already knows."""

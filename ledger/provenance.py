@@ -20,7 +20,7 @@ nodes from the signed events of an evidence bundle (`nodes_from_events`) and mus
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -392,12 +392,14 @@ def nodes_from_events(events: Iterable[tuple[Event, str]], registry: Registry) -
     return nodes
 
 
-def extra_for_event(outputs: Iterable[Any]) -> dict[str, str]:
-    """Per-event facts the store keeps on each output row so `compute` can run from rows alone."""
-    outs = list(outputs)
-    produced = {el.value: str(sum((o.contained_kg.get(el) for o in outs), Decimal(0))) for el in ELEMENTS}
-    values = [o.value_usd for o in outs]
-    value_out = (
-        None if any(v is None for v in values) else str(sum((v for v in values if v is not None), Decimal(0)))
-    )
+def extra_for_event(outputs: Sequence[Any]) -> dict[str, str]:
+    """Per-event facts the store keeps on each output row so `compute` can run from rows alone.
+
+    Only an event with several outputs needs them: with one output, its own contents are the event's.
+    """
+    if len(outputs) < 2:
+        return {}
+    produced = {el.value: str(sum((o.contained_kg.get(el) for o in outputs), Decimal(0))) for el in ELEMENTS}
+    values = [o.value_usd for o in outputs]
+    value_out = None if any(v is None for v in values) else str(sum((v for v in values if v is not None), Decimal(0)))
     return {"event_produced": json.dumps(produced, sort_keys=True), "event_value_out": json.dumps(value_out)}

@@ -256,3 +256,34 @@ def vacuum_analyze(engine: Engine) -> None:
     if dialect(engine) == "sqlite":
         with engine.connect() as conn:
             conn.execute(text("ANALYZE"))
+
+
+def db_time(conn: Connection, t: datetime) -> Any:
+    """A UTC time as the driver wants it for our naive-UTC DateTime columns (see `bulk_insert`)."""
+    naive = (t if t.tzinfo is UTC else t.astimezone(UTC)).replace(tzinfo=None)
+    if conn.dialect.name == "sqlite":
+        return naive.isoformat(" ", "microseconds")  # SQLAlchemy's own SQLite DateTime storage format
+    return naive
+
+
+def bulk_insert(conn: Connection, table: Any, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    """executemany straight through the driver: the append hot path.
+
+    SQLAlchemy Core's executemany builds a parameter dict per row and processes every bind; for the
+    ledger's fixed, already-typed rows that costs more than the database itself. Values must be in the
+    driver's form: str, int, bool, bytes, and `db_time(...)` for DateTime columns.
+    """
+    if not rows:
+        return
+    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    sql = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({', '.join([mark] * len(columns))})"
+    conn.exec_driver_sql(sql, list(rows))
+
+
+def bulk_update(conn: Connection, table: Any, key: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    """UPDATE ... SET columns WHERE key = ?, executemany through the driver; each row is (*values, key)."""
+    if not rows:
+        return
+    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    sets = ", ".join(f"{c} = {mark}" for c in columns)
+    conn.exec_driver_sql(f"UPDATE {table.name} SET {sets} WHERE {key} = {mark}", list(rows))

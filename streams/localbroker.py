@@ -37,6 +37,7 @@ from typing import Any
 from streams.topics import TopicSpec
 
 __all__ = [
+    "BROKER_SETTINGS",
     "CACHE_ENV",
     "KAFKA_VERSION",
     "LOG4J_CONFIG",
@@ -45,6 +46,7 @@ __all__ = [
     "BrokerError",
     "BrokerStatus",
     "LocalBroker",
+    "broker_config",
     "create_topics",
     "default_cache_dir",
     "default_state_dir",
@@ -308,6 +310,46 @@ def _cluster_ready(bootstrap: str, timeout: float) -> bool:
         admin.close()
 
 
+#: The broker settings that make a one-node cluster behave like the ledger expects, apart from
+#: listeners and paths. docker-compose.yml sets the same values as KAFKA_* variables
+#: (tests/unit/test_compose.py checks that they agree).
+BROKER_SETTINGS: dict[str, str] = {
+    "process.roles": "broker,controller",
+    "node.id": "1",
+    "controller.listener.names": "CONTROLLER",
+    "inter.broker.listener.name": "PLAINTEXT",
+    # One replica of everything: there is one node.
+    "default.replication.factor": "1",
+    "min.insync.replicas": "1",
+    "offsets.topic.replication.factor": "1",
+    "transaction.state.log.replication.factor": "1",
+    "transaction.state.log.min.isr": "1",
+    "share.coordinator.state.topic.replication.factor": "1",
+    "share.coordinator.state.topic.min.isr": "1",
+    # Fast start and fast group joins on a 2-core machine.
+    "offsets.topic.num.partitions": "1",
+    "transaction.state.log.num.partitions": "1",
+    "group.initial.rebalance.delay.ms": "0",
+    # Topics are created explicitly with the partition counts we mean (streams/topics.py).
+    "auto.create.topics.enable": "false",
+    "num.partitions": "1",
+    # Kafka's default; topics cap records at 1 MiB and the verifier events at 64 KiB (streams/topics.py).
+    "message.max.bytes": str(BROKER_MESSAGE_MAX_BYTES),
+}
+
+
+def broker_config(*, port: int, controller_port: int, log_dir: Path) -> dict[str, str]:
+    """server.properties of a single-node KRaft broker+controller bound to 127.0.0.1."""
+    return {
+        **BROKER_SETTINGS,
+        "controller.quorum.voters": f"1@127.0.0.1:{controller_port}",
+        "listeners": f"PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
+        "advertised.listeners": f"PLAINTEXT://127.0.0.1:{port}",
+        "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+        "log.dirs": str(log_dir),
+    }
+
+
 class _PortTaken(Exception):
     """The broker lost the race for a port we picked (another process bound it first)."""
 
@@ -483,38 +525,9 @@ class LocalBroker:
     # -- steps
 
     def _write_properties(self, port: int, cport: int) -> None:
-        log_dirs = self.data_dir / "kraft-logs"
-        lines = [
-            "# Written by batteryledger's LocalBroker at every start; edits are overwritten.",
-            "# Single node, KRaft combined mode, loopback only.",
-            "process.roles=broker,controller",
-            "node.id=1",
-            f"controller.quorum.voters=1@127.0.0.1:{cport}",
-            f"listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{cport}",
-            f"advertised.listeners=PLAINTEXT://127.0.0.1:{port}",
-            "controller.listener.names=CONTROLLER",
-            "inter.broker.listener.name=PLAINTEXT",
-            "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
-            f"log.dirs={log_dirs}",
-            "# One replica of everything: there is one node.",
-            "default.replication.factor=1",
-            "min.insync.replicas=1",
-            "offsets.topic.replication.factor=1",
-            "transaction.state.log.replication.factor=1",
-            "transaction.state.log.min.isr=1",
-            "share.coordinator.state.topic.replication.factor=1",
-            "share.coordinator.state.topic.min.isr=1",
-            "# Fast start and fast group joins on a 2-core machine.",
-            "offsets.topic.num.partitions=1",
-            "transaction.state.log.num.partitions=1",
-            "group.initial.rebalance.delay.ms=0",
-            "# Topics are created explicitly with the partition counts we mean (streams/topics.py).",
-            "auto.create.topics.enable=false",
-            "num.partitions=1",
-            "# Kafka's default (1 MiB + batch overhead); topics cap records at 1 MiB, events at 64 KiB.",
-            f"message.max.bytes={BROKER_MESSAGE_MAX_BYTES}",
-        ]
-        self.properties_path.write_text("\n".join(lines) + "\n")
+        config = broker_config(port=port, controller_port=cport, log_dir=self.data_dir / "kraft-logs")
+        header = "# Written by batteryledger's LocalBroker at every start (streams/localbroker.py:broker_config).\n"
+        self.properties_path.write_text(header + "".join(f"{k}={v}\n" for k, v in config.items()))
 
     def _format_storage(self, java: str, libs: Path) -> None:
         if (self.data_dir / "kraft-logs" / "meta.properties").is_file():

@@ -330,7 +330,9 @@ class ThrowawayPostgres:
         """DROP DATABASE, closing any connection a test left open (PostgreSQL 13+: WITH (FORCE))."""
         with self.connect_admin() as conn:
             conn.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(_check_db_name(name)))
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                    sql.Identifier(_check_db_name(name))
+                )
             )
 
     # -- internals -------------------------------------------------------------------------------
@@ -370,7 +372,9 @@ class ThrowawayPostgres:
                 **kwargs,  # type: ignore[arg-type]
             )
         except subprocess.TimeoutExpired as exc:
-            raise PostgresStartError(f"{Path(cmd[0]).name} did not finish within {COMMAND_TIMEOUT_S:g} s") from exc
+            raise PostgresStartError(
+                f"{Path(cmd[0]).name} did not finish within {COMMAND_TIMEOUT_S:g} s"
+            ) from exc
         if proc.returncode != 0:
             raise PostgresStartError(
                 f"`{' '.join(cmd)}` failed (exit {proc.returncode}) as OS user {self.run_as.name}:\n"
@@ -425,7 +429,9 @@ class ThrowawayPostgres:
             )
         except PostgresStartError as exc:
             self._kill_postmaster(self.data_dir)
-            raise PostgresStartError(f"{exc}\n--- server log tail ({self.log_file}) ---\n{_tail(self.log_file)}") from None
+            raise PostgresStartError(
+                f"{exc}\n--- server log tail ({self.log_file}) ---\n{_tail(self.log_file)}"
+            ) from None
 
     def _wait_ready(self) -> None:
         """pg_ctl -w waited for the socket; wait (bounded) until TCP on 127.0.0.1 answers a query too."""

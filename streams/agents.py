@@ -1,0 +1,326 @@
+"""The ledger's Faust agents: thin. Each decodes a message, calls a plain function, routes the result.
+
+* ``verify`` on material-events (N partitions; scales with partitions and worker processes):
+  ``ledger.intake.verify_message`` -> material-events-verified (good events AND verify-stage rejections,
+  see below) and, for rejections, material-events-rejected (original bytes + reason headers).
+* ``sequencer`` on material-events-verified (1 partition: one total order, one writer):
+  ``ledger.intake.Sequencer.process`` appends a batch (``stream.take_events``) in one store transaction
+  together with the consumed offset; its rejections go to material-events-rejected.
+* timers: parked events whose parents never came are rejected (``parents_timeout``), and a signed
+  checkpoint is made every N entries or T seconds and published to ledger-checkpoints. They act only in
+  the worker that currently holds the verified partition, so the store keeps a single writer.
+
+Why verify-stage rejections go through the verified topic too (rather than a recorder agent reading the
+rejected topic): the store then has exactly one writer, and each rejection is written in the same
+transaction as the verified-topic offset that carried it, so a crash can neither lose nor double it.
+The rejected topic is the plants' feed: at-least-once, so a consumer dedupes on ``bl_source``.
+
+Every agent catches per event (per batch for the sequencer): an exception is a rejection with reason
+``internal_error``, never a stopped agent. A store that cannot be written is not an event's fault: the
+sequencer retries with back-off and acks nothing meanwhile. ``concurrency=1`` everywhere (issue #606).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import faust
+from faust.types import TP
+
+from ledger.core import Incoming, Ledger
+from ledger.intake import (
+    SequencedBatch,
+    Sequencer,
+    VerifiedRecord,
+    rejection_headers,
+    source_of,
+    to_verified,
+    verify_message,
+)
+from ledger.registry import Registry
+from schemas.reasons import EventError, Reason
+from schemas.signing import load_private_key
+from streams.settings import Settings
+
+__all__ = ["LedgerAgents", "install_agents"]
+
+log = logging.getLogger("batteryledger.agents")
+
+#: Longest back-off between retries of a batch the store could not take.
+MAX_RETRY_DELAY_S = 10.0
+
+
+@dataclass
+class Counters:
+    verified: int = 0
+    verify_rejected: int = 0
+    appended: int = 0
+    duplicates: int = 0
+    parked: int = 0
+    sequence_rejected: int = 0
+    recorded_verify_rejections: int = 0
+    skipped: int = 0
+    redeliveries: int = 0
+    internal_errors: int = 0
+
+    def line(self) -> str:
+        return ", ".join(f"{k} {v}" for k, v in self.__dict__.items())
+
+
+@dataclass
+class LedgerAgents:
+    """State shared by the agents of one worker process (a reader for the registry, the writer)."""
+
+    app: faust.App
+    settings: Settings
+    reader: Ledger
+    operator_key: Any = None
+    writer: Ledger | None = None
+    sequencer: Sequencer | None = None
+    counters: Counters = field(default_factory=Counters)
+    last_refresh: float = 0.0
+    needs_reload: bool = False
+    last_checkpoint_size: int = 0
+    last_checkpoint_time: float = field(default_factory=time.monotonic)
+    agents: dict[str, Any] = field(default_factory=dict)
+    topics: dict[str, Any] = field(default_factory=dict)
+
+    # -- registry (verify stage) -----------------------------------------------------------------
+    @property
+    def registry(self) -> Registry:
+        return self.reader.registry
+
+    def maybe_refresh_registry(self, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now - self.last_refresh >= self.settings.registry_refresh_s:
+            self.last_refresh = now
+            try:
+                self.reader.refresh_registry()
+            except Exception:
+                log.exception("could not re-read the registry from %s", self.settings.store)
+
+    # -- verify stage ----------------------------------------------------------------------------
+    async def on_raw_message(self, message: Any) -> None:
+        source = source_of(message.topic, message.partition, message.offset)
+        try:
+            incoming = verify_message(message.headers, message.value, self.registry, source=source)
+        except Exception as exc:  # verify_message never raises; belt and braces
+            incoming = Incoming(
+                raw=bytes(message.value or b""),
+                source=source,
+                error=EventError(Reason.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}"),
+            )
+        if incoming.error is None and not incoming.signature_checked:
+            self.maybe_refresh_registry()
+        headers, value = to_verified(incoming)
+        await self.topics["verified"].send(value=value, headers=headers)
+        if incoming.error is None:
+            self.counters.verified += 1
+            return
+        self.counters.verify_rejected += 1
+        err = incoming.error
+        await self.topics["rejected"].send(
+            value=incoming.raw,
+            headers=rejection_headers(
+                err.reason.value,
+                err.detail,
+                source=source,
+                event_id=incoming.decoded.event_id if incoming.decoded else None,
+                stage="verify",
+            ),
+        )
+
+    # -- sequence stage --------------------------------------------------------------------------
+    def _writer(self) -> Sequencer:
+        if self.writer is None:
+            self.writer = Ledger(self.settings.store, operator_key=self.operator_key)
+            self.sequencer = Sequencer(self.writer, consumer=self.settings.app_id)
+            stats = self.writer.stats()
+            self.last_checkpoint_size = int(stats["latest_checkpoint_size"] or 0)
+            self.needs_reload = False
+        elif self.needs_reload:
+            self.writer.refresh_registry()  # head, registry and parked index from the store
+            assert self.sequencer is not None
+            self.sequencer.reload()
+            self.needs_reload = False
+        assert self.sequencer is not None
+        return self.sequencer
+
+    async def on_verified_batch(self, records: list[VerifiedRecord]) -> None:
+        batch = await self._process_with_retry(records)
+        c = self.counters
+        c.skipped += batch.skipped_offsets
+        c.redeliveries += batch.redeliveries
+        for it, res in batch.results:
+            if res.status == "appended":
+                c.appended += 1
+            elif res.status == "duplicate":
+                c.duplicates += 1
+            elif res.status == "parked":
+                c.parked += 1
+            elif it.error is not None:
+                c.recorded_verify_rejections += 1
+            else:
+                c.sequence_rejected += 1
+        for it, res in batch.rejected():
+            await self._publish_rejection(it.raw, it.source, res.reason, res.detail, res.event_id)
+        seq = self._writer()
+        if seq.ledger.size - self.last_checkpoint_size >= self.settings.checkpoint_every:
+            await self.checkpoint()
+
+    async def _process_with_retry(self, records: list[VerifiedRecord]) -> SequencedBatch:
+        delay = 0.25
+        while True:
+            try:
+                seq = self._writer()
+                try:
+                    return seq.process(records)
+                except Exception:
+                    log.exception("append of %d events failed; retrying them one by one", len(records))
+                    return self._one_by_one(seq, records)
+            except Exception:
+                log.exception("the ledger store did not take the batch; retrying in %.2f s", delay)
+                self.needs_reload = True
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, MAX_RETRY_DELAY_S)
+
+    def _one_by_one(self, seq: Sequencer, records: list[VerifiedRecord]) -> SequencedBatch:
+        """Isolate the event that breaks a batch: it alone becomes an internal_error rejection."""
+        total = SequencedBatch()
+        for rec in records:
+            try:
+                part = seq.process([rec])
+            except Exception as exc:
+                log.exception("event at %s/%d/%d failed the append", rec.topic, rec.partition, rec.offset)
+                self.counters.internal_errors += 1
+                part = seq.record_failure(rec, exc)  # raises only if the store itself is down
+            total.results.extend(part.results)
+            total.skipped_offsets += part.skipped_offsets
+            total.redeliveries += part.redeliveries
+        return total
+
+    async def _publish_rejection(
+        self, raw: bytes, source: str, reason: str | None, detail: str | None, event_id: str | None
+    ) -> None:
+        await self.topics["rejected"].send(
+            value=raw,
+            headers=rejection_headers(
+                reason or Reason.INTERNAL_ERROR.value,
+                detail,
+                source=source,
+                event_id=event_id,
+                stage="sequence",
+            ),
+        )
+
+    # -- timers (writer only) --------------------------------------------------------------------
+    def owns_sequencer(self) -> bool:
+        try:
+            assignment = self.app.consumer.assignment()
+        except Exception:
+            return False
+        return TP(self.settings.verified_topic, 0) in assignment
+
+    async def expire_parked(self) -> None:
+        if not self.owns_sequencer():
+            return
+        try:
+            seq = self._writer()
+            expired = seq.expire(timedelta(seconds=self.settings.park_max_age_s))
+        except Exception:
+            log.exception("expiring parked events failed; will retry")
+            self.needs_reload = True
+            return
+        for raw, source, res in expired:
+            self.counters.sequence_rejected += 1
+            await self._publish_rejection(raw, source, res.reason, res.detail, res.event_id)
+
+    async def checkpoint(self) -> None:
+        if self.operator_key is None or self.writer is None:
+            return
+        try:
+            note = self.writer.make_checkpoint()
+        except Exception:
+            log.exception("signing a checkpoint failed; will retry")
+            return
+        self.last_checkpoint_time = time.monotonic()
+        self.last_checkpoint_size = self.writer.size
+        if note is not None:
+            await self.topics["checkpoints"].send(key=self.writer.origin.encode(), value=note.encode())
+            log.info("checkpoint at size %d published", self.writer.size)
+
+    async def checkpoint_tick(self) -> None:
+        if not self.owns_sequencer() or self.writer is None:
+            return
+        if self.writer.size > self.last_checkpoint_size:
+            await self.checkpoint()
+        log.info("worker counters: %s", self.counters.line())
+
+
+def install_agents(app: faust.App, settings: Settings) -> LedgerAgents:
+    """Declare the topics, agents and timers of one ledger on `app`."""
+    operator_key = load_private_key(settings.operator_key) if settings.operator_key else None
+    state = LedgerAgents(app=app, settings=settings, reader=Ledger(settings.store), operator_key=operator_key)
+    raw_opts: dict[str, Any] = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw"}
+    raw_opts["value_serializer"] = "raw"
+    events_topic = app.topic(settings.events_topic, partitions=settings.partitions, **raw_opts)
+    verified_topic = app.topic(settings.verified_topic, partitions=1, **raw_opts)
+    rejected_topic = app.topic(settings.rejected_topic, partitions=1, **raw_opts)
+    checkpoints_topic = app.topic(settings.checkpoints_topic, partitions=1, **raw_opts)
+    state.topics = {
+        "events": events_topic,
+        "verified": verified_topic,
+        "rejected": rejected_topic,
+        "checkpoints": checkpoints_topic,
+    }
+
+    async def verify(stream: Any) -> None:
+        async for event in stream.events():
+            try:
+                await state.on_raw_message(event.message)
+            except Exception:  # routing failed (e.g. producer error): log, keep the agent alive
+                state.counters.internal_errors += 1
+                log.exception("verify agent could not route %s", getattr(event, "message", None))
+
+    async def sequencer(stream: Any) -> None:
+        async for events in stream.take_events(settings.max_batch, within=settings.batch_within_s):
+            records = [
+                VerifiedRecord(
+                    e.message.topic, e.message.partition, e.message.offset, e.message.headers, e.message.value
+                )
+                for e in events
+            ]
+            try:
+                await state.on_verified_batch(records)
+            except Exception:  # only publishing can get here; the batch is in the store
+                state.counters.internal_errors += 1
+                log.exception("sequencer could not publish the outcome of a batch")
+
+    state.agents["verify"] = app.agent(events_topic, name="verify", concurrency=1)(verify)
+    state.agents["sequencer"] = app.agent(verified_topic, name="sequencer", concurrency=1)(sequencer)
+
+    async def expire_timer() -> None:
+        await state.expire_parked()
+
+    async def checkpoint_timer() -> None:
+        await state.checkpoint_tick()
+
+    async def refresh_timer() -> None:
+        state.maybe_refresh_registry()
+
+    app.timer(settings.expire_interval_s, name="expire_parked")(expire_timer)
+    app.timer(settings.checkpoint_interval_s, name="checkpoint")(checkpoint_timer)
+    app.timer(settings.registry_refresh_s, name="refresh_registry")(refresh_timer)
+
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]
+    async def on_assigned(sender: Any, assigned: Any = (), **kwargs: Any) -> None:
+        if TP(settings.verified_topic, 0) in set(assigned):
+            state.needs_reload = True
+        log.info("batteryledger worker ready: %d partitions assigned", len(set(assigned)))
+
+    return state

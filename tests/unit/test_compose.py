@@ -1,0 +1,157 @@
+"""docker-compose.yml is a valid Compose file and agrees with the code it deploys.
+
+Valid: checked against the Compose specification's JSON Schema (tests/assets/compose-spec.json, copied
+from compose-spec/compose-spec). Agrees: the Kafka image is the version streams/broker/pom.xml pins,
+the broker settings are LocalBroker's, the topics are streams/topics.py's, and every `batteryledger`
+command and flag in it exists in the CLI.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from streams.localbroker import BROKER_SETTINGS, KAFKA_VERSION, POM_PATH
+from streams.topics import ALL_TOPICS, DEFAULT_PARTITIONS, PARTITIONS_ENV
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE_FILE = ROOT / "docker-compose.yml"
+SCHEMA_FILE = ROOT / "tests" / "assets" / "compose-spec.json"
+STORE_URL = "postgresql+psycopg://batteryledger:batteryledger@postgres:5432/batteryledger"
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    loaded = yaml.safe_load(COMPOSE_FILE.read_text())
+    assert isinstance(loaded, dict)
+    return loaded
+
+
+@pytest.fixture(scope="module")
+def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    found = compose["services"]
+    assert set(found) == {"kafka", "postgres", "topics", "worker", "api"}
+    return found
+
+
+def test_compose_file_follows_the_compose_specification(compose: dict[str, Any]) -> None:
+    jsonschema = pytest.importorskip(
+        "jsonschema", reason="jsonschema is not installed: add 'jsonschema>=4.18' to the dev extra in pyproject.toml"
+    )
+    schema = json.loads(SCHEMA_FILE.read_text())
+    validator_cls = jsonschema.validators.validator_for(schema)
+    validator_cls.check_schema(schema)
+    errors = sorted(validator_cls(schema).iter_errors(compose), key=lambda e: list(e.absolute_path))
+    assert not errors, "\n".join(f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in errors)
+
+
+def test_every_service_has_an_image_or_a_build(services: dict[str, dict[str, Any]]) -> None:
+    # The one rule the schema keeps in definitions/constraints, where validators do not apply it.
+    for name, service in services.items():
+        assert "image" in service or "build" in service, name
+
+
+def test_kafka_image_is_the_version_the_pom_pins(services: dict[str, dict[str, Any]]) -> None:
+    ns = {"m": "http://maven.apache.org/POM/4.0.0"}
+    pom_version = ET.parse(POM_PATH).getroot().findtext("m:properties/m:kafka.version", namespaces=ns)
+    assert pom_version == KAFKA_VERSION
+    assert services["kafka"]["image"] == f"apache/kafka:{KAFKA_VERSION}"
+
+
+def test_kafka_settings_match_the_local_broker(services: dict[str, dict[str, Any]]) -> None:
+    env = {k: str(v) for k, v in services["kafka"]["environment"].items()}
+    for key, value in BROKER_SETTINGS.items():
+        # apache/kafka maps KAFKA_FOO_BAR to foo.bar (a literal underscore would need '__').
+        assert "_" not in key
+        variable = "KAFKA_" + key.upper().replace(".", "_")
+        assert env.get(variable) == value, f"{variable} should be {value!r} like server.properties"
+    assert env["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
+    assert "PLAINTEXT://kafka:9092" in env["KAFKA_ADVERTISED_LISTENERS"].split(",")
+    assert re.fullmatch(r"[A-Za-z0-9_-]{21}[AQgw]", env["CLUSTER_ID"]), "CLUSTER_ID must be a Kafka Uuid"
+
+
+def test_topic_layout_matches_streams_topics(compose: dict[str, Any], services: dict[str, dict[str, Any]]) -> None:
+    documented = {name: spec["partitions"] for name, spec in compose["x-topics"].items()}
+    assert documented == {t.name: t.partitions for t in ALL_TOPICS(DEFAULT_PARTITIONS)}
+    for name in ("topics", "worker", "api"):
+        assert services[name]["environment"][PARTITIONS_ENV] == f"${{{PARTITIONS_ENV}:-{DEFAULT_PARTITIONS}}}"
+
+
+def test_services_start_in_order(services: dict[str, dict[str, Any]]) -> None:
+    assert services["kafka"]["healthcheck"]["test"]
+    assert services["postgres"]["healthcheck"]["test"]
+    assert services["topics"]["depends_on"] == {"kafka": {"condition": "service_healthy"}}
+    assert services["worker"]["depends_on"] == {
+        "kafka": {"condition": "service_healthy"},
+        "postgres": {"condition": "service_healthy"},
+        "topics": {"condition": "service_completed_successfully"},
+    }
+    assert services["api"]["depends_on"]["postgres"] == {"condition": "service_healthy"}
+
+
+def test_published_ports_bind_loopback_only(services: dict[str, dict[str, Any]]) -> None:
+    published = [port for service in services.values() for port in service.get("ports", [])]
+    assert published
+    assert all(str(port).startswith("127.0.0.1:") for port in published), published
+
+
+def _cli_command(words: list[str]) -> Any:
+    """The click command `batteryledger <words...>` resolves to (fails naming the missing word)."""
+    import typer
+
+    from batteryledger.cli import app
+
+    command: Any = typer.main.get_command(app)
+    for depth, word in enumerate(words):
+        children = getattr(command, "commands", {})
+        if word not in children:
+            pytest.fail(
+                f"docker-compose.yml runs `batteryledger {' '.join(words[: depth + 1])}`, "
+                "which the CLI does not have"
+            )
+        command = children[word]
+    return command
+
+
+@pytest.mark.parametrize(
+    ("service", "expected"),
+    [
+        ("topics", "batteryledger topics create --broker kafka:9092"),
+        ("worker", f"batteryledger worker --broker kafka:9092 --store {STORE_URL}"),
+        ("api", f"batteryledger serve --host 0.0.0.0 --port 8000 --store {STORE_URL}"),
+    ],
+)
+def test_commands_use_real_cli_flags(services: dict[str, dict[str, Any]], service: str, expected: str) -> None:
+    command = services[service]["command"]
+    assert shlex.split(command) == shlex.split(expected)
+    argv = shlex.split(command)[1:]
+    words = [a for a in argv[: next((i for i, a in enumerate(argv) if a.startswith("-")), len(argv))]]
+    cli = _cli_command(words)
+    options = {
+        opt
+        for param in cli.params
+        if getattr(param, "param_type_name", "") == "option"
+        for opt in (*param.opts, *param.secondary_opts)
+    }
+    flags = [a.split("=", 1)[0] for a in argv if a.startswith("--")]
+    missing = [f for f in flags if f not in options]
+    assert not missing, f"`batteryledger {' '.join(words)}` has no option {missing}; it has {sorted(options)}"
+
+
+def test_store_url_matches_the_postgres_service(services: dict[str, dict[str, Any]]) -> None:
+    env = services["postgres"]["environment"]
+    user, password, db = env["POSTGRES_USER"], env["POSTGRES_PASSWORD"], env["POSTGRES_DB"]
+    assert f"postgresql+psycopg://{user}:{password}@postgres:5432/{db}" == STORE_URL
+
+
+def test_dockerfile_installs_the_package_on_python_311() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert re.search(r"^FROM python:3\.11-slim$", dockerfile, re.MULTILINE)
+    assert "pip install ." in dockerfile
