@@ -35,7 +35,9 @@ StateDir = Annotated[
 
 def _fail(message: str) -> NoReturn:
     typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code=1)
+    # SystemExit, not typer.Exit: with standalone_mode=False click turns typer.Exit into a return value,
+    # which a caller may drop (the exit status would then be 0).
+    raise SystemExit(1)
 
 
 @broker_app.command()
@@ -116,4 +118,4 @@ def status(state_dir: StateDir = None) -> None:
         )
         return
     typer.echo(f"not running: {result.detail}")
-    raise typer.Exit(code=1)
+    raise SystemExit(1)

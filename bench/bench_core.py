@@ -35,13 +35,24 @@ def _ts(t: datetime) -> str:
     return t.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def register(op: Ed25519PrivateKey, fid: str, country: str, roles: list[str], key: Ed25519PrivateKey) -> bytes:
+def register(
+    op: Ed25519PrivateKey, fid: str, country: str, roles: list[str], key: Ed25519PrivateKey
+) -> bytes:
     obj = {
-        "spec": "batteryledger/1", "kind": "facility.registered", "facility_id": "registry", "time": "2024-01-01T00:00:00Z",
-        "subject_facility_id": fid, "legal_entity": fid, "country": country, "roles": roles,
+        "spec": "batteryledger/1",
+        "kind": "facility.registered",
+        "facility_id": "registry",
+        "time": "2024-01-01T00:00:00Z",
+        "subject_facility_id": fid,
+        "legal_entity": fid,
+        "country": country,
+        "roles": roles,
         "attestation": {"feoc": False, "as_of": "2024-01-01T00:00:00Z"},
-        "key": {"key_id": key_id(key.public_key()), "public_key": public_key_b64(key.public_key()),
-                "valid_from": "2024-01-01T00:00:00Z"},
+        "key": {
+            "key_id": key_id(key.public_key()),
+            "public_key": public_key_b64(key.public_key()),
+            "valid_from": "2024-01-01T00:00:00Z",
+        },
     }
     return sign_object(obj, op)[0]
 
@@ -49,10 +60,21 @@ def register(op: Ed25519PrivateKey, fid: str, country: str, roles: list[str], ke
 def extraction_events(key: Ed25519PrivateKey, fid: str, n: int, prefix: str = "ORE") -> list[bytes]:
     out = []
     for i in range(n):
-        obj = {"spec": "batteryledger/1", "kind": "batch.extracted", "facility_id": fid,
-               "time": _ts(T0 + timedelta(seconds=i)),
-               "outputs": [{"batch_id": f"{prefix}-{i:07d}", "material": "spodumene_concentrate", "kg": "1000.000",
-                            "contained_kg": {"li": "28.500"}, "value_usd": "1200"}]}
+        obj = {
+            "spec": "batteryledger/1",
+            "kind": "batch.extracted",
+            "facility_id": fid,
+            "time": _ts(T0 + timedelta(seconds=i)),
+            "outputs": [
+                {
+                    "batch_id": f"{prefix}-{i:07d}",
+                    "material": "spodumene_concentrate",
+                    "kg": "1000.000",
+                    "contained_kg": {"li": "28.500"},
+                    "value_usd": "1200",
+                }
+            ],
+        }
         out.append(sign_object(obj, key)[0])
     return out
 
@@ -108,8 +130,13 @@ def bench_provenance(n_ore: int, queries: int) -> dict[str, float]:
     """n_ore extraction batches -> n_ore/100 refinery lots -> 10 CAM lots -> 1 cell lot -> 1 pack."""
     op = generate_key()
     keys = {f: generate_key() for f in ("mine", "ref", "cam", "cell", "pack")}
-    roles = {"mine": ["batch.extracted", "batch.shipped"], "ref": ["batch.processed", "batch.received"],
-             "cam": ["material.produced"], "cell": ["cells.produced"], "pack": ["packs.assembled"]}
+    roles = {
+        "mine": ["batch.extracted", "batch.shipped"],
+        "ref": ["batch.processed", "batch.received"],
+        "cam": ["material.produced"],
+        "cell": ["cells.produced"],
+        "pack": ["packs.assembled"],
+    }
     with tempfile.TemporaryDirectory() as d:
         led = Ledger.init(str(Path(d) / "p.db"), operator_key=op, origin="bench/provenance")
         led.append([register(op, f, "US" if f != "mine" else "AU", roles[f], keys[f]) for f in keys])
@@ -120,33 +147,97 @@ def bench_provenance(n_ore: int, queries: int) -> dict[str, float]:
         ship = []
         for i in range(n_ore):
             b = f"ORE-{i:07d}"
-            ship.append(sign_object({"spec": "batteryledger/1", "kind": "batch.shipped", "facility_id": "mine",
-                                     "time": _ts(T0 + timedelta(days=1, seconds=i)), "batch_id": b, "kg": "1000.000",
-                                     "to_facility_id": "ref"}, keys["mine"])[0])
-            ship.append(sign_object({"spec": "batteryledger/1", "kind": "batch.received", "facility_id": "ref",
-                                     "time": _ts(T0 + timedelta(days=2, seconds=i)), "batch_id": b, "kg": "1000.000",
-                                     "from_facility_id": "mine"}, keys["ref"])[0])
+            ship.append(
+                sign_object(
+                    {
+                        "spec": "batteryledger/1",
+                        "kind": "batch.shipped",
+                        "facility_id": "mine",
+                        "time": _ts(T0 + timedelta(days=1, seconds=i)),
+                        "batch_id": b,
+                        "kg": "1000.000",
+                        "to_facility_id": "ref",
+                    },
+                    keys["mine"],
+                )[0]
+            )
+            ship.append(
+                sign_object(
+                    {
+                        "spec": "batteryledger/1",
+                        "kind": "batch.received",
+                        "facility_id": "ref",
+                        "time": _ts(T0 + timedelta(days=2, seconds=i)),
+                        "batch_id": b,
+                        "kg": "1000.000",
+                        "from_facility_id": "mine",
+                    },
+                    keys["ref"],
+                )[0]
+            )
         for i in range(0, len(ship), 1000):
             led.append(ship[i : i + 1000])
 
-        def ev(fid: str, kind: str, i: int, inputs: list[tuple[str, str]], out_id: str, li: str, day: int) -> bytes:
-            return sign_object({"spec": "batteryledger/1", "kind": kind, "facility_id": fid,
-                                "time": _ts(T0 + timedelta(days=day, seconds=i)),
-                                "inputs": [{"batch_id": b, "kg": kg} for b, kg in inputs],
-                                "outputs": [{"batch_id": out_id, "material": kind.split(".")[0], "kg": str(int(li) * 10),
-                                             "contained_kg": {"li": li}}]}, keys[fid])[0]
+        def ev(
+            fid: str, kind: str, i: int, inputs: list[tuple[str, str]], out_id: str, li: str, day: int
+        ) -> bytes:
+            return sign_object(
+                {
+                    "spec": "batteryledger/1",
+                    "kind": kind,
+                    "facility_id": fid,
+                    "time": _ts(T0 + timedelta(days=day, seconds=i)),
+                    "inputs": [{"batch_id": b, "kg": kg} for b, kg in inputs],
+                    "outputs": [
+                        {
+                            "batch_id": out_id,
+                            "material": kind.split(".")[0],
+                            "kg": str(int(li) * 10),
+                            "contained_kg": {"li": li},
+                        }
+                    ],
+                },
+                keys[fid],
+            )[0]
 
         lots = n_ore // 100
         # each lot consumes its inputs whole (kg = 10 x Li content, see `ev`)
-        refs = [ev("ref", "batch.processed", j, [(f"ORE-{k:07d}", "1000.000") for k in range(j * 100, j * 100 + 100)],
-                   f"REF-{j:05d}", "2800", 3) for j in range(lots)]
+        refs = [
+            ev(
+                "ref",
+                "batch.processed",
+                j,
+                [(f"ORE-{k:07d}", "1000.000") for k in range(j * 100, j * 100 + 100)],
+                f"REF-{j:05d}",
+                "2800",
+                3,
+            )
+            for j in range(lots)
+        ]
         assert all(r.status == "appended" for r in led.append(refs))
         # the CAM maker would need custody too: register it at the refinery's site (same facility id) for brevity
-        cams = [ev("ref", "batch.processed", j, [(f"REF-{k:05d}", "28000") for k in range(j * lots // 10, (j + 1) * lots // 10)],
-                   f"CAM-{j:03d}", str(2800 * (lots // 10)), 4) for j in range(10)]
+        cams = [
+            ev(
+                "ref",
+                "batch.processed",
+                j,
+                [(f"REF-{k:05d}", "28000") for k in range(j * lots // 10, (j + 1) * lots // 10)],
+                f"CAM-{j:03d}",
+                str(2800 * (lots // 10)),
+                4,
+            )
+            for j in range(10)
+        ]
         assert all(r.status == "appended" for r in led.append(cams))
-        cell = ev("ref", "batch.processed", 0, [(f"CAM-{j:03d}", str(28000 * (lots // 10))) for j in range(10)], "PACK-0001",
-                  str(2800 * (lots // 10) * 10), 5)
+        cell = ev(
+            "ref",
+            "batch.processed",
+            0,
+            [(f"CAM-{j:03d}", str(28000 * (lots // 10))) for j in range(10)],
+            "PACK-0001",
+            str(2800 * (lots // 10) * 10),
+            5,
+        )
         res = led.append([cell])
         assert res[0].status == "appended", res
         times = []
@@ -157,8 +248,12 @@ def bench_provenance(n_ore: int, queries: int) -> dict[str, float]:
         led.close()
     times.sort()
     p95 = times[int(0.95 * (len(times) - 1))]
-    return {"provenance_ancestors": float(p.ancestors), "provenance_p50_ms": statistics.median(times) * 1000,
-            "provenance_p95_ms": p95 * 1000, "provenance_p95_target_ratio": (p95 * 1000) / 50}
+    return {
+        "provenance_ancestors": float(p.ancestors),
+        "provenance_p50_ms": statistics.median(times) * 1000,
+        "provenance_p95_ms": p95 * 1000,
+        "provenance_p95_target_ratio": (p95 * 1000) / 50,
+    }
 
 
 def bench_chain_verify(n: int) -> dict[str, float]:
@@ -179,8 +274,19 @@ def bench_chain_verify(n: int) -> dict[str, float]:
                     data = rng(300)
                     leaf = chain.leaf_of(data)
                     prev = chain.entry_hash(prev, leaf)
-                    rows.append({"seq": seq, "event_id": f"{seq:064x}", "kind": "batch.extracted", "facility_id": "x",
-                                 "time": T0, "data": data, "leaf_hash": leaf, "entry_hash": prev, "appended_at": T0})
+                    rows.append(
+                        {
+                            "seq": seq,
+                            "event_id": f"{seq:064x}",
+                            "kind": "batch.extracted",
+                            "facility_id": "x",
+                            "time": T0,
+                            "data": data,
+                            "leaf_hash": leaf,
+                            "entry_hash": prev,
+                            "appended_at": T0,
+                        }
+                    )
                     leaves.append(leaf)
                 conn.execute(ENTRIES.insert(), rows)
 
@@ -199,8 +305,13 @@ def bench_chain_verify(n: int) -> dict[str, float]:
         took = time.perf_counter() - t
         led.close()
     # synthetic leaves are not events: only the chain/tree steps are meaningful here
-    return {"chain_entries": float(n), "chain_fill_s": fill, "chain_verify_s": took,
-            "chain_verify_target_ratio": took / 10.0 * (1_000_000 / n), "chain_verify_ok": float(report.ok)}
+    return {
+        "chain_entries": float(n),
+        "chain_fill_s": fill,
+        "chain_verify_s": took,
+        "chain_verify_target_ratio": took / 10.0 * (1_000_000 / n),
+        "chain_verify_ok": float(report.ok),
+    }
 
 
 def main() -> None:
@@ -211,17 +322,25 @@ def main() -> None:
     results: dict[str, Any] = {"machine": f"{platform.node()} {os.cpu_count()} cores {platform.processor()}"}
     results.update(bench_verify(2_000 if q else 10_000))
     print(f"Ed25519 verify (pyca, 1 core):     {results['ed25519_verify_per_s']:>10,.0f} /s")
-    print(f"verify path (decode+check+verify): {results['verify_path_per_s']:>10,.0f} /s "
-          f"= {results['verify_path_ratio']:.0%} of raw (target >= 70%)")
+    print(
+        f"verify path (decode+check+verify): {results['verify_path_per_s']:>10,.0f} /s "
+        f"= {results['verify_path_ratio']:.0%} of raw (target >= 70%)"
+    )
     results.update(bench_append(5_000 if q else 50_000))
-    print(f"SQLite appends (pre-verified):     {results['sqlite_appends_per_s']:>10,.0f} /s "
-          f"= {results['sqlite_appends_target_ratio']:.0%} of the 50k/s target")
+    print(
+        f"SQLite appends (pre-verified):     {results['sqlite_appends_per_s']:>10,.0f} /s "
+        f"= {results['sqlite_appends_target_ratio']:.0%} of the 50k/s target"
+    )
     results.update(bench_provenance(1_000 if q else 10_000, 10 if q else 30))
-    print(f"provenance, {results['provenance_ancestors']:,.0f} ancestors: p50 {results['provenance_p50_ms']:.1f} ms, "
-          f"p95 {results['provenance_p95_ms']:.1f} ms (target < 50 ms)")
+    print(
+        f"provenance, {results['provenance_ancestors']:,.0f} ancestors: p50 {results['provenance_p50_ms']:.1f} ms, "
+        f"p95 {results['provenance_p95_ms']:.1f} ms (target < 50 ms)"
+    )
     results.update(bench_chain_verify(100_000 if q else 1_000_000))
-    print(f"chain+tree verify of {results['chain_entries']:,.0f} entries: {results['chain_verify_s']:.2f} s "
-          f"(target < 10 s per 1M; ok={bool(results['chain_verify_ok'])})")
+    print(
+        f"chain+tree verify of {results['chain_entries']:,.0f} entries: {results['chain_verify_s']:.2f} s "
+        f"(target < 10 s per 1M; ok={bool(results['chain_verify_ok'])})"
+    )
     print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in results.items()}))
 
 

@@ -20,12 +20,20 @@ from decimal import Decimal
 from typing import Any, Literal
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from sqlalchemy import String, bindparam, func, literal, select, text
+from sqlalchemy import String, func, literal, select, text
 from sqlalchemy.engine import Connection
 
 from ledger import chain, tree
 from ledger.checkpoint import Checkpoint, parse_vkey, sign_note, vkey
-from ledger.provenance import BatchNode, FeedInfo, Provenance, compute
+from ledger.provenance import (
+    BatchNode,
+    ElementSplit,
+    FeedInfo,
+    Provenance,
+    compute,
+    decode_origins,
+    encode_origins,
+)
 from ledger.registry import Registry
 from ledger.rules import BatchState, Edge, StateView, check_and_plan, input_ids
 from ledger.store import (
@@ -42,8 +50,8 @@ from ledger.store import (
     bulk_insert,
     bulk_update,
     chunks,
-    db_time,
     create_schema,
+    db_time,
     fetch_nodes,
     get_meta,
     make_engine,
@@ -157,6 +165,7 @@ def row_to_batch(row: Any) -> BatchState:
         extra=json.loads(row.extra),
     )
     b.load_custody(row.custody)
+    b.mass, b.value = decode_origins(row.origins)
     return b
 
 
@@ -164,18 +173,56 @@ def _aware(t: datetime) -> datetime:
     return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
 
 
-ENTRY_COLUMNS = ("seq", "event_id", "kind", "facility_id", "time", "data", "leaf_hash", "entry_hash", "appended_at")
+ENTRY_COLUMNS = (
+    "seq",
+    "event_id",
+    "kind",
+    "facility_id",
+    "time",
+    "data",
+    "leaf_hash",
+    "entry_hash",
+    "appended_at",
+)
 BATCH_COLUMNS = (
-    "batch_id", "seq", "event_id", "kind", "facility_id", "country", "feoc", "pfe", "time", "material", "kg",
-    "consumed_kg", "value_usd", "custody", "extra", *(el.value for el in ELEMENTS),
+    "batch_id",
+    "seq",
+    "event_id",
+    "kind",
+    "facility_id",
+    "country",
+    "feoc",
+    "pfe",
+    "time",
+    "material",
+    "kg",
+    "consumed_kg",
+    "value_usd",
+    "custody",
+    "extra",
+    "origins",
+    *(el.value for el in ELEMENTS),
 )
 
 
 def _batch_row(conn: Connection, b: BatchState) -> tuple[Any, ...]:
     return (
-        b.batch_id, b.seq, b.event_id, b.kind.value, b.facility_id, b.country, b.feoc, b.pfe, db_time(conn, b.time),
-        b.material, str(b.kg), str(b.consumed_kg), None if b.value_usd is None else str(b.value_usd),
-        b.custody_json(), json.dumps(b.extra, sort_keys=True) if b.extra else "{}",
+        b.batch_id,
+        b.seq,
+        b.event_id,
+        b.kind.value,
+        b.facility_id,
+        b.country,
+        b.feoc,
+        b.pfe,
+        db_time(conn, b.time),
+        b.material,
+        str(b.kg),
+        str(b.consumed_kg),
+        None if b.value_usd is None else str(b.value_usd),
+        b.custody_json(),
+        json.dumps(b.extra, sort_keys=True) if b.extra else "{}",
+        encode_origins(b.mass, b.value),
         *(str(b.contained[el]) for el in ELEMENTS),
     )
 
@@ -470,21 +517,45 @@ class Ledger:
 
         # 7. write everything in this one transaction (driver-level executemany: see store.bulk_insert)
         if entry_rows:
-            bulk_insert(conn, ENTRIES, ENTRY_COLUMNS, [
-                (r["seq"], r["event_id"], r["kind"], r["facility_id"], db_time(conn, r["time"]), r["data"],
-                 r["leaf_hash"], r["entry_hash"], db_time(conn, ts))
-                for r in entry_rows
-            ])
+            bulk_insert(
+                conn,
+                ENTRIES,
+                ENTRY_COLUMNS,
+                [
+                    (
+                        r["seq"],
+                        r["event_id"],
+                        r["kind"],
+                        r["facility_id"],
+                        db_time(conn, r["time"]),
+                        r["data"],
+                        r["leaf_hash"],
+                        r["entry_hash"],
+                        db_time(conn, ts),
+                    )
+                    for r in entry_rows
+                ],
+            )
             start = self.size
             nodes = tree.nodes_for_append(start, leaves, lambda keys: fetch_nodes(conn, keys))
             bulk_insert(conn, NODES, ("level", "idx", "hash"), nodes)
         if new_batches:
             bulk_insert(conn, BATCHES, BATCH_COLUMNS, [_batch_row(conn, b) for b in new_batches.values()])
         if touched:
-            bulk_update(conn, BATCHES, "batch_id", ("consumed_kg", "custody"),
-                        [(str(b.consumed_kg), b.custody_json(), b.batch_id) for b in touched.values()])
+            bulk_update(
+                conn,
+                BATCHES,
+                "batch_id",
+                ("consumed_kg", "custody"),
+                [(str(b.consumed_kg), b.custody_json(), b.batch_id) for b in touched.values()],
+            )
         if edges:
-            bulk_insert(conn, EDGES, ("parent", "child", "kg", "seq"), [(e.parent, e.child, str(e.kg), e.seq) for e in edges])
+            bulk_insert(
+                conn,
+                EDGES,
+                ("parent", "child", "kg", "seq"),
+                [(e.parent, e.child, str(e.kg), e.seq) for e in edges],
+            )
         if rejections:
             conn.execute(REJECTIONS.insert(), rejections)
         self._write_facilities(conn, facilities_changed, seq)
@@ -749,6 +820,35 @@ class Ledger:
         return {bid: node_from_row(r, tuple(sorted(inputs.get(bid, [])))) for bid, r in batch_rows.items()}
 
     def provenance(self, batch_id: str) -> Provenance:
+        """From the provenance index (written at append): one row plus the ancestor event ids."""
+        seed = select(literal(batch_id, String).label("id")).cte("anc", recursive=True)
+        anc = seed.union(select(EDGES.c.parent).join(seed, EDGES.c.child == seed.c.id))
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(
+                    BATCHES.c.origins, BATCHES.c.value_usd, *(BATCHES.c[el.value] for el in ELEMENTS)
+                ).where(BATCHES.c.batch_id == batch_id)
+            ).first()
+            if row is None:
+                raise StoreError(f"batch {batch_id!r} is not in the ledger")
+            ids = conn.execute(
+                select(anc.c.id, BATCHES.c.event_id).join(
+                    BATCHES, BATCHES.c.batch_id == anc.c.id, isouter=True
+                )
+            ).all()
+        mass, value = decode_origins(row.origins)
+        return Provenance(
+            batch_id=batch_id,
+            elements={el: ElementSplit(float(getattr(row, el.value)), mass[el]) for el in ELEMENTS},
+            value_usd=None if row.value_usd is None else float(row.value_usd),
+            value_origins=value,
+            ancestors=len(ids) - 1,
+            events=sorted({r.event_id for r in ids if r.event_id is not None}),
+            missing_parents=sorted(r.id for r in ids if r.event_id is None),
+        )
+
+    def recompute_provenance(self, batch_id: str) -> Provenance:
+        """The same, recomputed from the ancestor graph (the offline verifier's path; tests compare)."""
         nodes = self.ancestor_nodes(batch_id)
         if batch_id not in nodes:
             raise StoreError(f"batch {batch_id!r} is not in the ledger")

@@ -133,30 +133,26 @@ def compute(batch_id: str, nodes: Mapping[str, BatchNode]) -> Provenance:
     value: dict[str, dict[ValueKey, float]] = {}
     for bid in order:
         n = nodes[bid]
-        mass[bid] = _node_mass(n, nodes, mass)
-        value[bid] = _node_value(n, nodes, value)
+        mass[bid] = node_mass(n, nodes, mass)
+        value[bid] = node_value(n, nodes, value)
     target = nodes[batch_id]
-    elements = {
-        el: ElementSplit(
-            target.contained.get(el, 0.0), {k: v for k, v in mass[batch_id][el].items() if v > _EPS}
-        )
-        for el in ELEMENTS
-    }
+    elements = {el: ElementSplit(target.contained.get(el, 0.0), dict(mass[batch_id][el])) for el in ELEMENTS}
     events = sorted({nodes[b].event_id for b in order})
     return Provenance(
         batch_id=batch_id,
         elements=elements,
         value_usd=target.value_usd,
-        value_origins={k: v for k, v in value[batch_id].items() if v > _EPS},
+        value_origins=dict(value[batch_id]),
         ancestors=len(order) - 1,
         events=events,
         missing_parents=sorted(missing),
     )
 
 
-def _node_mass(
-    n: BatchNode, nodes: Mapping[str, BatchNode], mass: Mapping[str, dict[Element, dict[Origin, float]]]
+def node_mass(
+    n: BatchNode, nodes: Mapping[str, BatchNode], mass: Mapping[str, Mapping[Element, Mapping[Origin, float]]]
 ) -> dict[Element, dict[Origin, float]]:
+    """One batch's origins from its parents' (the step both `compute` and the append path take)."""
     out: dict[Element, dict[Origin, float]] = {}
     stage = STAGE_OF_KIND.get(n.kind)
     for el in ELEMENTS:
@@ -170,9 +166,9 @@ def _node_mass(
         # what the producing event consumed, by origin
         supplied: dict[Origin, float] = {}
         missing_kg = 0.0
-        for parent, kg in n.inputs:
+        for parent, kg in sorted(n.inputs):
             p = nodes.get(parent)
-            if p is None:
+            if p is None or parent not in mass:
                 missing_kg += kg
                 continue
             if p.kg <= 0:
@@ -212,6 +208,7 @@ def _node_mass(
         _mix_into(out[el], supplied, scale)
         if known_fraction < 1.0:
             out[el][UNKNOWN] = out[el].get(UNKNOWN, 0.0) + own * (1.0 - known_fraction)
+        out[el] = {k: v for k, v in out[el].items() if v > _EPS}
     return out
 
 
@@ -226,20 +223,21 @@ def _relabel(split: Mapping[Origin, float], *, processing: str | None, feoc: boo
     return out
 
 
-def _node_value(
-    n: BatchNode, nodes: Mapping[str, BatchNode], value: Mapping[str, dict[ValueKey, float]]
+def node_value(
+    n: BatchNode, nodes: Mapping[str, BatchNode], value: Mapping[str, Mapping[ValueKey, float]]
 ) -> dict[ValueKey, float]:
+    """One batch's value origins (USD by the step that added it) from its parents'."""
     stage = STAGE_OF_KIND.get(n.kind, Stage.PROCESSING).value
     if n.value_usd is None:
         return {}
     if not n.inputs and not n.external_feed:
         return {(stage, n.country, n.feoc): n.value_usd}
     consumed: dict[ValueKey, float] = {}
-    for parent, kg in n.inputs:
+    unknown_input = bool(n.external_feed)  # bought-in feed carries no ledger value
+    for parent, kg in sorted(n.inputs):
         p = nodes.get(parent)
-        if p is None or p.value_usd is None or p.kg <= 0:
-            # value of that input is not in the graph: unknown, sized by mass share at best effort
-            consumed[UNKNOWN_VALUE] = consumed.get(UNKNOWN_VALUE, 0.0)
+        if p is None or p.value_usd is None or p.kg <= 0 or parent not in value:
+            unknown_input = True  # what this input was worth is not in the graph
             continue
         _mix_into(consumed, value[parent], kg / p.kg)
     total_out = n.event_value_out if n.event_value_out is not None else n.value_usd
@@ -252,11 +250,10 @@ def _node_value(
         _mix_into(result, consumed, share)
         added = (total_out - total_in) * share
         if added > 0:
-            key = (stage, n.country, n.feoc)
+            # with an input of unknown value, the step's own value added cannot be told apart from it
+            key = UNKNOWN_VALUE if unknown_input else (stage, n.country, n.feoc)
             result[key] = result.get(key, 0.0) + added
-    if UNKNOWN_VALUE in consumed and consumed[UNKNOWN_VALUE] == 0.0:
-        result.setdefault(UNKNOWN_VALUE, 0.0)
-    return result
+    return {k: v for k, v in result.items() if v > _EPS}
 
 
 def summarise(
@@ -401,5 +398,27 @@ def extra_for_event(outputs: Sequence[Any]) -> dict[str, str]:
         return {}
     produced = {el.value: str(sum((o.contained_kg.get(el) for o in outputs), Decimal(0))) for el in ELEMENTS}
     values = [o.value_usd for o in outputs]
-    value_out = None if any(v is None for v in values) else str(sum((v for v in values if v is not None), Decimal(0)))
+    value_out = (
+        None if any(v is None for v in values) else str(sum((v for v in values if v is not None), Decimal(0)))
+    )
     return {"event_produced": json.dumps(produced, sort_keys=True), "event_value_out": json.dumps(value_out)}
+
+
+# -- the stored form (the ledger's provenance index, written in the append transaction) -------------
+def encode_origins(mass: Mapping[Element, Mapping[Origin, float]], value: Mapping[ValueKey, float]) -> str:
+    return json.dumps(
+        {
+            "mass": {el.value: [[*k, v] for k, v in split.items()] for el, split in mass.items() if split},
+            "value": [[*k, v] for k, v in value.items()],
+        },
+        separators=(",", ":"),
+    )
+
+
+def decode_origins(text: str) -> tuple[dict[Element, dict[Origin, float]], dict[ValueKey, float]]:
+    data = json.loads(text)
+    mass: dict[Element, dict[Origin, float]] = {el: {} for el in ELEMENTS}
+    for el, rows in data.get("mass", {}).items():
+        mass[Element(el)] = {(r[0], r[1], r[2], r[3], bool(r[4])): float(r[5]) for r in rows}
+    value = {(r[0], r[1], bool(r[2])): float(r[3]) for r in data.get("value", [])}
+    return mass, value

@@ -14,7 +14,15 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Protocol
 
-from ledger.provenance import extra_for_event
+from ledger.provenance import (
+    BatchNode,
+    Origin,
+    ValueKey,
+    extra_for_event,
+    node_mass,
+    node_value,
+    nodes_from_events,
+)
 from ledger.registry import Registry
 from schemas.events import (
     ELEMENTS,
@@ -76,6 +84,27 @@ class BatchState:
     holders: dict[str, Decimal] = field(default_factory=dict)  # facility -> kg it holds (custody)
     in_transit: dict[str, Decimal] = field(default_factory=dict)  # facility -> kg shipped to it
     extra: dict[str, str] = field(default_factory=dict)  # kind-specific facts (recycling feed, kwh, ...)
+    # the provenance index: this batch's origins, computed from its parents' when it was appended
+    mass: dict[Element, dict[Origin, float]] = field(default_factory=dict)
+    value: dict[ValueKey, float] = field(default_factory=dict)
+
+    def as_node(self) -> BatchNode:
+        """The facts `node_mass` / `node_value` read of a parent."""
+        return BatchNode(
+            batch_id=self.batch_id,
+            event_id=self.event_id,
+            kind=self.kind,
+            facility_id=self.facility_id,
+            country=self.country,
+            feoc=self.feoc,
+            time=self.time,
+            kg=float(self.kg),
+            contained={el: float(v) for el, v in self.contained.items()},
+            value_usd=None if self.value_usd is None else float(self.value_usd),
+            inputs=(),
+            event_produced={},
+            event_value_out=None,
+        )
 
     @property
     def stage(self) -> Stage:
@@ -258,7 +287,12 @@ def _transform(
         extra["feed_consumer"] = ev.feed_consumer
         if external:
             extra["external_feed"] = json.dumps([f.model_dump(mode="json") for f in external], sort_keys=True)
+    out_nodes = nodes_from_events([(ev, decoded.event_id)], registry)
+    parent_nodes = {p.batch_id: p.as_node() for p, _ in parents}
+    parent_mass = {p.batch_id: p.mass for p, _ in parents}
+    parent_value = {p.batch_id: p.value for p, _ in parents}
     for o in outputs:
+        node = out_nodes[o.batch_id]
         b = BatchState(
             batch_id=o.batch_id,
             event_id=decoded.event_id,
@@ -275,6 +309,8 @@ def _transform(
             value_usd=o.value_usd,
             holders={ev.facility_id: o.kg},
             extra=dict(extra),
+            mass=node_mass(node, parent_nodes, parent_mass),
+            value=node_value(node, parent_nodes, parent_value),
         )
         out.new_batches.append(b)
         for p, kg in parents:

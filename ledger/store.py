@@ -82,6 +82,7 @@ class BatchRow(SQLModel, table=True):
     value_usd: str | None = None
     custody: str
     extra: str
+    origins: str  # the provenance index: ledger.provenance.encode_origins of this batch
 
 
 class EdgeRow(SQLModel, table=True):
@@ -280,7 +281,9 @@ def bulk_insert(conn: Connection, table: Any, columns: Sequence[str], rows: Sequ
     conn.exec_driver_sql(sql, list(rows))
 
 
-def bulk_update(conn: Connection, table: Any, key: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+def bulk_update(
+    conn: Connection, table: Any, key: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
+) -> None:
     """UPDATE ... SET columns WHERE key = ?, executemany through the driver; each row is (*values, key)."""
     if not rows:
         return

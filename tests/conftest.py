@@ -35,17 +35,17 @@ def sqlite_url(tmp_path: Path) -> str:
 
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[ThrowawayPostgres]:
+    problem = ""
     try:
         server = ThrowawayPostgres(timezone=PG_TEST_TIMEZONE)
         server.start()
     except PostgresUnavailable as exc:
         where = "in CI (CI=true) " if os.environ.get("CI", "").lower() == "true" else ""
-        pytest.fail(
-            f"PostgreSQL tests cannot run {where}without the server binaries: {exc.diagnostics()}",
-            pytrace=False,
-        )
+        problem = f"PostgreSQL tests cannot run {where}without the server binaries: {exc.diagnostics()}"
     except PostgresError as exc:
-        pytest.fail(f"the throwaway PostgreSQL server did not start:\n{exc.diagnostics()}", pytrace=False)
+        problem = f"the throwaway PostgreSQL server did not start:\n{exc.diagnostics()}"
+    if problem:
+        pytest.fail(problem, pytrace=False)  # never skip: a missing database must not pass CI quietly
     try:
         yield server
     finally:

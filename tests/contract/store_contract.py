@@ -404,7 +404,8 @@ class LedgerStoreContract:
             ("appended", None),
             ("rejected", "duplicate_conflict"),
         ]
-        assert ledger.entry_data([results[0].event_id])[results[0].event_id][1] == second_first
+        eid_b = results[0].event_id
+        assert eid_b is not None and ledger.entry_data([eid_b])[eid_b][1] == second_first
 
     # -- offsets and atomicity ----------------------------------------------------------------------
     def test_offsets_are_stored_with_the_append(

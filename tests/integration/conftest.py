@@ -3,9 +3,10 @@
 * ``local_broker`` (session): a :class:`~streams.localbroker.LocalBroker` in a temporary dir on free
   loopback ports, started once per test session and stopped at its end.
 * ``kafka_bootstrap`` (session): its ``"127.0.0.1:<port>"`` bootstrap string.
-* ``make_topics`` (function): factory ``make_topics(partitions=2) -> {logical name: real name}`` that
-  creates the ledger's standard topics (streams.topics.ALL_TOPICS) under names unique to the calling
-  test, so tests sharing the session broker never see each other's records.
+* ``make_topics`` (function): factory ``make_topics(partitions=2) -> TopicNames`` that creates the
+  ledger's standard topics (streams.topics.ALL_TOPICS) as ``<name>-<suffix>`` with a suffix unique to
+  the call, so tests sharing the session broker never see each other's records. ``TopicNames`` maps
+  logical name -> real name and carries ``.suffix``: give it to a worker as BATTERYLEDGER_TOPIC_SUFFIX.
 * ``fresh_topics`` (function): ``make_topics()`` with the default partition count.
 
 A broker that cannot be fetched or started FAILS the tests that need it, with the broker's (or
@@ -56,7 +57,15 @@ def kafka_bootstrap(local_broker: LocalBroker) -> str:
     return local_broker.bootstrap
 
 
-MakeTopics = Callable[..., dict[str, str]]
+class TopicNames(dict[str, str]):
+    """Logical topic name (streams.topics constant) -> the real, test-unique name."""
+
+    def __init__(self, names: dict[str, str], suffix: str) -> None:
+        super().__init__(names)
+        self.suffix = suffix
+
+
+MakeTopics = Callable[..., TopicNames]
 
 
 @pytest.fixture
@@ -64,7 +73,7 @@ def make_topics(kafka_bootstrap: str, request: pytest.FixtureRequest) -> MakeTop
     """Factory: create the standard topics under test-unique names; returns logical -> real name."""
     test_slug = re.sub(r"[^A-Za-z0-9-]+", "-", request.node.name).strip("-")[:40]
 
-    def make(partitions: int = DEFAULT_PARTITIONS) -> dict[str, str]:
+    def make(partitions: int = DEFAULT_PARTITIONS) -> TopicNames:
         suffix = f"{test_slug}-{uuid.uuid4().hex[:8]}"
         specs = ALL_TOPICS(partitions)
         real = {spec.name: f"{spec.name}-{suffix}" for spec in specs}
@@ -72,11 +81,11 @@ def make_topics(kafka_bootstrap: str, request: pytest.FixtureRequest) -> MakeTop
             create_topics(kafka_bootstrap, [spec.renamed(real[spec.name]) for spec in specs])
         except BrokerError as exc:
             pytest.fail(f"could not create test topics:\n{exc.diagnostics()}", pytrace=False)
-        return real
+        return TopicNames(real, suffix)
 
     return make
 
 
 @pytest.fixture
-def fresh_topics(make_topics: MakeTopics) -> dict[str, str]:
+def fresh_topics(make_topics: MakeTopics) -> TopicNames:
     return make_topics()

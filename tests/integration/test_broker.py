@@ -16,6 +16,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
@@ -39,14 +40,14 @@ pytestmark = pytest.mark.integration
 WAIT_S = 60.0
 
 
-def _consume(bootstrap: str, topic: str, count: int, *, partitions: int = 1) -> list[object]:
+def _consume(bootstrap: str, topic: str, count: int, *, partitions: int = 1) -> list[Any]:
     """Read ``count`` records from the start of ``topic`` with kafka-python (manual assignment)."""
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     try:
         tps = [TopicPartition(topic, p) for p in range(partitions)]
         consumer.assign(tps)
         consumer.seek_to_beginning(*tps)
-        records: list[object] = []
+        records: list[Any] = []
         deadline = time.monotonic() + WAIT_S
         while len(records) < count and time.monotonic() < deadline:
             for batch in consumer.poll(timeout_ms=500).values():
@@ -93,6 +94,8 @@ def test_fresh_topics_have_the_standard_layout(kafka_bootstrap: str, fresh_topic
     assert described[fresh_topics[MATERIAL_EVENTS]] == 2
     assert described[fresh_topics[MATERIAL_EVENTS_VERIFIED]] == 1
     assert len(described) == 4
+    suffix = fresh_topics.suffix  # type: ignore[attr-defined]
+    assert all(real == f"{logical}-{suffix}" for logical, real in fresh_topics.items())
 
 
 def test_kafka_python_roundtrip_with_headers_and_key_placement(
@@ -113,14 +116,17 @@ def test_kafka_python_roundtrip_with_headers_and_key_placement(
 
     records = _consume(kafka_bootstrap, topic, 20, partitions=2)
     assert len(records) == 20
-    by_id = {dict(r.headers)["ce_id"]: r for r in records}  # type: ignore[attr-defined]
-    assert by_id[b"evt-7"].value == b"event 7"  # type: ignore[attr-defined]
-    assert dict(by_id[b"evt-7"].headers)["ce_source"] == b"facility-1"  # type: ignore[attr-defined]
+    by_id = {dict(r.headers)["ce_id"]: r for r in records}
+    assert by_id[b"evt-7"].value == b"event 7"
+    assert dict(by_id[b"evt-7"].headers)["ce_source"] == b"facility-1"
     # One facility, one partition: its events stay in order.
     placement: dict[bytes, set[int]] = {}
     for record in records:
-        placement.setdefault(record.key, set()).add(record.partition)  # type: ignore[attr-defined]
+        placement.setdefault(record.key, set()).add(record.partition)
     assert all(len(parts) == 1 for parts in placement.values())
+    for facility in placement:
+        seq = [int(dict(r.headers)["ce_id"][4:]) for r in records if r.key == facility]
+        assert seq == sorted(seq)
     assert {m.topic for m in metadata} == {topic}
 
 
@@ -309,8 +315,8 @@ def test_faust_agent_forwards_records_and_commits_offsets(
     worker = faust_worker(app_id, source, sink)
     records = _consume(kafka_bootstrap, sink, 10)
     assert worker.poll() is None, f"faust worker exited early:\n{_faust_log(tmp_path)}"
-    assert [r.value for r in records] == [f"fwd:e{i}".encode() for i in range(10)], _faust_log(tmp_path)  # type: ignore[attr-defined]
-    assert dict(records[4].headers) == {"ce_id": b"4", "forwarded-by": b"faust"}  # type: ignore[attr-defined]
+    assert [r.value for r in records] == [f"fwd:e{i}".encode() for i in range(10)], _faust_log(tmp_path)
+    assert dict(records[4].headers) == {"ce_id": b"4", "forwarded-by": b"faust"}
 
     # At-least-once needs commits to work against this broker: the group's offset reaches the end.
     consumer = KafkaConsumer(bootstrap_servers=kafka_bootstrap, group_id=app_id, enable_auto_commit=False)

@@ -356,9 +356,7 @@ class ThrowawayPostgres:
         return env
 
     def _run(self, cmd: list[str], *, cwd: Path) -> str:
-        kwargs: dict[str, object] = {}
-        if not self.run_as.is_caller:
-            kwargs = {"user": self.run_as.uid, "group": self.run_as.gid, "extra_groups": []}
+        drop = not self.run_as.is_caller  # root: become the cluster's owner (setuid/setgid, no groups)
         try:
             proc = subprocess.run(
                 cmd,
@@ -369,7 +367,9 @@ class ThrowawayPostgres:
                 text=True,
                 timeout=COMMAND_TIMEOUT_S,
                 check=False,
-                **kwargs,  # type: ignore[arg-type]
+                user=self.run_as.uid if drop else None,
+                group=self.run_as.gid if drop else None,
+                extra_groups=[] if drop else None,
             )
         except subprocess.TimeoutExpired as exc:
             raise PostgresStartError(
@@ -380,7 +380,7 @@ class ThrowawayPostgres:
                 f"`{' '.join(cmd)}` failed (exit {proc.returncode}) as OS user {self.run_as.name}:\n"
                 f"{(proc.stdout + proc.stderr).strip()}"
             )
-        return proc.stdout
+        return str(proc.stdout)
 
     def _initdb(self) -> None:
         root = self._root()

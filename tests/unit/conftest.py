@@ -115,9 +115,7 @@ class LedgerKit:
             "key": key_info(key, valid_from),
         }
 
-    def register(
-        self, facility_id: str, roles: Sequence[Kind], *, country: str = "US", **kw: Any
-    ) -> Party:
+    def register(self, facility_id: str, roles: Sequence[Kind], *, country: str = "US", **kw: Any) -> Party:
         key = kw.pop("key", None) or generate_key()
         self.ok(self.registration(facility_id, roles, key, country=country, **kw), self.op)
         party = Party(facility_id, key, list(roles), country)
@@ -194,7 +192,9 @@ class LedgerKit:
 
     def extract(self, party: Party, batch_id: str, kg: str, **contained: str) -> str:
         """Append an extraction of one batch; returns the event id."""
-        return self.ok(self.transform(party, Kind.BATCH_EXTRACTED, [output(batch_id, kg, **contained)]), party.key)
+        return self.ok(
+            self.transform(party, Kind.BATCH_EXTRACTED, [output(batch_id, kg, **contained)]), party.key
+        )
 
     def shipment(self, party: Party, batch_id: str, kg: str, to: str) -> dict[str, Any]:
         return {

@@ -55,7 +55,11 @@ def same_json(loaded: Any, original: Any) -> bool:
     if isinstance(original, float):
         return type(loaded) in (int, float) and float(loaded) == original
     if isinstance(original, list):
-        return isinstance(loaded, list) and len(loaded) == len(original) and all(map(same_json, loaded, original))
+        return (
+            isinstance(loaded, list)
+            and len(loaded) == len(original)
+            and all(map(same_json, loaded, original))
+        )
     if isinstance(original, dict):
         return (
             isinstance(loaded, dict)
@@ -103,14 +107,18 @@ def test_astral_keys_sort_by_utf16_code_units_not_code_points() -> None:
 
 
 def test_control_characters_and_escapes() -> None:
-    value = {"s": "\x00\x01\x1f\x7f\b\f\n\r\t\"\\/\u2028é😀"}
+    value = {"s": '\x00\x01\x1f\x7f\b\f\n\r\t"\\/\u2028é😀'}
     out = canonicalize(value)
     assert out == rfc8785.dumps(value)
-    assert out == b'{"s":"\\u0000\\u0001\\u001f\x7f\\b\\f\\n\\r\\t\\"\\\\/\xe2\x80\xa8\xc3\xa9\xf0\x9f\x98\x80"}'
+    assert (
+        out == b'{"s":"\\u0000\\u0001\\u001f\x7f\\b\\f\\n\\r\\t\\"\\\\/\xe2\x80\xa8\xc3\xa9\xf0\x9f\x98\x80"}'
+    )
 
 
 def test_booleans_stay_booleans_and_numbers_stay_numbers() -> None:
-    assert canonicalize([True, False, None, 1, -0, 0.5, 1e21, 1e-7]) == b"[true,false,null,1,0,0.5,1e+21,1e-7]"
+    assert (
+        canonicalize([True, False, None, 1, -0, 0.5, 1e21, 1e-7]) == b"[true,false,null,1,0,0.5,1e+21,1e-7]"
+    )
 
 
 @pytest.mark.parametrize(

@@ -36,14 +36,15 @@ def compose() -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    found = compose["services"]
+    found: dict[str, dict[str, Any]] = compose["services"]
     assert set(found) == {"kafka", "postgres", "topics", "worker", "api"}
     return found
 
 
 def test_compose_file_follows_the_compose_specification(compose: dict[str, Any]) -> None:
     jsonschema = pytest.importorskip(
-        "jsonschema", reason="jsonschema is not installed: add 'jsonschema>=4.18' to the dev extra in pyproject.toml"
+        "jsonschema",
+        reason="jsonschema is not installed: add 'jsonschema>=4.18' to the dev extra in pyproject.toml",
     )
     schema = json.loads(SCHEMA_FILE.read_text())
     validator_cls = jsonschema.validators.validator_for(schema)
@@ -77,7 +78,9 @@ def test_kafka_settings_match_the_local_broker(services: dict[str, dict[str, Any
     assert re.fullmatch(r"[A-Za-z0-9_-]{21}[AQgw]", env["CLUSTER_ID"]), "CLUSTER_ID must be a Kafka Uuid"
 
 
-def test_topic_layout_matches_streams_topics(compose: dict[str, Any], services: dict[str, dict[str, Any]]) -> None:
+def test_topic_layout_matches_streams_topics(
+    compose: dict[str, Any], services: dict[str, dict[str, Any]]
+) -> None:
     documented = {name: spec["partitions"] for name, spec in compose["x-topics"].items()}
     assert documented == {t.name: t.partitions for t in ALL_TOPICS(DEFAULT_PARTITIONS)}
     for name in ("topics", "worker", "api"):
@@ -128,11 +131,13 @@ def _cli_command(words: list[str]) -> Any:
         ("api", f"batteryledger serve --host 0.0.0.0 --port 8000 --store {STORE_URL}"),
     ],
 )
-def test_commands_use_real_cli_flags(services: dict[str, dict[str, Any]], service: str, expected: str) -> None:
+def test_commands_use_real_cli_flags(
+    services: dict[str, dict[str, Any]], service: str, expected: str
+) -> None:
     command = services[service]["command"]
     assert shlex.split(command) == shlex.split(expected)
     argv = shlex.split(command)[1:]
-    words = [a for a in argv[: next((i for i, a in enumerate(argv) if a.startswith("-")), len(argv))]]
+    words = argv[: next((i for i, a in enumerate(argv) if a.startswith("-")), len(argv))]
     cli = _cli_command(words)
     options = {
         opt

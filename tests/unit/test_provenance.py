@@ -221,3 +221,21 @@ def test_no_origin_gains_mass_through_the_chain(data: tuple[dict[str, BatchNode]
                 per_mine_country[(k[1], k[4])] = per_mine_country.get((k[1], k[4]), 0.0) + v
     total_out = sum(per_mine_country.values())
     assert total_out <= sum(extracted.values()) * (1 + 1e-9)
+
+
+def test_the_append_time_index_equals_a_full_recomputation(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # the store keeps each batch's origins from its parents' at append; the offline verifier recomputes
+    # from the whole graph: both must agree on the demo chain (recycling, FEOC, multi-output events)
+    from batteryledger.sample import demo_chain
+    from ledger.core import Ledger
+
+    c = demo_chain()
+    led = Ledger.init(str(tmp_path / "l.db"), operator_key=c.operator_key, origin="test.example/ledger")
+    assert all(r.status == "appended" for r in led.append([e.raw for e in c.good_events]))
+    for batch in ["US-PACK-001", "US-PACK-002", "KR-NMC811-002", "CA-BM-001", "US-CELL-001"]:
+        indexed = led.provenance(batch).summary(fta=["AU", "CL", "KR", "CA", "MX"])
+        recomputed = led.recompute_provenance(batch).summary(fta=["AU", "CL", "KR", "CA", "MX"])
+        assert indexed == recomputed, batch
+    pack2 = led.provenance("US-PACK-002").summary(fta=["AU", "CL", "KR", "CA", "MX"])["elements"]
+    assert 0 < pack2["ni"]["shares"]["recycled"] < 1
+    assert pack2["ni"]["shares"]["feoc_touched"] + pack2["ni"]["shares"]["recycled"] == pytest.approx(1.0)

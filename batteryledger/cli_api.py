@@ -1,0 +1,57 @@
+"""`batteryledger serve`: the read-only HTTP API and web page (batteryledger.api) under uvicorn.
+
+`batteryledger.cli` calls `register(app)`. FastAPI and uvicorn are imported only when the command runs,
+so the rest of the CLI starts as fast as before.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Annotated
+
+import typer
+
+DEFAULT_HOST = "127.0.0.1"  # loopback unless the operator says otherwise
+DEFAULT_PORT = 8000
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def register(app: typer.Typer) -> None:
+    """Add the `serve` command to `app` (the batteryledger CLI)."""
+    from batteryledger.cli import DEFAULT_STORE, StoreOpt, err_console
+
+    @app.command()
+    def serve(
+        store: StoreOpt = DEFAULT_STORE,
+        host: Annotated[str, typer.Option(help="Address to listen on.")] = DEFAULT_HOST,
+        port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port.")] = DEFAULT_PORT,
+        log_level: Annotated[
+            str, typer.Option(help="uvicorn log level: critical, error, warning, info, debug.")
+        ] = "info",
+    ) -> None:
+        """Serve the read-only HTTP API (/v1, OpenAPI at /v1/openapi.json) and the web page (/)."""
+        if log_level.lower() not in LOG_LEVELS:
+            raise typer.BadParameter(f"use one of {', '.join(LOG_LEVELS)}", param_hint="--log-level")
+        import uvicorn
+
+        from batteryledger.api import create_app
+
+        api = create_app(store)  # fails here, with one line, if there is no ledger at --store
+        if not _is_loopback(host):
+            err_console.print(
+                f"note: listening on {host}: the API is read-only but answers anyone who can reach it"
+            )
+        err_console.print(f"serving {store} at http://{host}:{port}/ (API docs: /v1/docs)")
+        uvicorn.run(api, host=host, port=port, log_level=log_level.lower())
+
+
+__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "register"]

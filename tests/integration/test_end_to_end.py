@@ -1,0 +1,359 @@
+"""End to end through a real Apache Kafka broker: Publisher -> verify agent -> sequencer -> ledger store.
+
+Every test gets its own topics (fixture ``make_topics``), its own SQLite ledger and its own worker
+process (``python -m streams.worker``, the same code as ``batteryledger worker``). Nothing is mocked.
+A failure message carries the worker's log tail. Waits are bounded polls of the store; no timing is
+asserted.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from batteryledger.sample import DemoChain, demo_chain
+from ledger.core import Ledger, verify_ledger
+from schemas.cloudevents import to_binary
+from schemas.signing import decode, save_private_key, sign_object
+from streams.publisher import Publisher, Receipt
+from streams.settings import Settings
+from streams.topics import MATERIAL_EVENTS, TOPIC_MAX_MESSAGE_BYTES
+from streams.worker import WorkerProcess
+
+#: Longest a test waits for the ledger to decide what it published (generous: a slow CI machine).
+DECIDE_TIMEOUT_S = 180.0
+
+
+@dataclass
+class Rig:
+    """A ledger, its topics, a worker process and a publisher, all for one test."""
+
+    tmp: Path
+    bootstrap: str
+    topics: dict[str, str]
+    chain: DemoChain
+    settings: Settings
+    workers: list[WorkerProcess] = field(default_factory=list)
+    publisher: Publisher | None = None
+
+    @property
+    def ledger(self) -> Ledger:
+        return Ledger(self.settings.store)
+
+    def start_worker(self) -> WorkerProcess:
+        w = WorkerProcess(self.settings, self.tmp / f"worker-{len(self.workers)}.log").start()
+        self.workers.append(w)
+        return w
+
+    def pub(self) -> Publisher:
+        if self.publisher is None:
+            self.publisher = Publisher(self.bootstrap, "registry", None, topic=self.topics[MATERIAL_EVENTS])
+        return self.publisher
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {w.log_path.name} (pid {w.pid}) ---\n{w.log_tail(60)}" for w in self.workers)
+
+    def wait_for(self, what: str, done: Callable[[], bool], timeout: float = DECIDE_TIMEOUT_S) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if done():
+                return
+            for w in self.workers:
+                if w.proc is not None and w.proc.returncode not in (None, -9) and not w.is_running():
+                    pytest.fail(
+                        f"worker exited with {w.proc.returncode} while waiting for {what}\n{self.logs()}"
+                    )
+            time.sleep(0.2)
+        pytest.fail(f"timed out after {timeout:g} s waiting for {what}\n{self.logs()}")
+
+    def decided(self, event_ids: Iterable[str] = (), sources: Iterable[str] = ()) -> dict[str, Any]:
+        ids, srcs = list(event_ids), list(sources)
+        out: dict[str, Any] = {}
+
+        def check() -> bool:
+            with self.ledger as led:
+                out.clear()
+                out.update(led.decisions(ids, srcs))
+            return all(k in out and out[k][0] != "parked" for k in [*ids, *srcs])
+
+        self.wait_for(f"{len(ids)} events and {len(srcs)} rejections to be decided", check)
+        return out
+
+    def register(self) -> None:
+        receipts = self.pub().publish_many([e.raw for e in self.chain.registry_events])
+        assert len(receipts) == len(self.chain.registry_events)
+        self.decided([e.event_id for e in self.chain.registry_events])
+
+    def close(self) -> None:
+        if self.publisher is not None:
+            self.publisher.close()
+        for w in self.workers:
+            w.stop()
+
+
+@pytest.fixture
+def rig(tmp_path: Path, kafka_bootstrap: str, make_topics: Callable[..., dict[str, str]]) -> Iterator[Rig]:
+    topics = make_topics(2)
+    suffix = topics[MATERIAL_EVENTS][len(MATERIAL_EVENTS) + 1 :]
+    chain = demo_chain()
+    store = f"sqlite:///{tmp_path}/ledger.db"
+    Ledger.init(store, operator_key=chain.operator_key, origin="test.batteryledger/e2e").close()
+    save_private_key(chain.operator_key, tmp_path / "operator.key")
+    settings = Settings(
+        broker=kafka_bootstrap,
+        store=store,
+        app_id=f"bl-test-{uuid.uuid4().hex[:8]}",
+        partitions=2,
+        topic_suffix=suffix,
+        operator_key=tmp_path / "operator.key",
+        park_max_age_s=5.0,
+        expire_interval_s=0.5,
+        checkpoint_every=500,
+        data_dir=tmp_path / "faust",
+    )
+    r = Rig(tmp_path, kafka_bootstrap, topics, chain, settings)
+    try:
+        yield r
+    finally:
+        r.close()
+
+
+def chain_ok(led: Ledger) -> None:
+    report = verify_ledger(led)
+    assert not report.errors, report.errors
+
+
+def extraction(fac_id: str, key: Any, batch_id: str, hour: int) -> bytes:
+    obj = {
+        "spec": "batteryledger/1",
+        "kind": "batch.extracted",
+        "facility_id": fac_id,
+        "time": f"2025-03-{1 + hour // 24:02d}T{hour % 24:02d}:00:00Z",
+        "outputs": [
+            {
+                "batch_id": batch_id,
+                "material": "spodumene_concentrate",
+                "kg": "1000",
+                "contained_kg": {"li": "30"},
+            }
+        ],
+    }
+    return sign_object(obj, key)[0]
+
+
+def family(chain: DemoChain, tag: str) -> tuple[bytes, bytes]:
+    """(parent, child) signed by one facility, so no custody step lies between them."""
+    fac = chain.facilities["mine-cl-atacama"]
+    base = {"spec": "batteryledger/1", "facility_id": fac.facility_id}
+    parent = dict(
+        base,
+        kind="batch.extracted",
+        time="2025-03-01T00:00:00Z",
+        outputs=[
+            {
+                "batch_id": f"CL-ORE-{tag}",
+                "material": "lithium_brine_concentrate",
+                "kg": "1000",
+                "contained_kg": {"li": "100"},
+            }
+        ],
+    )
+    child = dict(
+        base,
+        kind="batch.processed",
+        time="2025-03-02T00:00:00Z",
+        inputs=[{"batch_id": f"CL-ORE-{tag}", "kg": "500"}],
+        outputs=[
+            {
+                "batch_id": f"CL-LI2CO3-{tag}",
+                "material": "lithium_carbonate",
+                "kg": "200",
+                "contained_kg": {"li": "40"},
+            }
+        ],
+    )
+    return sign_object(parent, fac.key)[0], sign_object(child, fac.key)[0]
+
+
+# ------------------------------------------------------------------------------------------------ tests
+
+
+def test_demo_chain_end_to_end_with_bad_events(rig: Rig) -> None:
+    rig.start_worker()
+    rig.register()
+    pub = rig.pub()
+    # the chain in causal order across facilities (each facility is one partition key): see streams.demo
+    from streams.demo import publish_causally
+
+    publish_causally(pub, rig.ledger, rig.chain.chain_events, timeout=DECIDE_TIMEOUT_S)
+    receipts: dict[str, Receipt] = {}
+    for label, raw, _ in rig.chain.bad_events:
+        try:
+            pub.publish_signed(raw)
+            receipts[label] = pub.last_receipt  # type: ignore[assignment]
+        except Exception:  # malformed bytes cannot be signed-published: send them as they are
+            receipts[label] = pub.publish_raw(
+                raw, headers=to_binary(decode(rig.chain.chain_events[0].raw)).headers
+            )
+    dec = rig.decided(sources=[r.source for label, r in receipts.items() if label != "replayed event"])
+    for label, _raw, expected in rig.chain.bad_events:
+        if expected == "duplicate":
+            continue
+        assert dec[receipts[label].source][2] == expected, (label, dec[receipts[label].source])
+    with rig.ledger as led:
+        assert led.size == 1 + len(rig.chain.good_events)  # genesis + every good event once, replay included
+        chain_ok(led)
+        for pack in rig.chain.final_packs:
+            assert led.batch(pack) is not None
+
+
+def test_duplicate_publish_gives_one_entry(rig: Rig) -> None:
+    rig.start_worker()
+    rig.register()
+    raw, _ = family(rig.chain, "dup")
+    pub = rig.pub()
+    first = pub.publish_signed(raw)
+    second = pub.publish_signed(raw)
+    assert first == second
+    rig.decided([first])
+    with rig.ledger as led:
+        rig.wait_for(
+            "the offset of the second copy to be stored",
+            lambda: _consumed(led, rig, 2 + len(rig.chain.registry_events)),
+        )
+        assert led.decisions([first])[first][0] == "appended"
+        assert led.entry_data([first])[first][0] == led.size - 1
+        assert led.size == 2 + len(rig.chain.registry_events)
+        assert led.stats()["rejections"] == {}
+
+
+def _consumed(led: Ledger, rig: Rig, n: int) -> bool:
+    return sum(led.stored_offsets(rig.settings.app_id).values()) >= n
+
+
+def test_sigkill_mid_stream_then_restart_appends_every_event_exactly_once(rig: Rig) -> None:
+    rig.start_worker()
+    rig.register()
+    n_facilities, per_facility = 4, 750
+    facs = [f for f in rig.chain.facilities.values() if "batch.extracted" in {r.value for r in f.roles}][
+        :n_facilities
+    ]
+    events = [
+        extraction(f.facility_id, f.key, f"KILL-{i}-{j}", j)
+        for j in range(per_facility)
+        for i, f in enumerate(facs)
+    ]
+    ids = [decode(raw).event_id for raw in events]
+    pub = rig.pub()
+    half = len(events) // 2
+    pub.publish_many(events[:half])
+    base = 1 + len(rig.chain.registry_events)
+    with rig.ledger as led:
+        rig.wait_for("the worker to be mid-stream", lambda: led.stats()["entries"] > base + 200)
+    rig.workers[-1].kill()
+    killed_at = rig.ledger.stats()["entries"] - base
+    pub.publish_many(events[half:])
+    rig.start_worker()
+    dec = rig.decided(ids)
+    assert all(v[0] == "appended" for v in dec.values()), [v for v in dec.values() if v[0] != "appended"][:3]
+    with rig.ledger as led:
+        assert led.size == base + len(events), f"killed after {killed_at} entries"
+        assert led.stats()["rejections"] == {}
+        seqs = sorted(v[1] for v in dec.values())
+        assert seqs == list(range(base, base + len(events)))  # each once, no gaps
+        chain_ok(led)
+
+
+def test_children_published_before_parents_wait_then_append(rig: Rig) -> None:
+    rig.start_worker()
+    rig.register()
+    pub = rig.pub()
+    parent, child = family(rig.chain, "cbp")
+    _, orphan = family(rig.chain, "never")
+    child_id, orphan_id = pub.publish_signed(child), pub.publish_signed(orphan)
+    with rig.ledger as led:
+        rig.wait_for(
+            "the child to be parked", lambda: led.decisions([child_id]).get(child_id, ("",))[0] == "parked"
+        )
+    parent_id = pub.publish_signed(parent)
+    dec = rig.decided([parent_id, child_id, orphan_id])
+    assert dec[parent_id][0] == "appended" and dec[child_id][0] == "appended"
+    assert dec[parent_id][1] < dec[child_id][1]
+    assert dec[orphan_id][0] == "rejected" and dec[orphan_id][2] == "parents_timeout"
+
+
+def test_bad_messages_are_rejected_with_reasons_and_nothing_is_lost(rig: Rig) -> None:
+    rig.start_worker()
+    rig.register()
+    pub = rig.pub()
+    fac = rig.chain.facilities["mine-au-greenbushes"]
+    good = [extraction(fac.facility_id, fac.key, f"BAD-OK-{j}", j) for j in range(20)]
+    template = to_binary(decode(good[0])).headers
+    unknown_kind, _ = sign_object(
+        {"spec": "batteryledger/1", "kind": "battery.teleported", "facility_id": fac.facility_id}, fac.key
+    )
+    wrong_id = [(k, b"f" * 64 if k == "ce_id" else v) for k, v in template]
+    bad: list[tuple[str, bytes | None, list[tuple[str, bytes]], str]] = [
+        ("malformed bytes", b'{"spec": "batteryledger/1", "kind": "batch.extr', template, "malformed"),
+        ("not UTF-8", b"\xff\xfe\x00garbage", template, "malformed"),
+        ("empty value", None, template, "malformed"),
+        ("missing headers", good[1], [], "missing_headers"),
+        ("wrong ce_id", good[2], wrong_id, "header_mismatch"),
+        ("oversized", b"{" + b" " * (200 * 1024) + b"}", template, "oversized"),
+        ("unknown kind", unknown_kind, template, "unknown_kind"),
+    ]
+    assert TOPIC_MAX_MESSAGE_BYTES > 200 * 1024
+    published: list[tuple[str, Receipt]] = []
+    for j, raw in enumerate(good):
+        if j < len(bad):
+            label, value, headers, _ = bad[j]
+            published.append((label, pub.publish_raw(value, headers=headers)))
+        if j not in (1, 2):  # those two go out only with bad headers above
+            pub.publish_signed(raw)
+            published.append((f"good {j}", pub.last_receipt))  # type: ignore[arg-type]
+    # structured mode is accepted too
+    with Publisher(
+        rig.bootstrap, fac.facility_id, fac.key, topic=rig.topics[MATERIAL_EVENTS], structured=True
+    ) as spub:
+        sid = spub.publish(
+            {
+                "kind": "batch.extracted",
+                "time": "2025-04-01T00:00:00Z",
+                "outputs": [{"batch_id": "STRUCT-1", "material": "spodumene_concentrate", "kg": "5"}],
+            }
+        )
+    good_ids = [decode(g).event_id for j, g in enumerate(good) if j not in (1, 2)] + [sid]
+    dec = rig.decided(good_ids, [r.source for label, r in published if not label.startswith("good")])
+    for label, receipt in published:
+        if label.startswith("good"):
+            continue
+        expected = next(b[3] for b in bad if b[0] == label)
+        assert dec[receipt.source][2] == expected, (label, dec[receipt.source])
+    assert all(dec[i][0] == "appended" for i in good_ids)
+    with rig.ledger as led:
+        stats = led.stats()
+        n_published = len(published) + 1
+        n_rejected = sum(stats["rejections"].values())
+        assert (led.size - 1 - len(rig.chain.registry_events)) + n_rejected == n_published
+        chain_ok(led)
+
+
+def test_two_workers_share_the_partitions(rig: Rig) -> None:
+    rig.start_worker()
+    rig.start_worker()
+    rig.register()
+    facs = [f for f in rig.chain.facilities.values() if "batch.extracted" in {r.value for r in f.roles}]
+    events = [
+        extraction(f.facility_id, f.key, f"TWO-{i}-{j}", j) for j in range(100) for i, f in enumerate(facs)
+    ]
+    rig.pub().publish_many(events)
+    dec = rig.decided([decode(e).event_id for e in events])
+    assert all(v[0] == "appended" for v in dec.values())
+    with rig.ledger as led:
+        chain_ok(led)
