@@ -444,7 +444,7 @@ class Ledger:
                 self.registry.authorize(d, check_signature=not it.signature_checked)
                 outcome = check_and_plan(d, ov, self.registry, seq)
             except EventError as exc:
-                missing = [b for b in input_ids(d) if ov.batch(b) is None]
+                missing = [bid for bid in input_ids(d) if ov.batch(bid) is None]
                 if exc.reason == Reason.UNKNOWN_INPUT and park and missing and self._park_room():
                     parked_new[d.event_id] = {
                         "event_id": d.event_id,
@@ -453,8 +453,8 @@ class Ledger:
                         "source": it.source,
                         "parked_at": ts,
                     }
-                    for b in missing:
-                        self._parked_index.setdefault(b, set()).add(d.event_id)
+                    for bid in missing:
+                        self._parked_index.setdefault(bid, set()).add(d.event_id)
                     results.append(
                         AppendResult(d.event_id, "parked", reason=exc.reason.value, detail=exc.detail)
                     )

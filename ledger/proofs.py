@@ -155,6 +155,13 @@ def default_parameters() -> ProvenanceParameters:
 
 
 # -- evidence bundles -------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class _Stored:
+    seq: int
+    data: bytes  # exactly as stored: the Merkle leaf is over these bytes
+    decoded: DecodedEvent
+
+
 def _decode_stored(seq: int, data: bytes) -> DecodedEvent:
     try:
         return decode(data)
@@ -164,40 +171,36 @@ def _decode_stored(seq: int, data: bytes) -> DecodedEvent:
         ) from None
 
 
-def _provenance_events(led: Ledger, batch_id: str) -> dict[str, tuple[int, DecodedEvent]]:
+def _provenance_events(led: Ledger, batch_id: str) -> dict[str, _Stored]:
     """The transformation events `batch_id`'s provenance rests on, closed over their inputs.
 
     Starts from the store's ancestor index (Provenance.events), then follows the events' own inputs,
     so a stale or damaged index cannot make a bundle that silently lacks an ancestor.
     """
     wanted = set(led.provenance(batch_id).events)
-    out: dict[str, tuple[int, DecodedEvent]] = {}
+    out: dict[str, _Stored] = {}
     while wanted:
         rows = led.entry_data(wanted)
         lost = sorted(wanted - rows.keys())
         if lost:
             raise ProofsError(f"event {lost[0]} of the provenance index is not in the ledger's entries")
         for eid, (seq, data) in rows.items():
-            out[eid] = (seq, _decode_stored(seq, data))
-        made = {o.batch_id for _, d in out.values() for o in getattr(d.event, "outputs", ())}
-        needed = {i.batch_id for _, d in out.values() for i in getattr(d.event, "inputs", ())} - made
+            out[eid] = _Stored(seq, data, _decode_stored(seq, data))
+        made = {o.batch_id for s in out.values() for o in getattr(s.decoded.event, "outputs", ())}
+        needed = {i.batch_id for s in out.values() for i in getattr(s.decoded.event, "inputs", ())} - made
         wanted = set()
         with led.engine.connect() as conn:
             for part in chunks(sorted(needed)):
-                for r in conn.execute(
-                    select(BATCHES.c.event_id).where(BATCHES.c.batch_id.in_(part))
-                ):
+                for r in conn.execute(select(BATCHES.c.event_id).where(BATCHES.c.batch_id.in_(part))):
                     if r.event_id not in out:
                         wanted.add(str(r.event_id))
     return out
 
 
-def _registry_entries(
-    led: Ledger, size: int, facilities: set[str]
-) -> list[tuple[int, DecodedEvent]]:
+def _registry_entries(led: Ledger, size: int, facilities: set[str]) -> list[_Stored]:
     """Registry events below `size` about the authority or `facilities`, plus entry 0, in seq order."""
     subjects = facilities | {REGISTRY_FACILITY_ID}
-    out: list[tuple[int, DecodedEvent]] = []
+    out: list[_Stored] = []
     with led.engine.connect() as conn:
         rows = conn.execute(
             select(ENTRIES.c.seq, ENTRIES.c.data)
@@ -206,9 +209,10 @@ def _registry_entries(
             .order_by(ENTRIES.c.seq)
         ).all()
     for r in rows:
-        d = _decode_stored(int(r.seq), bytes(r.data))
-        if r.seq == 0 or getattr(d.event, "subject_facility_id", None) in subjects:
-            out.append((int(r.seq), d))
+        seq, data = int(r.seq), bytes(r.data)
+        d = _decode_stored(seq, data)
+        if seq == 0 or getattr(d.event, "subject_facility_id", None) in subjects:
+            out.append(_Stored(seq, data, d))
     return out
 
 
@@ -226,7 +230,9 @@ def _choose_checkpoint(led: Ledger, needed: int, checkpoint_note: str | None) ->
             led.make_checkpoint()
             row = latest_checkpoint_row(led)
             if row is None or row.size < needed:
-                raise ProofsError(f"signed a checkpoint, yet none covers {needed} entries: is the store shared?")
+                raise ProofsError(
+                    f"signed a checkpoint, yet none covers {needed} entries: is the store shared?"
+                )
         checkpoint_note = row.note
     try:
         cp = Checkpoint.parse(open_note(checkpoint_note, led.origin, led.operator_public_key))
@@ -266,28 +272,28 @@ def make_bundle(
     params = parameters or default_parameters()
     # 1. The events the provenance rests on, and who signed them.
     events = _provenance_events(led, batch_id)
-    ordered = sorted(events.values(), key=lambda sd: sd[0])
-    facilities = {d.facility_id for _, d in ordered}
+    ordered = sorted(events.values(), key=lambda s: s.seq)
+    facilities = {s.decoded.facility_id for s in ordered}
     # 2. A signed checkpoint that covers them.
-    cp, note = _choose_checkpoint(led, ordered[-1][0] + 1, checkpoint_note)
+    cp, note = _choose_checkpoint(led, ordered[-1].seq + 1, checkpoint_note)
     # 3. The registry events of those facilities and of the authority, up to the checkpoint.
     registry_entries = _registry_entries(led, cp.size, facilities)
     registry = Registry()
-    for _, d in registry_entries:
-        registry.apply(d.event, d.event_id)
+    for s in registry_entries:
+        registry.apply(s.decoded.event, s.decoded.event_id)
     # 4. The provenance as the auditor will recompute it: from these events and this registry.
-    transforms = [(d.event, d.event_id) for _, d in ordered if d.kind in TRANSFORM_KINDS]
+    transforms = [(s.decoded.event, s.decoded.event_id) for s in ordered if s.decoded.kind in TRANSFORM_KINDS]
     _, summary = recompute_summary(batch_id, transforms, registry, params)
     # 5. One inclusion proof per entry against that checkpoint.
-    entries = sorted([*registry_entries, *ordered], key=lambda sd: sd[0])
-    proofs = inclusion_proofs(led, [s for s, _ in entries], cp.size)
+    entries = sorted([*registry_entries, *ordered], key=lambda s: s.seq)
+    proofs = inclusion_proofs(led, [s.seq for s in entries], cp.size)
     bundle: dict[str, Any] = {
         "format": FORMAT,
         "origin": led.origin,
         "operator_vkey": led.operator_vkey,
         "checkpoint": note,
         "batch_id": batch_id,
-        "entries": [_entry_json(seq, d, proofs[seq]) for seq, d in entries],
+        "entries": [_entry_json(s, proofs[s.seq]) for s in entries],
         "provenance": {"parameters": params.to_json(), "summary": summary},
         "created_at": (created_at or datetime.now(UTC)).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
@@ -299,12 +305,16 @@ def make_bundle(
     return bundle
 
 
-def _entry_json(seq: int, d: DecodedEvent, proof: Sequence[bytes]) -> dict[str, Any]:
+def _entry_json(s: _Stored, proof: Sequence[bytes]) -> dict[str, Any]:
+    try:
+        text = s.data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ProofsError(f"stored entry {s.seq} is not UTF-8: run `batteryledger verify`") from None
     return {
-        "seq": seq,
-        "leaf_index": seq,
-        "event_id": d.event_id,
-        "kind": d.kind.value,
-        "data": d.signed.decode("utf-8"),
+        "seq": s.seq,
+        "leaf_index": s.seq,
+        "event_id": s.decoded.event_id,
+        "kind": s.decoded.kind.value,
+        "data": text,
         "inclusion_proof": [base64.b64encode(h).decode("ascii") for h in proof],
     }

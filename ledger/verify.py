@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import multiprocessing as mp
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -129,7 +129,7 @@ def _check_signatures(rows: list[tuple[int, bytes]]) -> list[tuple[int, str]]:
     return bad
 
 
-def _chunks(engine: Engine) -> Iterator[list[Any]]:
+def _chunks(engine: Engine) -> Iterator[Sequence[Any]]:
     last = -1
     with engine.connect() as conn:
         while True:
