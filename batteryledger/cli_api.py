@@ -11,9 +11,15 @@ from typing import Annotated
 
 import typer
 
+DEFAULT_STORE = "batteryledger.db"  # batteryledger.cli.DEFAULT_STORE (a test keeps them equal)
 DEFAULT_HOST = "127.0.0.1"  # loopback unless the operator says otherwise
 DEFAULT_PORT = 8000
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+
+# Declared here, not imported from batteryledger.cli: cli imports this module while it is being built.
+StoreOpt = Annotated[
+    str, typer.Option("--store", envvar="BATTERYLEDGER_STORE", help="Store URL or SQLite file path.")
+]
 
 
 def _is_loopback(host: str) -> bool:
@@ -27,8 +33,6 @@ def _is_loopback(host: str) -> bool:
 
 def register(app: typer.Typer) -> None:
     """Add the `serve` command to `app` (the batteryledger CLI)."""
-    from batteryledger.cli import DEFAULT_STORE, StoreOpt, err_console
-
     @app.command()
     def serve(
         store: StoreOpt = DEFAULT_STORE,
@@ -47,11 +51,12 @@ def register(app: typer.Typer) -> None:
 
         api = create_app(store)  # fails here, with one line, if there is no ledger at --store
         if not _is_loopback(host):
-            err_console.print(
-                f"note: listening on {host}: the API is read-only but answers anyone who can reach it"
+            typer.echo(
+                f"note: listening on {host}: the API is read-only but answers anyone who can reach it",
+                err=True,
             )
-        err_console.print(f"serving {store} at http://{host}:{port}/ (API docs: /v1/docs)")
+        typer.echo(f"serving {store} at http://{host}:{port}/ (API docs: /v1/docs)", err=True)
         uvicorn.run(api, host=host, port=port, log_level=log_level.lower())
 
 
-__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "register"]
+__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "DEFAULT_STORE", "register"]

@@ -925,6 +925,7 @@ def node_from_row(row: Any, inputs: tuple[tuple[str, float], ...]) -> BatchNode:
         facility_id=row.facility_id,
         country=row.country,
         feoc=bool(row.feoc),
+        pfe=bool(row.pfe),
         time=_aware(row.time),
         kg=float(row.kg),
         contained={el: float(getattr(row, el.value)) for el in ELEMENTS},

@@ -41,11 +41,11 @@ from schemas.events import (
 Origin = tuple[str, str, str, str, bool]
 """(source, country, consumer, processing_country, feoc_touched); source in mined|recycled|unknown."""
 
-ValueKey = tuple[str, str, bool]
-"""(stage that added the value or "unknown", country, feoc)."""
+ValueKey = tuple[str, str, bool, bool]
+"""(stage that added the value or "unknown", country, feoc, prohibited foreign entity)."""
 
 UNKNOWN: Origin = ("unknown", "", "", "", False)
-UNKNOWN_VALUE: ValueKey = ("unknown", "", False)
+UNKNOWN_VALUE: ValueKey = ("unknown", "", False, False)
 _EPS = 1e-12
 
 
@@ -75,6 +75,7 @@ class BatchNode:
     feed_consumer: str | None = None
     external_feed: tuple[FeedInfo, ...] = ()
     material: str = ""
+    pfe: bool = False  # attested prohibited foreign entity at the time (45X material assistance)
 
 
 @dataclass(slots=True)
@@ -231,7 +232,7 @@ def node_value(
     if n.value_usd is None:
         return {}
     if not n.inputs and not n.external_feed:
-        return {(stage, n.country, n.feoc): n.value_usd}
+        return {(stage, n.country, n.feoc, n.pfe): n.value_usd}
     consumed: dict[ValueKey, float] = {}
     unknown_input = bool(n.external_feed)  # bought-in feed carries no ledger value
     for parent, kg in sorted(n.inputs):
@@ -251,7 +252,7 @@ def node_value(
         added = (total_out - total_in) * share
         if added > 0:
             # with an input of unknown value, the step's own value added cannot be told apart from it
-            key = UNKNOWN_VALUE if unknown_input else (stage, n.country, n.feoc)
+            key = UNKNOWN_VALUE if unknown_input else (stage, n.country, n.feoc, n.pfe)
             result[key] = result.get(key, 0.0) + added
     return {k: v for k, v in result.items() if v > _EPS}
 
@@ -319,7 +320,7 @@ def summarise(
         value = {
             "value_usd": round(p.value_usd, 6),
             "by_stage_country": [
-                {"stage": k[0], "country": k[1] or None, "feoc": k[2], "usd": round(v, 6)}
+                {"stage": k[0], "country": k[1] or None, "feoc": k[2], "pfe": k[3], "usd": round(v, 6)}
                 for k, v in sorted(p.value_origins.items(), key=lambda kv: (-kv[1], kv[0]))
             ],
         }
@@ -375,6 +376,7 @@ def nodes_from_events(events: Iterable[tuple[Event, str]], registry: Registry) -
                 facility_id=ev.facility_id,
                 country=fac.country,
                 feoc=fac.feoc_at(ev.time),
+                pfe=fac.pfe_at(ev.time),
                 time=ev.time,
                 kg=float(o.kg),
                 contained={el: float(o.contained_kg.get(el)) for el in ELEMENTS},
@@ -420,5 +422,5 @@ def decode_origins(text: str) -> tuple[dict[Element, dict[Origin, float]], dict[
     mass: dict[Element, dict[Origin, float]] = {el: {} for el in ELEMENTS}
     for el, rows in data.get("mass", {}).items():
         mass[Element(el)] = {(r[0], r[1], r[2], r[3], bool(r[4])): float(r[5]) for r in rows}
-    value = {(r[0], r[1], bool(r[2])): float(r[3]) for r in data.get("value", [])}
+    value = {(r[0], r[1], bool(r[2]), bool(r[3])): float(r[4]) for r in data.get("value", [])}
     return mass, value

@@ -12,6 +12,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -129,12 +130,12 @@ def chain_ok(led: Ledger) -> None:
     assert not report.errors, report.errors
 
 
-def extraction(fac_id: str, key: Any, batch_id: str, hour: int) -> bytes:
+def extraction(fac_id: str, key: Any, batch_id: str, minute: int) -> bytes:
     obj = {
         "spec": "batteryledger/1",
         "kind": "batch.extracted",
         "facility_id": fac_id,
-        "time": f"2025-03-{1 + hour // 24:02d}T{hour % 24:02d}:00:00Z",
+        "time": (datetime(2025, 3, 1, tzinfo=UTC) + timedelta(minutes=minute)).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "outputs": [
             {
                 "batch_id": batch_id,

@@ -536,6 +536,12 @@ def test_serve_refuses_a_missing_store(tmp_path: Path) -> None:
     assert "no ledger" in str(result.exception)
 
 
+def test_serve_defaults_match_the_cli() -> None:
+    from batteryledger import cli, cli_api
+
+    assert cli_api.DEFAULT_STORE == cli.DEFAULT_STORE
+
+
 def test_serve_help_names_its_options() -> None:
     result = CliRunner().invoke(serve_cli(), ["serve", "--help"])
     assert result.exit_code == 0

@@ -128,8 +128,8 @@ def test_value_added_by_each_step() -> None:
     }
     p = compute("ref", nodes)
     assert p.value_origins == {
-        ("extraction", "AU", False): pytest.approx(100.0),
-        ("processing", "US", False): pytest.approx(150.0),
+        ("extraction", "AU", False, False): pytest.approx(100.0),
+        ("processing", "US", False, False): pytest.approx(150.0),
     }
 
 
