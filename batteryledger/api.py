@@ -26,14 +26,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import FastAPI, Path as PathParam, Query, Request
+from fastapi import FastAPI, Query, Request
+from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import event, func, select
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ledger import chain, tree
@@ -294,7 +295,9 @@ def _install_error_handlers(app: FastAPI) -> None:
             {"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
             for e in exc.errors()
         ]
-        detail = "; ".join(f"{'.'.join(str(p) for p in e['loc'][1:]) or 'request'}: {e['msg']}" for e in errors)
+        detail = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'][1:]) or 'request'}: {e['msg']}" for e in errors
+        )
         return problem_response(422, "Unprocessable Content", detail or "invalid request", errors=errors)
 
     @app.exception_handler(StarletteHTTPException)
@@ -310,9 +313,10 @@ def _install_error_handlers(app: FastAPI) -> None:
         log.error("store error: %s", exc)
         return problem_response(503, "Service Unavailable", f"the ledger store failed: {exc.diagnostics()}")
 
-    @app.exception_handler(SQLAlchemyError)
-    async def _db(_: Request, exc: SQLAlchemyError) -> JSONResponse:
-        log.error("database error: %s", exc)
+    @app.exception_handler(OperationalError)
+    async def _db(_: Request, exc: OperationalError) -> JSONResponse:
+        # unreachable, locked or busy: worth a retry (other database errors are bugs: 500 below)
+        log.error("database unavailable: %s", exc)
         return problem_response(503, "Service Unavailable", "the ledger store is not answering; try again")
 
     @app.exception_handler(Exception)
@@ -616,7 +620,8 @@ def create_app(store_url: str) -> FastAPI:
     def inclusion(
         seq: Annotated[int, Query(ge=0, description="Entry number (leaf index).")],
         size: Annotated[
-            int | None, Query(ge=1, description="Tree size; default the latest checkpoint's, else the ledger's.")
+            int | None,
+            Query(ge=1, description="Tree size; default the latest checkpoint's, else the ledger's."),
         ] = None,
     ) -> InclusionProof:
         """RFC 9162 inclusion proof of entry `seq` in the tree of `size` entries."""
@@ -636,7 +641,9 @@ def create_app(store_url: str) -> FastAPI:
                 raise bad_parameter(str(exc)) from None
             leaf = get([(0, seq)])[(0, seq)]
             root = tree.root_from_nodes(size, get)
-        return InclusionProof(seq=seq, size=size, leaf_hash=leaf.hex(), root_hash=root.hex(), proof=_hex(proof))
+        return InclusionProof(
+            seq=seq, size=size, leaf_hash=leaf.hex(), root_hash=root.hex(), proof=_hex(proof)
+        )
 
     @app.get(
         f"{API_PREFIX}/proofs/consistency",
@@ -717,7 +724,10 @@ def create_app(store_url: str) -> FastAPI:
         )
 
     @app.get(
-        f"{API_PREFIX}/batches/{{batch_id:path}}", response_model=BatchFacts, tags=["batches"], responses=PROBLEMS
+        f"{API_PREFIX}/batches/{{batch_id:path}}",
+        response_model=BatchFacts,
+        tags=["batches"],
+        responses=PROBLEMS,
     )
     def batch(batch_id: BatchIdParam) -> BatchFacts:
         """What the ledger holds about a batch: who made it, where, how much, what is left, who holds it."""
@@ -750,7 +760,9 @@ def create_app(store_url: str) -> FastAPI:
         """Registered facilities, their attested FEOC status and their keys (from registry entries)."""
         return Facilities(facilities=reader.facilities())
 
-    @app.get(f"{API_PREFIX}/rejections", response_model=RejectionPage, tags=["rejections"], responses=PROBLEMS)
+    @app.get(
+        f"{API_PREFIX}/rejections", response_model=RejectionPage, tags=["rejections"], responses=PROBLEMS
+    )
     def rejections(
         reason: Annotated[str | None, Query(description="Only this reason code.")] = None,
         limit: Annotated[int, Query(ge=1, le=MAX_REJECTIONS_LIMIT)] = DEFAULT_REJECTIONS_LIMIT,

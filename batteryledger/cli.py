@@ -542,6 +542,9 @@ def _mount_optional() -> None:
         cli_broker.broker_app, name="broker", help="The local Apache Kafka broker (KRaft, loopback)."
     )
     app.add_typer(cli_credits.credits_app, name="credits", help="What-if tax-credit calculator.")
+    from batteryledger import cli_api
+
+    cli_api.register(app)
     try:
         from batteryledger import cli_streams
     except ImportError:
@@ -555,7 +558,10 @@ _mount_optional()
 def main() -> None:
     debug = os.environ.get("BATTERYLEDGER_DEBUG") == "1"
     try:
-        app(standalone_mode=False)
+        # standalone_mode=False: click returns the exit code of typer.Exit / ctx.exit instead of raising
+        code = app(standalone_mode=False)
+        if isinstance(code, int) and code:
+            raise SystemExit(code)
     except typer.Exit as exc:
         raise SystemExit(exc.exit_code) from None
     except SystemExit:

@@ -33,6 +33,7 @@ def _is_loopback(host: str) -> bool:
 
 def register(app: typer.Typer) -> None:
     """Add the `serve` command to `app` (the batteryledger CLI)."""
+
     @app.command()
     def serve(
         store: StoreOpt = DEFAULT_STORE,

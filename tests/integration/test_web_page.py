@@ -33,7 +33,19 @@ VIRTUAL_TIME_BUDGET_MS = 5000
 BROWSER_TIMEOUT_S = 120
 SERVER_START_TIMEOUT_S = 30
 ORIGIN = "web-test.example/ledger"
-ELEMENTS = {"li": "Lithium (Li)", "ni": "Nickel (Ni)", "co": "Cobalt (Co)", "mn": "Manganese (Mn)", "graphite": "Graphite"}
+ELEMENTS = {
+    "li": "Lithium (Li)",
+    "ni": "Nickel (Ni)",
+    "co": "Cobalt (Co)",
+    "mn": "Manganese (Mn)",
+    "graphite": "Graphite",
+}
+
+
+@pytest.fixture(scope="module")
+def chromium() -> str:
+    """The browser binary, looked up before the server starts."""
+    return find_chromium()
 
 
 def find_chromium() -> str:
@@ -83,9 +95,8 @@ def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         sock.close()
 
 
-def render(url: str, profile: Path) -> str:
+def render(browser: str, url: str, profile: Path) -> str:
     """The DOM after the page's scripts ran, as headless Chromium serialises it."""
-    browser = find_chromium()
     cmd = [
         browser,
         "--headless",
@@ -176,8 +187,10 @@ def width_percent(node: Node) -> float:
 
 
 # -- the tests -------------------------------------------------------------------------------------
-def test_search_from_the_query_string_renders_provenance_bars(base_url: str, tmp_path: Path) -> None:
-    dom = parse(render(f"{base_url}/?batch=US-PACK-002", tmp_path / "profile"))
+def test_search_from_the_query_string_renders_provenance_bars(
+    chromium: str, base_url: str, tmp_path: Path
+) -> None:
+    dom = parse(render(chromium, f"{base_url}/?batch=US-PACK-002", tmp_path / "profile"))
 
     assert "Showing US-PACK-002" in dom.by_id("message").text()
     section = dom.by_id("provenance-section")
@@ -208,13 +221,15 @@ def test_search_from_the_query_string_renders_provenance_bars(base_url: str, tmp
     assert {"US-CELL-002", "KR-NMC811-002", "AU-SPOD-001"} <= linked
 
     assert dom.by_id("checkpoint").text().startswith(ORIGIN + "\n")
-    reasons = {tr.attrs["data-reason"] for tr in dom.by_id("rejections").find_all("tr") if "data-reason" in tr.attrs}
+    reasons = {
+        tr.attrs["data-reason"] for tr in dom.by_id("rejections").find_all("tr") if "data-reason" in tr.attrs
+    }
     assert reasons == {"bad_signature", "malformed", "overdrawn", "unknown_facility"}
     assert ORIGIN in dom.by_id("ledger-status").text()
 
 
-def test_unknown_batch_says_so(base_url: str, tmp_path: Path) -> None:
-    dom = parse(render(f"{base_url}/?batch=NO-SUCH-PACK", tmp_path / "profile"))
+def test_unknown_batch_says_so(chromium: str, base_url: str, tmp_path: Path) -> None:
+    dom = parse(render(chromium, f"{base_url}/?batch=NO-SUCH-PACK", tmp_path / "profile"))
     message = dom.by_id("message")
     assert "'NO-SUCH-PACK' is not in the ledger" in message.text()
     assert "error" in message.attrs.get("class", "").split()
