@@ -429,6 +429,17 @@ def test_follows_the_writer_without_restart(tmp_path: Path) -> None:
         assert proof.status_code == 200
 
 
+def test_reloads_when_the_store_is_not_the_chain_it_read(demo: Demo) -> None:
+    app = create_app(demo.url)
+    reader = app.state.reader
+    real = reader.sync()
+    reader.ledger.head_hash = bytes(32)  # as if the file had been swapped for another ledger
+    reader.ledger.registry.facilities.clear()
+    assert reader.sync() == real
+    assert len(reader.ledger.registry.facilities) == len(demo.chain.facilities) + 1  # + the registry
+    reader.close()
+
+
 def generate_facility(writer: Ledger, facility_id: str) -> str:
     from schemas.signing import generate_key, key_id, public_key_b64, sign_object
 

@@ -9,10 +9,10 @@ import pytest
 from sqlalchemy import select
 
 from ledger.registry import AUTHORITY_ROLES, FacilityRecord, KeyRecord, Registry
-from ledger.store import FACILITIES
+from ledger.store import ENTRIES, FACILITIES
 from schemas.events import Attestation, Kind
 from schemas.signing import decode, generate_key, key_id
-from tests.unit.conftest import REGISTERED, T0, LedgerKit, iso, output
+from tests.unit.ledger_kit import REGISTERED, T0, LedgerKit, iso, output
 
 E, P = Kind.BATCH_EXTRACTED, Kind.BATCH_PROCESSED
 D1 = datetime(2025, 3, 1, tzinfo=UTC)
@@ -128,8 +128,6 @@ def test_registry_from_events_equals_the_ledgers_registry(bl_kit: LedgerKit) -> 
     bl_kit.ok(bl_kit.attestation("ref-1", feoc=True, as_of=D1), bl_kit.op)
     bl_kit.ok(bl_kit.rotation(mine, generate_key(), valid_from=T0), bl_kit.op)
     with bl_kit.led.engine.connect() as conn:
-        from ledger.store import ENTRIES
-
         rows = conn.execute(select(ENTRIES.c.event_id, ENTRIES.c.data).order_by(ENTRIES.c.seq)).all()
     rebuilt = Registry.from_events((decode(bytes(r.data)).event, r.event_id) for r in rows)
     live = bl_kit.led.registry
@@ -148,7 +146,9 @@ def test_a_second_revocation_never_extends_a_key(bl_kit: LedgerKit) -> None:
     later["time"] = iso(first + timedelta(days=6))
     bl_kit.ok(later, bl_kit.op)
     assert bl_kit.led.registry.keys[("mine-1", mine.key_id)].revoked_at == first
-    res = bl_kit.submit(bl_kit.transform(mine, E, [output("ORE-1", "1")], time=iso(first + timedelta(days=2))), mine.key)
+    res = bl_kit.submit(
+        bl_kit.transform(mine, E, [output("ORE-1", "1")], time=iso(first + timedelta(days=2))), mine.key
+    )
     assert res.reason == "key_revoked"
 
 
@@ -161,7 +161,9 @@ def test_the_authority_bootstraps_itself_once(bl_kit: LedgerKit) -> None:
     assert (res.status, res.reason) == ("rejected", "facility_exists")
     # someone else's self-registration as the authority is just an unknown signer
     usurper = generate_key()
-    res = bl_kit.submit(bl_kit.registration("registry", [Kind.FACILITY_REGISTERED], usurper, nonce="x"), usurper)
+    res = bl_kit.submit(
+        bl_kit.registration("registry", [Kind.FACILITY_REGISTERED], usurper, nonce="x"), usurper
+    )
     assert (res.status, res.reason) == ("rejected", "unknown_key")
 
 

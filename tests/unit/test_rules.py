@@ -22,7 +22,7 @@ from ledger.store import ENTRIES, REJECTIONS
 from schemas.events import MAX_EVENT_BYTES, SPEC, Element, Kind
 from schemas.reasons import EventError, Reason
 from schemas.signing import generate_key, key_id, sign_object
-from tests.unit.conftest import REGISTERED, T0, LedgerKit, Party, iso, key_info, output
+from tests.unit.ledger_kit import REGISTERED, T0, LedgerKit, Party, iso, output
 
 E, P, M, C, MO, PA, R = (
     Kind.BATCH_EXTRACTED,
@@ -89,7 +89,9 @@ def test_demo_chain_appends_and_its_bad_events_get_their_reasons(bl_demo: DemoCh
         pack = led.batch("US-PACK-001")
         assert pack is not None and pack.kg == Decimal("80000")
         spod = led.batch("AU-SPOD-001")
-        assert spod is not None and spod.consumed_kg == spod.kg == Decimal("100000")  # overdraw changed nothing
+        assert spod is not None and spod.consumed_kg == spod.kg == Decimal(
+            "100000"
+        )  # overdraw changed nothing
 
 
 # -- identity: facility, key, time, signature, role ------------------------------------------------
@@ -172,7 +174,12 @@ def test_key_revoked_after_revoked_at_but_not_before(bl_kit: LedgerKit) -> None:
     bl_kit.ok(bl_kit.revocation(mine, mine.key_id, revoked_at=revoked_at), bl_kit.op)
     after = bl_kit.transform(mine, E, [output("ORE-1", "10")], time=iso(revoked_at + timedelta(hours=1)))
     rejected(
-        bl_kit, bl_kit.sign(after, mine.key)[0], "key_revoked", mine.key_id, "mine-1", f"revoked at {iso(revoked_at)}"
+        bl_kit,
+        bl_kit.sign(after, mine.key)[0],
+        "key_revoked",
+        mine.key_id,
+        "mine-1",
+        f"revoked at {iso(revoked_at)}",
     )
     at = bl_kit.transform(mine, E, [output("ORE-1", "10")], time=iso(revoked_at))
     rejected(bl_kit, bl_kit.sign(at, mine.key)[0], "key_revoked", mine.key_id)
@@ -298,8 +305,18 @@ def test_duplicate_conflict_same_event_signed_by_a_second_valid_key(bl_kit: Ledg
 def test_unknown_input(bl_kit: LedgerKit, plant: Party) -> None:
     obj = bl_kit.transform(plant, P, [output("CONC-1", "5")], [("NOPE-1", "5")])
     rejected(bl_kit, bl_kit.sign(obj, plant.key)[0], "unknown_input", "'NOPE-1'")
-    rejected(bl_kit, bl_kit.sign(bl_kit.shipment(plant, "NOPE-2", "1", "plant-1"), plant.key)[0], "unknown_input", "'NOPE-2'")
-    rejected(bl_kit, bl_kit.sign(bl_kit.receipt(plant, "NOPE-3", "1", "plant-1"), plant.key)[0], "unknown_input", "'NOPE-3'")
+    rejected(
+        bl_kit,
+        bl_kit.sign(bl_kit.shipment(plant, "NOPE-2", "1", "plant-1"), plant.key)[0],
+        "unknown_input",
+        "'NOPE-2'",
+    )
+    rejected(
+        bl_kit,
+        bl_kit.sign(bl_kit.receipt(plant, "NOPE-3", "1", "plant-1"), plant.key)[0],
+        "unknown_input",
+        "'NOPE-3'",
+    )
     cert = {
         "spec": SPEC,
         "kind": "supplier.certified",
@@ -316,7 +333,14 @@ def test_overdrawn_at_the_limit_passes_one_milligram_over_fails(bl_kit: LedgerKi
     bl_kit.ok(bl_kit.transform(plant, P, [output("CONC-1", "1")], [("ORE-1", "400")]), plant.key)
     assert bl_kit.batch("ORE-1").consumed_kg == Decimal("400")
     over = bl_kit.transform(plant, P, [output("CONC-2", "1")], [("ORE-1", "600.000001")])
-    rejected(bl_kit, bl_kit.sign(over, plant.key)[0], "overdrawn", "'ORE-1'", "600 kg left of 1000 kg", "600.000001 kg")
+    rejected(
+        bl_kit,
+        bl_kit.sign(over, plant.key)[0],
+        "overdrawn",
+        "'ORE-1'",
+        "600 kg left of 1000 kg",
+        "600.000001 kg",
+    )
     assert bl_kit.batch("ORE-1").consumed_kg == Decimal("400")
     assert bl_kit.led.batch("CONC-2") is None
     bl_kit.ok(bl_kit.transform(plant, P, [output("CONC-2", "1")], [("ORE-1", "600")]), plant.key)
@@ -332,7 +356,11 @@ def test_overdraw_across_events_of_one_append_batch(bl_kit: LedgerKit, plant: Pa
     b, _ = bl_kit.sign(bl_kit.transform(plant, P, [output("CONC-2", "1")], [("ORE-1", "300.5")]), plant.key)
     c, _ = bl_kit.sign(bl_kit.transform(plant, P, [output("CONC-3", "1")], [("ORE-1", "300")]), plant.key)
     res = bl_kit.led.append([a, b, c])
-    assert [(r.status, r.reason) for r in res] == [("appended", None), ("rejected", "overdrawn"), ("appended", None)]
+    assert [(r.status, r.reason) for r in res] == [
+        ("appended", None),
+        ("rejected", "overdrawn"),
+        ("appended", None),
+    ]
     assert bl_kit.batch("ORE-1").consumed_kg == Decimal("1000")
     assert bl_kit.led.batch("CONC-2") is None
 
@@ -347,7 +375,9 @@ def test_mass_conservation_at_tolerance_passes_just_above_fails(
     bl_kit.extract(plant, "ORE-1", "1000", **dict.fromkeys(ELEMENTS, "100"))
     limit = Decimal(100) * (1 + MASS_TOLERANCE_REL) + MASS_TOLERANCE_ABS_KG
     assert limit == Decimal("100.501")
-    too_much = bl_kit.transform(plant, P, [output("CONC-1", "900", **{element: "100.501001"})], [("ORE-1", "1000")])
+    too_much = bl_kit.transform(
+        plant, P, [output("CONC-1", "900", **{element: "100.501001"})], [("ORE-1", "1000")]
+    )
     rejected(
         bl_kit,
         bl_kit.sign(too_much, plant.key)[0],
@@ -356,7 +386,9 @@ def test_mass_conservation_at_tolerance_passes_just_above_fails(
         "inputs supply 100 kg",
     )
     assert bl_kit.batch("ORE-1").consumed_kg == 0
-    at_limit = bl_kit.transform(plant, P, [output("CONC-1", "900", **{element: "100.501"})], [("ORE-1", "1000")])
+    at_limit = bl_kit.transform(
+        plant, P, [output("CONC-1", "900", **{element: "100.501"})], [("ORE-1", "1000")]
+    )
     bl_kit.ok(at_limit, plant.key)
     assert bl_kit.batch("CONC-1").contained[Element(element)] == Decimal("100.501")
 
@@ -368,7 +400,9 @@ def test_mass_conservation_scales_with_the_share_consumed(bl_kit: LedgerKit, pla
         plant, P, [output("A", "100", li="20"), output("B", "100", li="5.126001")], [("ORE-1", "250")]
     )
     rejected(bl_kit, bl_kit.sign(over, plant.key)[0], "mass_not_conserved", "25.126001 kg li", "supply 25 kg")
-    ok = bl_kit.transform(plant, P, [output("A", "100", li="20"), output("B", "100", li="5.126")], [("ORE-1", "250")])
+    ok = bl_kit.transform(
+        plant, P, [output("A", "100", li="20"), output("B", "100", li="5.126")], [("ORE-1", "250")]
+    )
     bl_kit.ok(ok, plant.key)
 
 
@@ -471,13 +505,26 @@ def mine_and_refinery(bl_kit: LedgerKit) -> tuple[Party, Party]:
     return mine, ref
 
 
-def test_not_custodian_consuming_without_receiving(bl_kit: LedgerKit, mine_and_refinery: tuple[Party, Party]) -> None:
+def test_not_custodian_consuming_without_receiving(
+    bl_kit: LedgerKit, mine_and_refinery: tuple[Party, Party]
+) -> None:
     mine, ref = mine_and_refinery
     use = bl_kit.transform(ref, P, [output("CONC-1", "10")], [("ORE-1", "100")])
-    rejected(bl_kit, bl_kit.sign(use, ref.key)[0], "not_custodian", "ref-1 holds 0 kg of 'ORE-1'", "ship and receive")
+    rejected(
+        bl_kit,
+        bl_kit.sign(use, ref.key)[0],
+        "not_custodian",
+        "ref-1 holds 0 kg of 'ORE-1'",
+        "ship and receive",
+    )
     bl_kit.ok(bl_kit.shipment(mine, "ORE-1", "600", "ref-1"), mine.key)
     # shipped but not yet received: still not the custodian
-    rejected(bl_kit, bl_kit.sign(bl_kit.transform(ref, P, [output("CONC-1", "10")], [("ORE-1", "100")]), ref.key)[0], "not_custodian", "ref-1")
+    rejected(
+        bl_kit,
+        bl_kit.sign(bl_kit.transform(ref, P, [output("CONC-1", "10")], [("ORE-1", "100")]), ref.key)[0],
+        "not_custodian",
+        "ref-1",
+    )
     bl_kit.ok(bl_kit.receipt(ref, "ORE-1", "600", "mine-1"), ref.key)
     over = bl_kit.transform(ref, P, [output("CONC-1", "10")], [("ORE-1", "600.000001")])
     rejected(bl_kit, bl_kit.sign(over, ref.key)[0], "not_custodian", "ref-1 holds 600 kg")
@@ -487,20 +534,35 @@ def test_not_custodian_consuming_without_receiving(bl_kit: LedgerKit, mine_and_r
     assert ore.holders == {"mine-1": Decimal("400"), "ref-1": Decimal("0")}
 
 
-def test_not_custodian_shipping_more_than_held(bl_kit: LedgerKit, mine_and_refinery: tuple[Party, Party]) -> None:
+def test_not_custodian_shipping_more_than_held(
+    bl_kit: LedgerKit, mine_and_refinery: tuple[Party, Party]
+) -> None:
     mine, ref = mine_and_refinery
     too_much = bl_kit.shipment(mine, "ORE-1", "1000.000001", "ref-1")
-    rejected(bl_kit, bl_kit.sign(too_much, mine.key)[0], "not_custodian", "mine-1 holds 1000 kg of ORE-1", "1000.000001")
+    rejected(
+        bl_kit,
+        bl_kit.sign(too_much, mine.key)[0],
+        "not_custodian",
+        "mine-1 holds 1000 kg of ORE-1",
+        "1000.000001",
+    )
     ore = bl_kit.batch("ORE-1")
     assert ore.holders == {"mine-1": Decimal("1000")} and ore.in_transit == {}
     # a facility that never held it cannot ship it
-    rejected(bl_kit, bl_kit.sign(bl_kit.shipment(ref, "ORE-1", "1", "mine-1"), ref.key)[0], "not_custodian", "ref-1 holds 0 kg")
+    rejected(
+        bl_kit,
+        bl_kit.sign(bl_kit.shipment(ref, "ORE-1", "1", "mine-1"), ref.key)[0],
+        "not_custodian",
+        "ref-1 holds 0 kg",
+    )
     bl_kit.ok(bl_kit.shipment(mine, "ORE-1", "1000", "ref-1"), mine.key)
     ore = bl_kit.batch("ORE-1")
     assert ore.holders == {"mine-1": Decimal("0")} and ore.in_transit == {"ref-1": Decimal("1000")}
 
 
-def test_not_custodian_receiving_without_a_shipment(bl_kit: LedgerKit, mine_and_refinery: tuple[Party, Party]) -> None:
+def test_not_custodian_receiving_without_a_shipment(
+    bl_kit: LedgerKit, mine_and_refinery: tuple[Party, Party]
+) -> None:
     mine, ref = mine_and_refinery
     rejected(
         bl_kit,
@@ -510,7 +572,12 @@ def test_not_custodian_receiving_without_a_shipment(bl_kit: LedgerKit, mine_and_
         "cannot receive 100 kg",
     )
     bl_kit.ok(bl_kit.shipment(mine, "ORE-1", "100", "ref-1"), mine.key)
-    rejected(bl_kit, bl_kit.sign(bl_kit.receipt(ref, "ORE-1", "100.5", "mine-1"), ref.key)[0], "not_custodian", "only 100 kg")
+    rejected(
+        bl_kit,
+        bl_kit.sign(bl_kit.receipt(ref, "ORE-1", "100.5", "mine-1"), ref.key)[0],
+        "not_custodian",
+        "only 100 kg",
+    )
     assert bl_kit.batch("ORE-1").holders == {"mine-1": Decimal("900")}
     bl_kit.ok(bl_kit.receipt(ref, "ORE-1", "100", "mine-1"), ref.key)
     ore = bl_kit.batch("ORE-1")
@@ -518,14 +585,18 @@ def test_not_custodian_receiving_without_a_shipment(bl_kit: LedgerKit, mine_and_
     assert ore.in_transit == {"ref-1": Decimal("0")}
 
 
-def test_shipping_to_an_unregistered_facility(bl_kit: LedgerKit, mine_and_refinery: tuple[Party, Party]) -> None:
+def test_shipping_to_an_unregistered_facility(
+    bl_kit: LedgerKit, mine_and_refinery: tuple[Party, Party]
+) -> None:
     mine, _ = mine_and_refinery
     ship = bl_kit.shipment(mine, "ORE-1", "10", "nowhere-9")
     rejected(bl_kit, bl_kit.sign(ship, mine.key)[0], "unknown_facility", "consignee 'nowhere-9'")
     assert bl_kit.batch("ORE-1").holders == {"mine-1": Decimal("1000")}
 
 
-def test_only_the_producer_certifies_its_batches(bl_kit: LedgerKit, mine_and_refinery: tuple[Party, Party]) -> None:
+def test_only_the_producer_certifies_its_batches(
+    bl_kit: LedgerKit, mine_and_refinery: tuple[Party, Party]
+) -> None:
     mine, ref = mine_and_refinery
     cert: dict[str, Any] = {
         "spec": SPEC,
@@ -555,12 +626,22 @@ def _correction(kit: LedgerKit, party: Party, target: str) -> dict[str, Any]:
 def test_correction_target_missing(bl_kit: LedgerKit) -> None:
     mine = bl_kit.register("mine-1", [E])
     missing = "ab" * 32
-    rejected(bl_kit, bl_kit.sign(_correction(bl_kit, mine, missing), mine.key)[0], "correction_target_missing", missing)
+    rejected(
+        bl_kit,
+        bl_kit.sign(_correction(bl_kit, mine, missing), mine.key)[0],
+        "correction_target_missing",
+        missing,
+    )
     # a rejected event is not a ledger event either
     bad = bl_kit.transform(mine, P, [output("X-1", "1")], [("NOPE", "1")])
     bad_raw, bad_id = bl_kit.sign(bad, mine.key)
     assert bl_kit.append(bad_raw).status == "rejected"
-    rejected(bl_kit, bl_kit.sign(_correction(bl_kit, mine, bad_id), mine.key)[0], "correction_target_missing", bad_id)
+    rejected(
+        bl_kit,
+        bl_kit.sign(_correction(bl_kit, mine, bad_id), mine.key)[0],
+        "correction_target_missing",
+        bad_id,
+    )
 
 
 def test_correction_appends_and_never_changes_the_corrected_entry(bl_kit: LedgerKit) -> None:
@@ -622,7 +703,9 @@ def test_parents_timeout_keeps_the_original_bytes(bl_kit: LedgerKit, plant: Part
 
 def test_parked_child_is_appended_when_its_parent_arrives(bl_kit: LedgerKit, plant: Party) -> None:
     parent_obj = bl_kit.transform(plant, E, [output("ORE-1", "100")])
-    child_raw, child_id = bl_kit.sign(bl_kit.transform(plant, P, [output("C-1", "1")], [("ORE-1", "40")]), plant.key)
+    child_raw, child_id = bl_kit.sign(
+        bl_kit.transform(plant, P, [output("C-1", "1")], [("ORE-1", "40")]), plant.key
+    )
     parent_raw, parent_id = bl_kit.sign(parent_obj, plant.key)
     assert bl_kit.append(child_raw, park=True).status == "parked"
     results = bl_kit.led.append([parent_raw], park=True)
@@ -633,7 +716,9 @@ def test_parked_child_is_appended_when_its_parent_arrives(bl_kit: LedgerKit, pla
 
 
 def test_child_before_parent_in_one_batch(bl_kit: LedgerKit, plant: Party) -> None:
-    child_raw, child_id = bl_kit.sign(bl_kit.transform(plant, P, [output("C-1", "1")], [("ORE-1", "40")]), plant.key)
+    child_raw, child_id = bl_kit.sign(
+        bl_kit.transform(plant, P, [output("C-1", "1")], [("ORE-1", "40")]), plant.key
+    )
     parent_raw, parent_id = bl_kit.sign(bl_kit.transform(plant, E, [output("ORE-1", "100")]), plant.key)
     results = bl_kit.led.append([child_raw, parent_raw], park=True)
     assert [(r.event_id, r.status) for r in results] == [

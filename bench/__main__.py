@@ -1,0 +1,38 @@
+"""`make bench`: run every benchmark module in turn (each in its own process) and print a summary.
+
+Each module prints its own figures and ends with one JSON line; this collects those lines into one.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+MODULES = ["bench_core", "bench_merkle", "bench_store", "bench_proofs", "bench_kafka"]
+
+
+def main() -> None:
+    here = Path(__file__).parent
+    summary: dict[str, object] = {}
+    failed = []
+    for name in MODULES:
+        if not (here / f"{name}.py").exists():
+            continue
+        print(f"\n=== {name} ===", flush=True)
+        proc = subprocess.run([sys.executable, "-m", f"bench.{name}", *sys.argv[1:]], stdout=subprocess.PIPE, text=True)
+        sys.stdout.write(proc.stdout)
+        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+        if proc.returncode != 0 or not lines:
+            failed.append(name)
+            continue
+        summary[name] = json.loads(lines[-1])
+    print(json.dumps(summary))
+    if failed:
+        print(f"benchmarks that failed: {', '.join(failed)}", file=sys.stderr)
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    main()
