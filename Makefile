@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test lint typecheck unit bench broker-fetch clean
+.PHONY: venv demo test lint typecheck unit bench broker-fetch system-deps-demo system-deps-test clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -15,7 +15,14 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-broker-fetch: $(STAMP)
+# Java, Maven (Kafka), PostgreSQL and Chromium (tests) from Debian when missing: see the script.
+system-deps-demo:
+	bash scripts/install-system-deps.sh demo
+
+system-deps-test:
+	bash scripts/install-system-deps.sh test
+
+broker-fetch: $(STAMP) system-deps-demo
 	$(BIN)/batteryledger broker fetch
 
 demo: $(STAMP) broker-fetch
@@ -31,7 +38,7 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/pytest tests/unit -q
 
-test: $(STAMP) broker-fetch lint typecheck
+test: $(STAMP) system-deps-test broker-fetch lint typecheck
 	$(BIN)/pytest -q
 
 bench: $(STAMP) broker-fetch

@@ -19,6 +19,7 @@ import base64
 import hashlib
 import json
 import logging
+import re
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -511,14 +512,16 @@ def _decode_custody(text: str) -> Custody:
 
 
 # -- the app ---------------------------------------------------------------------------------------
-BatchIdParam = Annotated[
-    str,
-    PathParam(
-        description="Batch id (may contain '/', ':' and '.').",
-        max_length=MAX_ID_LEN,
-        pattern=ID_PATTERN,
-    ),
-]
+BatchIdParam = Annotated[str, PathParam(description="Batch id (may contain '/', ':' and '.').")]
+_BATCH_ID = re.compile(ID_PATTERN)
+
+
+def _check_batch_id(batch_id: str) -> None:
+    if len(batch_id) > MAX_ID_LEN or not _BATCH_ID.fullmatch(batch_id):
+        raise bad_parameter(
+            f"{batch_id[:MAX_ID_LEN]!r} is not a batch id: ids are 1 to {MAX_ID_LEN} letters, digits "
+            "and . _ : / -, starting with a letter or digit"
+        )
 
 
 def create_app(store_url: str) -> FastAPI:
@@ -546,6 +549,7 @@ def create_app(store_url: str) -> FastAPI:
     _install_error_handlers(app)
 
     def known_batch(batch_id: str) -> Any:
+        _check_batch_id(batch_id)
         b = reader.ledger.batch(batch_id)
         if b is None:
             raise not_found(f"batch {batch_id!r} is not in the ledger")

@@ -182,7 +182,7 @@
     }
     for (const name of names) {
       const e = bd.elements[name];
-      const title = (ELEMENT_NAMES[name] || name) + " (" + (ELEMENT_SYMBOLS[name] || name) + ")";
+      const title = (ELEMENT_NAMES[name] || name) + (ELEMENT_SYMBOLS[name] ? " (" + ELEMENT_SYMBOLS[name] + ")" : "");
       const described = e.segments.map((s) => labels[s.category].label + " " + pct(s.share)).join(", ");
       const bar = el("div", { class: "bar", role: "img", "aria-label": title + ": " + described });
       for (const s of e.segments) {

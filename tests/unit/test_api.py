@@ -275,8 +275,10 @@ def test_bad_lineage_parameters_are_422(client: TestClient, query: str, param: s
     assert_problem(client.get(f"/v1/batches/{PACK}/lineage?{query}"), 422, param)
 
 
-def test_malformed_batch_id_is_422(client: TestClient) -> None:
-    assert_problem(client.get("/v1/batches/-bad id"), 422, "batch_id")
+@pytest.mark.parametrize("bad", ["-leading-dash", "has space", "x" * 129])
+def test_malformed_batch_id_is_422(client: TestClient, bad: str) -> None:
+    body = assert_problem(client.get(f"/v1/batches/{bad}/provenance"), 422, "is not a batch id")
+    assert bad[:20] in body["detail"]
 
 
 # -- rejections ----------------------------------------------------------------------------------

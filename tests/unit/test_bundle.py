@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import typer
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import select
 from typer.testing import CliRunner
 
-import typer
 from batteryledger import cli_proofs
 from batteryledger.sample import DemoChain, demo_chain
 from ledger import bundle_verify
@@ -209,7 +209,9 @@ def _honest_summary(b: dict[str, Any]) -> dict[str, Any]:
     for d in decoded:
         if d.kind in REGISTRY_KINDS:
             registry.apply(d.event, d.event_id)
-    params = ProvenanceParameters(**{k: v if k == "us" else tuple(v) for k, v in b["provenance"]["parameters"].items()})
+    params = ProvenanceParameters(
+        **{k: v if k == "us" else tuple(v) for k, v in b["provenance"]["parameters"].items()}
+    )
     events = [(d.event, d.event_id) for d in decoded if d.kind not in REGISTRY_KINDS]
     return recompute_summary(b["batch_id"], events, registry, params)[1]
 
@@ -315,7 +317,9 @@ def test_unregistered_signer_is_named(proved: Proved) -> None:
         b["entries"] = [
             e
             for e in b["entries"]
-            if not (e["kind"] == "facility.registered" and '"subject_facility_id":"mine-cd-kolwezi"' in e["data"])
+            if not (
+                e["kind"] == "facility.registered" and '"subject_facility_id":"mine-cd-kolwezi"' in e["data"]
+            )
         ]
 
     i = entry_making(proved.bundle, "CD-COHYD-001")
@@ -397,7 +401,9 @@ def test_store_proofs_equal_the_reference(proved: Proved) -> None:
     led = Ledger(str(proved.path))
     try:
         with led.engine.connect() as conn:
-            leaves = [bytes(r.leaf_hash) for r in conn.execute(select(ENTRIES.c.leaf_hash).order_by(ENTRIES.c.seq))]
+            leaves = [
+                bytes(r.leaf_hash) for r in conn.execute(select(ENTRIES.c.leaf_hash).order_by(ENTRIES.c.seq))
+            ]
         for size in (1, 2, 5, 40, 64, 77):
             for seq in {0, size // 2, size - 1}:
                 assert inclusion_proof(led, seq, size) == ref_inclusion(leaves[:size], seq)
@@ -419,9 +425,15 @@ def test_store_proofs_equal_the_reference(proved: Proved) -> None:
 
 def test_verifier_imports_nothing_of_the_store_or_the_faces() -> None:
     code = "import ledger.bundle_verify, sys; print('\\n'.join(sorted(sys.modules)))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
     forbidden = ("sqlalchemy", "sqlmodel", "faust", "aiokafka", "kafka", "streams", "batteryledger", "typer")
-    bad = [m for m in out if m.split(".")[0] in forbidden or m in ("ledger.store", "ledger.core", "ledger.proofs")]
+    bad = [
+        m
+        for m in out
+        if m.split(".")[0] in forbidden or m in ("ledger.store", "ledger.core", "ledger.proofs")
+    ]
     assert not bad, bad
     assert "ledger.provenance" in out and "cryptography" in out  # it did import what it needs
 
@@ -446,7 +458,9 @@ def test_prove_then_verify_bundle_commands(proved: Proved, cli: typer.Typer, tmp
     assert res.exit_code == 0, res.output
     assert res.stdout.startswith(f"OK: {PACK} from {ORIGIN}: 19 events")
     assert "li " in res.stdout and "US/FTA extracted" in res.stdout
-    res = runner.invoke(cli, ["verify-bundle", str(out), "--operator-vkey", vkey(ORIGIN, proved.key), "--json"])
+    res = runner.invoke(
+        cli, ["verify-bundle", str(out), "--operator-vkey", vkey(ORIGIN, proved.key), "--json"]
+    )
     assert res.exit_code == 0 and json.loads(res.stdout)["events"] == 19
 
     raw = out.read_bytes()

@@ -129,7 +129,14 @@ def test_refuses_a_store_that_swapped_the_operator_key(logs: Logs, cli: typer.Ty
     code, _, err = run(cli, "monitor", "--trusted", str(trusted), "--store", str(tmp_path / "other.db"))
     assert code == 1 and "does not verify under the store's operator key" in err
     code, _, err = run(
-        cli, "monitor", "--trusted", str(trusted), "--store", str(tmp_path / "other.db"), "--operator-key", str(logs.pub)
+        cli,
+        "monitor",
+        "--trusted",
+        str(trusted),
+        "--store",
+        str(tmp_path / "other.db"),
+        "--operator-key",
+        str(logs.pub),
     )
     assert code == 1 and "not signed by the trusted key" in err
     assert trusted.read_text() == logs.short_note
@@ -149,15 +156,21 @@ def test_first_use_needs_a_pinned_key(logs: Logs, cli: typer.Typer, tmp_path: Pa
     code, _, err = run(cli, "monitor", "--trusted", str(trusted), "--store", str(logs.long))
     assert code == 2 and "--operator-key" in err and not trusted.exists()
     wrong = vkey(ORIGIN, generate_key().public_key())
-    code, _, err = run(cli, "monitor", "--trusted", str(trusted), "--store", str(logs.long), "--operator-vkey", wrong)
+    code, _, err = run(
+        cli, "monitor", "--trusted", str(trusted), "--store", str(logs.long), "--operator-vkey", wrong
+    )
     assert code == 1 and not trusted.exists()
     right = vkey(ORIGIN, logs.chain.operator_key.public_key())
-    code, out, err = run(cli, "monitor", "--trusted", str(trusted), "--store", str(logs.long), "--operator-vkey", right)
+    code, out, err = run(
+        cli, "monitor", "--trusted", str(trusted), "--store", str(logs.long), "--operator-vkey", right
+    )
     assert code == 0, err
     assert "first use" in out and trusted.read_text() == logs.long_note
 
 
-def test_checkpoint_prints_the_latest_and_signs_on_demand(logs: Logs, cli: typer.Typer, tmp_path: Path) -> None:
+def test_checkpoint_prints_the_latest_and_signs_on_demand(
+    logs: Logs, cli: typer.Typer, tmp_path: Path
+) -> None:
     code, out, _ = run(cli, "checkpoint", "--store", str(logs.long))
     assert code == 0 and out == logs.long_note
     code, _, err = run(cli, "checkpoint", "--store", str(logs.long), "--sign")
@@ -166,9 +179,20 @@ def test_checkpoint_prints_the_latest_and_signs_on_demand(logs: Logs, cli: typer
     led, note = build(tmp_path / "grow.db", logs.chain, 10)
     assert all(r.status == "appended" for r in led.append([e.raw for e in logs.chain.good_events[10:20]]))
     led.close()
-    code, out, err = run(cli, "checkpoint", "--store", str(tmp_path / "grow.db"), "--sign", "--operator-key", str(logs.key_file))
+    code, out, err = run(
+        cli,
+        "checkpoint",
+        "--store",
+        str(tmp_path / "grow.db"),
+        "--sign",
+        "--operator-key",
+        str(logs.key_file),
+    )
     assert code == 0, err
-    assert f"signed checkpoint at size {size_of(out, logs)}" in err and size_of(out, logs) == size_of(note, logs) + 10
+    assert (
+        f"signed checkpoint at size {size_of(out, logs)}" in err
+        and size_of(out, logs) == size_of(note, logs) + 10
+    )
     trusted = tmp_path / "trusted.ckpt"
     trusted.write_text(note)
     code, out, err = run(cli, "monitor", "--trusted", str(trusted), "--store", str(tmp_path / "grow.db"))
