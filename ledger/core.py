@@ -862,8 +862,9 @@ class Ledger:
             raise StoreError(f"batch {batch_id!r} is not in the ledger")
         near, far = ("child", "parent") if direction == "up" else ("parent", "child")
         sql = (
-            f"WITH RECURSIVE walk(id, depth) AS (SELECT :b, 0 UNION "
-            f"SELECT e.{far}, w.depth + 1 FROM edges e JOIN walk w ON e.{near} = w.id WHERE w.depth < :d) "
+            # both sides cast to TEXT: PostgreSQL wants one type for the recursive column (varchar vs text)
+            f"WITH RECURSIVE walk(id, depth) AS (SELECT CAST(:b AS TEXT), 0 UNION "
+            f"SELECT CAST(e.{far} AS TEXT), w.depth + 1 FROM edges e JOIN walk w ON e.{near} = w.id WHERE w.depth < :d) "
             f"SELECT e.parent, e.child, e.kg, MIN(w.depth) AS depth FROM edges e JOIN walk w ON e.{near} = w.id "
             f"WHERE w.depth < :d GROUP BY e.parent, e.child, e.kg ORDER BY depth, e.parent, e.child"
         )

@@ -130,21 +130,25 @@ def _check_signatures(rows: list[tuple[int, bytes]]) -> list[tuple[int, str]]:
 
 
 def _chunks(engine: Engine) -> Iterator[Sequence[Any]]:
+    """Entries in seq order, CHUNK at a time (keyset pagination through the driver: bounded memory)."""
     last = -1
     with engine.connect() as conn:
-        while True:
-            rows = conn.execute(
-                select(
-                    ENTRIES.c.seq, ENTRIES.c.kind, ENTRIES.c.data, ENTRIES.c.leaf_hash, ENTRIES.c.entry_hash
-                )
-                .where(ENTRIES.c.seq > last)
-                .order_by(ENTRIES.c.seq)
-                .limit(CHUNK)
-            ).all()
-            if not rows:
-                return
-            yield rows
-            last = rows[-1].seq
+        mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+        sql = (
+            "SELECT seq, kind, data, leaf_hash, entry_hash FROM entries "
+            f"WHERE seq > {mark} ORDER BY seq LIMIT {CHUNK}"
+        )
+        cur = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]  # plain tuples: no Row objects
+        try:
+            while True:
+                cur.execute(sql, (last,))
+                rows = cur.fetchall()
+                if not rows:
+                    return
+                yield rows
+                last = rows[-1][0]
+        finally:
+            cur.close()
 
 
 def verify_store(
@@ -183,30 +187,30 @@ def verify_store(
         for rows in _chunks(engine):
             sig_rows: list[tuple[int, bytes]] = []
             computed: list[tuple[int, int, bytes]] = []
-            for r in rows:
-                seq = int(r.seq)
-                data = bytes(r.data)
+            for seq, _kind, raw_data, raw_leaf, raw_entry_hash in rows:
+                data = bytes(raw_data)
+                stored_leaf = bytes(raw_leaf)
+                stored_hash = bytes(raw_entry_hash)
                 # 1. contiguous numbering
                 if seq != expected:
                     report.add(expected, f"entry {expected} is missing (the next stored entry is {seq})")
                     expected = seq
                 # 2. bytes against the leaf hash
                 leaf = chain.leaf_of(data)
-                if leaf != bytes(r.leaf_hash):
+                if leaf != stored_leaf:
                     report.add(
                         seq,
                         f"entry {seq}: stored bytes do not match its leaf hash "
-                        f"(stored {_short(bytes(r.leaf_hash))} != recomputed {_short(leaf)}): the event was edited",
+                        f"(stored {_short(stored_leaf)} != recomputed {_short(leaf)}): the event was edited",
                     )
                 # 3. the chain link
                 eh = chain.entry_hash(prev, leaf)
-                if eh != bytes(r.entry_hash):
+                if eh != stored_hash:
                     report.add(
                         seq,
-                        f"chain broken at entry {seq}: stored hash {_short(bytes(r.entry_hash))} != "
-                        f"recomputed {_short(eh)}",
+                        f"chain broken at entry {seq}: stored hash {_short(stored_hash)} != recomputed {_short(eh)}",
                     )
-                prev = bytes(r.entry_hash)  # continue from what is stored, so one break is reported once
+                prev = stored_hash  # continue from what is stored, so one break is reported once
                 computed.extend(cr.append(leaf))
                 expected = seq + 1
                 # 4. checkpoints at this size
@@ -274,17 +278,27 @@ def _check_checkpoint(report: VerifyReport, cp: Any, root: bytes, origin: str, p
 
 
 def _check_nodes(engine: Engine, computed: list[tuple[int, int, bytes]], report: VerifyReport) -> None:
+    """Compare recomputed nodes with stored ones: one range query per tree level (not IN lists)."""
     if not computed:
         return
-    with engine.connect() as conn:
-        stored = fetch_nodes(conn, [(lv, ix) for lv, ix, _ in computed])
+    by_level: dict[int, list[tuple[int, bytes]]] = {}
     for level, idx, h in computed:
-        got = stored.get((level, idx))
-        if got != h:
-            first, last = idx << level, ((idx + 1) << level) - 1
-            what = "missing" if got is None else f"{_short(got)} != recomputed {_short(h)}"
-            # a leaf node names its entry; an inner node only says which range it covers
-            report.add(
-                first if level == 0 else None,
-                f"stored Merkle node (level {level}, index {idx}) over entries {first}..{last}: {what}",
-            )
+        by_level.setdefault(level, []).append((idx, h))
+    with engine.connect() as conn:
+        mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+        sql = f"SELECT idx, hash FROM merkle_nodes WHERE level = {mark} AND idx BETWEEN {mark} AND {mark}"
+        cur = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        for level, nodes in sorted(by_level.items()):
+            lo, hi = nodes[0][0], nodes[-1][0]
+            cur.execute(sql, (level, lo, hi))
+            stored = {int(i): bytes(h) for i, h in cur.fetchall()}
+            for idx, h in nodes:
+                got = stored.get(idx)
+                if got != h:
+                    first, last = idx << level, ((idx + 1) << level) - 1
+                    what = "missing" if got is None else f"{_short(got)} != recomputed {_short(h)}"
+                    # a leaf node names its entry; an inner node only says which range it covers
+                    report.add(
+                        first if level == 0 else None,
+                        f"stored Merkle node (level {level}, index {idx}) over entries {first}..{last}: {what}",
+                    )

@@ -148,7 +148,13 @@
       ["Event", b.kind + " at " + b.time + ", entry " + b.seq],
       ["Mass", kg(b.kg) + " (" + kg(b.available_kg) + " not yet consumed)"],
       ["Value", b.value_usd === null ? "not declared" : "USD " + Number(b.value_usd).toLocaleString("en-US")],
-      ["Held by", Object.entries(b.custody.holders).map(([f, q]) => f + ": " + kg(q)).join(", ") || "nobody"],
+      [
+        "Held by",
+        Object.entries(b.custody.holders)
+          .filter(([, q]) => Number(q) > 0)
+          .map(([f, q]) => f + ": " + kg(q))
+          .join(", ") || "nobody (all consumed or shipped)",
+      ],
     ];
     for (const [k, v] of rows) dl.append(el("dt", { text: k }), el("dd", { text: v }));
   }

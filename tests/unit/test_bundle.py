@@ -209,9 +209,8 @@ def _honest_summary(b: dict[str, Any]) -> dict[str, Any]:
     for d in decoded:
         if d.kind in REGISTRY_KINDS:
             registry.apply(d.event, d.event_id)
-    params = ProvenanceParameters(
-        **{k: v if k == "us" else tuple(v) for k, v in b["provenance"]["parameters"].items()}
-    )
+    p = b["provenance"]["parameters"]
+    params = ProvenanceParameters(us=p["us"], fta=tuple(p["fta"]), north_america=tuple(p["north_america"]))
     events = [(d.event, d.event_id) for d in decoded if d.kind not in REGISTRY_KINDS]
     return recompute_summary(b["batch_id"], events, registry, params)[1]
 
