@@ -307,23 +307,34 @@ def append(
     """Append signed events directly (no Kafka): bulk import and tests."""
     led = open_ledger(store)
     lines = list(read_lines(file))
-    results = []
+    results: dict[str, tuple[int | None, Any]] = {}  # event id (or line) -> (line, latest result)
+    order: list[str] = []
     with progress_bar() as bar:
         task = bar.add_task("appending", total=len(lines))
         for i in range(0, len(lines), APPEND_BATCH):
             part = lines[i : i + APPEND_BATCH]
             res = led.append([Incoming(raw=line, source=f"{file}:{n}") for n, line in part], park=True)
-            results.extend((n, r) for (n, _), r in zip(part, res, strict=True))
+            # one result per line, then one per parked event a later parent released
+            for (n, _), r in zip(part, res[: len(part)], strict=True):
+                key = r.event_id or f"line:{n}"
+                if key not in results:
+                    order.append(key)
+                    results[key] = (n, r)
+                elif results[key][1].status == "parked":
+                    results[key] = (results[key][0], r)
+            for r in res[len(part) :]:
+                if r.event_id in results:
+                    results[r.event_id] = (results[r.event_id][0], r)
             bar.advance(task, len(part))
-    expired = {r.event_id: r for r in led.expire_parked(max_age=_zero())}
+    for r in led.expire_parked(max_age=_zero()):
+        if r.event_id in results:
+            results[r.event_id] = (results[r.event_id][0], r)
     counts: dict[str, int] = {}
     rows = []
-    for n, r in results:
-        if r.status == "parked" and r.event_id in expired:
-            r = expired[r.event_id]
-        counts[r.status if r.status != "rejected" else f"rejected:{r.reason}"] = (
-            counts.get(r.status if r.status != "rejected" else f"rejected:{r.reason}", 0) + 1
-        )
+    for key in order:
+        n, r = results[key]
+        label = r.status if r.status != "rejected" else f"rejected:{r.reason}"
+        counts[label] = counts.get(label, 0) + 1
         rows.append(
             {
                 "line": n,
@@ -542,9 +553,10 @@ def _mount_optional() -> None:
         cli_broker.broker_app, name="broker", help="The local Apache Kafka broker (KRaft, loopback)."
     )
     app.add_typer(cli_credits.credits_app, name="credits", help="What-if tax-credit calculator.")
-    from batteryledger import cli_api
+    from batteryledger import cli_api, cli_proofs
 
     cli_api.register(app)
+    cli_proofs.register(app)
     try:
         from batteryledger import cli_streams
     except ImportError:

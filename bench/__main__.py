@@ -21,7 +21,9 @@ def main() -> None:
         if not (here / f"{name}.py").exists():
             continue
         print(f"\n=== {name} ===", flush=True)
-        proc = subprocess.run([sys.executable, "-m", f"bench.{name}", *sys.argv[1:]], stdout=subprocess.PIPE, text=True)
+        proc = subprocess.run(
+            [sys.executable, "-m", f"bench.{name}", *sys.argv[1:]], stdout=subprocess.PIPE, text=True
+        )
         sys.stdout.write(proc.stdout)
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
         if proc.returncode != 0 or not lines:

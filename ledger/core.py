@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from sqlalchemy import String, func, literal, select, text
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine
 
 from ledger import chain, tree
 from ledger.checkpoint import Checkpoint, parse_vkey, sign_note, vkey
@@ -170,7 +170,7 @@ def row_to_batch(row: Any) -> BatchState:
 
 
 def _aware(t: datetime) -> datetime:
-    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
+    return t.astimezone(UTC) if t.tzinfo is not None else t.replace(tzinfo=UTC)
 
 
 ENTRY_COLUMNS = (
@@ -230,9 +230,11 @@ def _batch_row(conn: Connection, b: BatchState) -> tuple[Any, ...]:
 class Ledger:
     """A ledger store opened by URL. Not thread-safe: one writer object per store."""
 
-    def __init__(self, url: str, *, operator_key: Ed25519PrivateKey | None = None) -> None:
+    def __init__(
+        self, url: str, *, operator_key: Ed25519PrivateKey | None = None, _engine: Engine | None = None
+    ) -> None:
         self.url = normalise_url(url)
-        self.engine = make_engine(self.url)
+        self.engine = _engine or make_engine(self.url)
         self.operator_key = operator_key
         with self.engine.connect() as conn:
             try:
@@ -276,8 +278,7 @@ class Ledger:
                 conn,
                 {"origin": origin, "operator_vkey": vkey(origin, operator_key.public_key()), "schema": "1"},
             )
-        engine.dispose()
-        led = cls(url, operator_key=operator_key)
+        led = cls(url, operator_key=operator_key, _engine=engine)  # same engine: ":memory:" stays
         when = time or datetime(2000, 1, 1, tzinfo=UTC)
         boot = FacilityRegistered(
             spec="batteryledger/1",
@@ -354,7 +355,10 @@ class Ledger:
         offsets: Mapping[tuple[str, str, int], int] | None = None,
         park: bool = False,
     ) -> list[AppendResult]:
-        """Append a batch of signed events in one transaction; returns one result per item, in order.
+        """Append a batch of signed events in one transaction.
+
+        Returns one result per item, in order, followed by one result per parked event that this batch
+        released (children whose parents just arrived), in the order they were decided.
 
         `offsets` maps (consumer, topic, partition) to the next offset to consume and is stored in the
         same transaction. With `park`, an event whose inputs are unknown waits (see PARK_MAX_*).
@@ -392,7 +396,11 @@ class Ledger:
                     eids.add(corrects)
         ov.prefetch(bids, eids)
 
-        results: list[AppendResult] = []
+        # one result per item, in item order (an item parked then appended in this call reports
+        # "appended"); events unparked from earlier calls report after the items
+        slots: list[AppendResult | None] = [None] * len(incoming)
+        unparked: list[AppendResult] = []
+        parked_slot: dict[str, int] = {}  # event parked by this call -> its item index
         entry_rows: list[dict[str, Any]] = []
         leaves: list[bytes] = []
         new_batches: dict[str, BatchState] = {}
@@ -406,20 +414,27 @@ class Ledger:
         prev = self.head_hash
         ts = now()
 
-        queue: list[Incoming] = list(incoming)
+        queue: list[tuple[int | None, Incoming]] = list(enumerate(incoming))
         i = 0
         while i < len(queue):
-            it = queue[i]
+            slot, it = queue[i]
             i += 1
+
+            def emit(res: AppendResult, slot: int | None = slot) -> None:
+                if slot is None:
+                    unparked.append(res)
+                else:
+                    slots[slot] = res
+
             d = it.decoded
             if d is None:
                 err = it.error or EventError(Reason.INTERNAL_ERROR, "event was neither decoded nor rejected")
                 rejections.append(self._rejection(None, err, it, ts))
-                results.append(AppendResult(None, "rejected", reason=err.reason.value, detail=err.detail))
+                emit(AppendResult(None, "rejected", reason=err.reason.value, detail=err.detail))
                 continue
             if it.error is not None:
                 rejections.append(self._rejection(d.event_id, it.error, it, ts))
-                results.append(
+                emit(
                     AppendResult(d.event_id, "rejected", reason=it.error.reason.value, detail=it.error.detail)
                 )
                 continue
@@ -427,16 +442,14 @@ class Ledger:
             existing = ov.event_bytes(d.event_id)
             if existing is not None:
                 if existing == d.signed:
-                    results.append(AppendResult(d.event_id, "duplicate"))
+                    emit(AppendResult(d.event_id, "duplicate"))
                 else:
                     err = EventError(
                         Reason.DUPLICATE_CONFLICT,
                         f"event {d.event_id} is already in the ledger with a different signature",
                     )
                     rejections.append(self._rejection(d.event_id, err, it, ts))
-                    results.append(
-                        AppendResult(d.event_id, "rejected", reason=err.reason.value, detail=err.detail)
-                    )
+                    emit(AppendResult(d.event_id, "rejected", reason=err.reason.value, detail=err.detail))
                 parked_done.add(d.event_id)
                 continue
             # 4. identity, then the append rules
@@ -449,28 +462,25 @@ class Ledger:
                     parked_new[d.event_id] = {
                         "event_id": d.event_id,
                         "data": d.signed,
+                        "raw": it.raw,
                         "missing": json.dumps(sorted(set(missing))),
                         "source": it.source,
                         "parked_at": ts,
                     }
                     for bid in missing:
                         self._parked_index.setdefault(bid, set()).add(d.event_id)
-                    results.append(
-                        AppendResult(d.event_id, "parked", reason=exc.reason.value, detail=exc.detail)
-                    )
+                    if slot is not None:
+                        parked_slot[d.event_id] = slot
+                    emit(AppendResult(d.event_id, "parked", reason=exc.reason.value, detail=exc.detail))
                     continue
                 rejections.append(self._rejection(d.event_id, exc, it, ts))
-                results.append(
-                    AppendResult(d.event_id, "rejected", reason=exc.reason.value, detail=exc.detail)
-                )
+                emit(AppendResult(d.event_id, "rejected", reason=exc.reason.value, detail=exc.detail))
                 parked_done.add(d.event_id)
                 continue
             except Exception as exc:
                 err = EventError(Reason.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
                 rejections.append(self._rejection(d.event_id, err, it, ts))
-                results.append(
-                    AppendResult(d.event_id, "rejected", reason=err.reason.value, detail=err.detail)
-                )
+                emit(AppendResult(d.event_id, "rejected", reason=err.reason.value, detail=err.detail))
                 parked_done.add(d.event_id)
                 continue
             # 5. accepted: chain it, apply its changes to the overlay and the registry
@@ -506,14 +516,14 @@ class Ledger:
             ):
                 self.registry.apply(d.event, d.event_id)
                 facilities_changed.add(str(getattr(d.event, "subject_facility_id", "")))
-            results.append(AppendResult(d.event_id, "appended", seq=seq))
+            emit(AppendResult(d.event_id, "appended", seq=seq))
             parked_done.add(d.event_id)
             parked_new.pop(d.event_id, None)
             seq += 1
             # 6. children before parents: events waiting for the batches just made try again
             for b in outcome.new_batches:
                 for waiting in sorted(self._parked_index.pop(b.batch_id, set())):
-                    queue.append(self._unpark(conn, waiting, parked_new))
+                    queue.append((parked_slot.pop(waiting, None), self._unpark(conn, waiting, parked_new)))
 
         # 7. write everything in this one transaction (driver-level executemany: see store.bulk_insert)
         if entry_rows:
@@ -567,27 +577,27 @@ class Ledger:
             conn.execute(PARKED.insert().values(**row))
         self.size = seq
         self.head_hash = prev
-        return results
+        return [r for r in slots if r is not None] + unparked
 
     def _unpark(self, conn: Connection, event_id: str, parked_new: dict[str, dict[str, Any]]) -> Incoming:
         for ids in self._parked_index.values():
             ids.discard(event_id)
         if event_id in parked_new:
             row = parked_new.pop(event_id)
-            data, source = bytes(row["data"]), str(row["source"])
+            data, raw, source = bytes(row["data"]), bytes(row["raw"]), str(row["source"])
         else:
             stored = conn.execute(
-                select(PARKED.c.data, PARKED.c.source).where(PARKED.c.event_id == event_id)
+                select(PARKED.c.data, PARKED.c.raw, PARKED.c.source).where(PARKED.c.event_id == event_id)
             ).first()
             if stored is None:
                 return Incoming(
                     raw=b"", error=EventError(Reason.INTERNAL_ERROR, f"parked event {event_id} vanished")
                 )
-            data, source = bytes(stored.data), str(stored.source)
+            data, raw, source = bytes(stored.data), bytes(stored.raw), str(stored.source)
         try:
-            return Incoming(raw=data, decoded=decode(data), signature_checked=False, source=source)
+            return Incoming(raw=raw, decoded=decode(data), signature_checked=False, source=source)
         except EventError as exc:
-            return Incoming(raw=data, error=exc, source=source)
+            return Incoming(raw=raw, error=exc, source=source)
 
     def _park_room(self) -> bool:
         return sum(len(v) for v in self._parked_index.values()) < PARK_MAX_EVENTS
@@ -677,7 +687,7 @@ class Ledger:
                         event_id=row.event_id,
                         reason=err.reason.value,
                         detail=err.detail,
-                        raw=bytes(row.data),
+                        raw=bytes(row.raw),
                         source=row.source,
                         created_at=ts,
                     )

@@ -242,9 +242,12 @@ def _choose_checkpoint(led: Ledger, needed: int, checkpoint_note: str | None) ->
         raise ProofsError(f"the checkpoint is for origin {cp.origin!r}, this ledger is {led.origin!r}")
     if cp.size < needed:
         raise ProofsError(f"the checkpoint covers {cp.size} entries; the bundle needs {needed}")
-    with led.engine.connect() as conn:
-        _tree_size(conn, cp.size, "checkpoint")
-        root = tree.root_from_nodes(cp.size, _get(conn))
+    try:
+        with led.engine.connect() as conn:
+            _tree_size(conn, cp.size, "checkpoint")
+            root = tree.root_from_nodes(cp.size, _get(conn))
+    except tree.MissingNodeError as exc:
+        raise ProofsError(f"the store is missing Merkle nodes ({exc}); run `batteryledger verify`") from None
     if root != cp.root_hash:
         raise ProofsError(
             f"checkpoint {cp.size} names root {cp.root_hash.hex()[:16]}.., this store's tree has "

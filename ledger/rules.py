@@ -26,6 +26,7 @@ from ledger.provenance import (
 from ledger.registry import Registry
 from schemas.events import (
     ELEMENTS,
+    REGISTRY_FACILITY_ID,
     REGISTRY_KINDS,
     STAGE_OF_KIND,
     BatchExtracted,
@@ -168,9 +169,17 @@ def check_and_plan(decoded: DecodedEvent, state: StateView, registry: Registry, 
         registry.check_registry_event(ev)
         return out
     if isinstance(ev, Correction):
-        # corrections point at an existing event and never rewrite it
-        if ev.corrects == decoded.event_id or state.event_bytes(ev.corrects) is None:
+        # corrections point at an existing event and never rewrite it; only its signer (or the registry
+        # authority) may correct it
+        target = state.event_bytes(ev.corrects)
+        if ev.corrects == decoded.event_id or target is None:
             raise EventError(Reason.CORRECTION_TARGET, f"event {ev.corrects} is not in the ledger")
+        signer = json.loads(target).get("facility_id")
+        if ev.facility_id not in (signer, REGISTRY_FACILITY_ID):
+            raise EventError(
+                Reason.ROLE_NOT_ALLOWED,
+                f"{ev.facility_id} may not correct event {ev.corrects} of {signer}: only its signer or the registry",
+            )
         return out
     if isinstance(ev, SupplierCertified):
         for bid in ev.batch_ids:

@@ -50,7 +50,7 @@ def canonicalize(value: Any) -> bytes:
         if _fast_ok(value):
             return _encode(value).encode("utf-8")
         return rfc8785.dumps(value)
-    except (rfc8785.CanonicalizationError, ValueError, TypeError, UnicodeEncodeError) as exc:
+    except (rfc8785.CanonicalizationError, ValueError, TypeError, UnicodeEncodeError, RecursionError) as exc:
         raise CanonicalError(str(exc)) from exc
 
 
@@ -62,5 +62,5 @@ def encode_validated(value: Any) -> bytes:
     """
     try:
         return _encode(value).encode("utf-8")
-    except (ValueError, TypeError, UnicodeEncodeError) as exc:
+    except (ValueError, TypeError, UnicodeEncodeError, RecursionError) as exc:
         raise CanonicalError(str(exc)) from exc

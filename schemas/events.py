@@ -22,6 +22,7 @@ from pydantic import (
     Field,
     PlainSerializer,
     TypeAdapter,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -111,11 +112,18 @@ STAGE_OF_KIND: dict[Kind, Stage] = {
 }
 
 
+_DECIMAL_TEXT = re.compile(r"-?[0-9]+(\.[0-9]+)?")
+
+
 def _no_float(value: Any) -> Any:
     if isinstance(value, float):
         raise ValueError('quantities are decimal strings such as "1250.750", not JSON floats')
     if isinstance(value, bool):
         raise ValueError("a quantity cannot be a boolean")
+    # plain ASCII digits only: Python's Decimal also reads "1_000", "+5", " 5" or full-width digits, which
+    # other parsers of the same signed bytes would read differently or not at all
+    if isinstance(value, str) and not _DECIMAL_TEXT.fullmatch(value):
+        raise ValueError(f'{value!r} is not a plain decimal such as "1250.750"')
     return value
 
 
@@ -132,11 +140,20 @@ def _check_quantity(value: Decimal) -> Decimal:
     return value
 
 
+QUANTITY_JSON_SCHEMA: dict[str, Any] = {
+    "anyOf": [
+        {"type": "integer", "minimum": 0, "maximum": 10**12},
+        {"type": "string", "pattern": r"^[0-9]+(\.[0-9]{1,6})?$"},
+    ],
+    "description": "non-negative exact decimal, as a string (or an integer); at most 6 decimal places",
+}
+
 Quantity = Annotated[
     Decimal,
     BeforeValidator(_no_float),
     AfterValidator(_check_quantity),
     PlainSerializer(lambda d: str(d), return_type=str, when_used="always"),
+    WithJsonSchema(QUANTITY_JSON_SCHEMA),
 ]
 """A non-negative exact decimal, carried as a JSON string."""
 
@@ -190,7 +207,7 @@ class BatchOutput(_Model):
     production_cost_usd: Quantity | None = None
     direct_material_cost_usd: Quantity | None = None
     pfe_material_cost_usd: Quantity | None = None
-    purity_pct: Annotated[Decimal, BeforeValidator(_no_float), AfterValidator(_check_quantity)] | None = None
+    purity_pct: Quantity | None = None
     units: Annotated[int, Field(ge=0, le=10**9, strict=True)] | None = None
     kwh: Quantity | None = None
     max_discharge_kw: Quantity | None = None
@@ -311,9 +328,7 @@ class SupplierCertified(_Envelope):
     kind: Literal[Kind.SUPPLIER_CERTIFIED]
     batch_ids: Annotated[list[Identifier], Field(min_length=1, max_length=MAX_LIST_LEN)]
     statement: Literal["not_prohibited_foreign_entity", "pfe_cost_share"]
-    pfe_cost_share: Annotated[Decimal, BeforeValidator(_no_float), AfterValidator(_check_quantity)] | None = (
-        None
-    )
+    pfe_cost_share: Quantity | None = None
     reference: Text | None = None
 
 
@@ -450,4 +465,4 @@ def _fix_times(obj: Any) -> None:
 
 
 def is_identifier(value: str) -> bool:
-    return bool(_ID_RE.match(value)) and len(value) <= MAX_ID_LEN
+    return bool(_ID_RE.fullmatch(value)) and len(value) <= MAX_ID_LEN

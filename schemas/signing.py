@@ -86,6 +86,8 @@ def load_private_key(path: Path, passphrase: bytes | None = None) -> Ed25519Priv
     try:
         key = serialization.load_pem_private_key(data, password=passphrase)
     except TypeError as exc:
+        if passphrase:
+            raise KeyFileError(f"{path} is not encrypted: drop --passphrase-env") from exc
         raise KeyFileError(f"{path} is encrypted: give its passphrase (--passphrase-env VAR)") from exc
     except ValueError as exc:
         raise KeyFileError(f"{path}: not a readable private key or wrong passphrase ({exc})") from exc
@@ -159,6 +161,8 @@ def decode(raw: bytes) -> DecodedEvent:
         obj = json.loads(raw)
     except (UnicodeDecodeError, ValueError) as exc:
         raise EventError(Reason.MALFORMED, f"not UTF-8 JSON: {exc}") from None
+    except RecursionError:
+        raise EventError(Reason.MALFORMED, "JSON nested too deeply") from None
     if not isinstance(obj, dict):
         raise EventError(Reason.MALFORMED, f"expected a JSON object, got {type(obj).__name__}")
     # 3. detached signature
@@ -181,6 +185,13 @@ def decode(raw: bytes) -> DecodedEvent:
         signature = base64.b64decode(sig["value"], validate=True)
     except binascii.Error:
         raise EventError(Reason.BAD_SIGNATURE, "signature is not base64") from None
+    # one signature, one spelling: padding bits must be zero, or a relay could change the stored bytes
+    # (and so the leaf) of an event without touching its signature
+    if base64.b64encode(signature).decode("ascii") != sig["value"]:
+        raise EventError(
+            Reason.BAD_SIGNATURE,
+            "signature is not in canonical base64 (standard alphabet, zero padding bits)",
+        )
     if len(signature) != 64:
         raise EventError(Reason.BAD_SIGNATURE, f"signature is {len(signature)} bytes, Ed25519 needs 64")
     # 4. kind known?

@@ -170,7 +170,7 @@ def _provenance_table(pack: str, summary: dict[str, Any]) -> Table:
     return t
 
 
-def _bad_message(pub: Publisher, chain: DemoChain, label: str, raw: bytes) -> Receipt:
+def _bad_message(pub: Publisher, chain: DemoChain, raw: bytes) -> Receipt:
     """Publish one bad event as a plant (or an attacker) would: signed-published if it decodes."""
     try:
         decode(raw)

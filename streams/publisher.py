@@ -137,13 +137,13 @@ class Publisher:
             raise PublishError(f"event is not valid: {_first_error(exc)}") from None
         return raw
 
-    def message(self, signed: bytes) -> WireMessage:
-        """The CloudEvents Kafka message of already-signed bytes (binary or structured mode)."""
+    def message(self, signed: bytes) -> tuple[str, WireMessage]:
+        """Event id and CloudEvents Kafka message of already-signed bytes (binary or structured mode)."""
         try:
             decoded = decode(signed)
         except EventError as exc:
             raise PublishError(f"cannot publish: {exc.diagnostics()}") from None
-        return to_structured(decoded) if self.structured else to_binary(decoded)
+        return decoded.event_id, to_structured(decoded) if self.structured else to_binary(decoded)
 
     # -- publishing ----------------------------------------------------------------------------
     def publish(self, event: Mapping[str, Any] | BaseModel) -> str:
@@ -205,9 +205,8 @@ class Publisher:
         self._producer.flush(timeout=self.ack_timeout)
 
     # -- internals -----------------------------------------------------------------------------
-    def _send_signed(self, raw: bytes) -> tuple[str | None, Any]:
-        msg = self.message(raw)
-        event_id = dict(msg.headers).get("ce_id", b"").decode() or None
+    def _send_signed(self, raw: bytes) -> tuple[str, Any]:
+        event_id, msg = self.message(raw)
         fut = self._producer.send(self.topic, value=msg.value, key=msg.key, headers=msg.headers)
         return event_id, fut
 

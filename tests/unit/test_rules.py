@@ -16,12 +16,12 @@ import pytest
 from sqlalchemy import func, select
 
 from batteryledger.sample import DemoChain
-from ledger.core import AppendResult, Incoming, Ledger
+from ledger.core import PARK_MAX_AGE, PARK_MAX_EVENTS, AppendResult, Incoming, Ledger
 from ledger.rules import MASS_TOLERANCE_ABS_KG, MASS_TOLERANCE_REL
 from ledger.store import ENTRIES, REJECTIONS
 from schemas.events import MAX_EVENT_BYTES, SPEC, Element, Kind
 from schemas.reasons import EventError, Reason
-from schemas.signing import generate_key, key_id, sign_object
+from schemas.signing import generate_key, key_id, load_public_key, public_key_b64, sign_object
 from tests.unit.ledger_kit import REGISTERED, T0, LedgerKit, Party, iso, output
 
 E, P, M, C, MO, PA, R = (
@@ -92,6 +92,29 @@ def test_demo_chain_appends_and_its_bad_events_get_their_reasons(bl_demo: DemoCh
         assert spod is not None and spod.consumed_kg == spod.kg == Decimal(
             "100000"
         )  # overdraw changed nothing
+
+
+def test_named_assets_through_the_ledger(
+    bl_kit: LedgerKit, bl_assets: Path, bl_manifest: dict[str, dict[str, Any]]
+) -> None:
+    """The artefacts of tests/assets/events, appended for the facility that signed them."""
+    public = load_public_key(bl_assets / "signer.pub")
+    reg = bl_kit.registration("mine-au-greenbushes", [E], generate_key())
+    reg["key"] = {
+        "key_id": key_id(public),
+        "public_key": public_key_b64(public),
+        "valid_from": iso(REGISTERED),
+    }
+    bl_kit.ok(reg, bl_kit.op)
+    valid = (bl_assets / "valid.json").read_bytes()
+    assert appended(bl_kit.append(valid)) == bl_manifest["valid.json"]["event_id"]
+    # the same signed object, re-spaced and re-ordered: the same event, so a no-op replay
+    loose = bl_kit.append((bl_assets / "noncanonical-valid.json").read_bytes())
+    assert (loose.status, loose.event_id) == ("duplicate", bl_manifest["valid.json"]["event_id"])
+    for name, want in sorted(bl_manifest.items()):
+        if want["expect"] != "ok":
+            rejected(bl_kit, (bl_assets / name).read_bytes(), want["expect"])
+    assert bl_kit.batch("AU-SPOD-042").kg == Decimal("1250.750")
 
 
 # -- identity: facility, key, time, signature, role ------------------------------------------------
@@ -687,11 +710,6 @@ def test_parked_event_is_kept_until_it_is_old_enough(bl_kit: LedgerKit, plant: P
     assert bl_kit.led.parked_count() == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the parked table keeps the decoded canonical bytes (d.signed), not the bytes received, so a "
-    "parents_timeout rejection does not hold the original bytes",
-)
 def test_parents_timeout_keeps_the_original_bytes(bl_kit: LedgerKit, plant: Party) -> None:
     raw, _ = bl_kit.sign(bl_kit.transform(plant, P, [output("C-1", "1")], [("LATE-1", "1")]), plant.key)
     as_sent = json.dumps(json.loads(raw), indent=2).encode()  # what the plant's client put on the wire
@@ -721,11 +739,9 @@ def test_child_before_parent_in_one_batch(bl_kit: LedgerKit, plant: Party) -> No
     )
     parent_raw, parent_id = bl_kit.sign(bl_kit.transform(plant, E, [output("ORE-1", "100")]), plant.key)
     results = bl_kit.led.append([child_raw, parent_raw], park=True)
-    assert [(r.event_id, r.status) for r in results] == [
-        (child_id, "parked"),
-        (parent_id, "appended"),
-        (child_id, "appended"),
-    ]
+    # one result per item, in item order: the child waited for its parent within the call
+    assert [(r.event_id, r.status) for r in results] == [(child_id, "appended"), (parent_id, "appended")]
+    assert results[0].seq == results[1].seq + 1  # type: ignore[operator]
     assert bl_kit.led.decisions([child_id])[child_id][0] == "appended"
 
 
@@ -747,12 +763,6 @@ def test_malformed(bl_kit: LedgerKit) -> None:
         assert res.event_id is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=RecursionError,
-    reason="BUG: deeply nested JSON makes decode() raise RecursionError, which escapes Ledger.append "
-    "(the whole batch fails) instead of becoming a `malformed` rejection",
-)
 def test_deeply_nested_json_is_a_rejection_not_a_crash(bl_kit: LedgerKit) -> None:
     rejected(bl_kit, b"[" * 5000, "malformed")
 
@@ -812,6 +822,18 @@ def test_rejections_survive_reopening_and_change_no_state(bl_kit: LedgerKit, pla
         stored = {r.event_id: bytes(r.raw) for r in conn.execute(select(REJECTIONS))}
     assert stored == {eid: raw for raw, eid in raws}
     assert led.stats()["rejections"] == {"cycle": 1, "mass_not_conserved": 1, "overdrawn": 1}
+
+
+def test_the_readme_documents_every_reason_code_and_the_tolerances() -> None:
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    table = text[text.index("### Reason codes") :]
+    table = table[: table.index("\n## ")]
+    for reason in Reason:
+        assert f"`{reason.value}`" in table, f"README reason table lacks {reason.value}"
+    assert Decimal("0.005") == MASS_TOLERANCE_REL and Decimal("0.001") == MASS_TOLERANCE_ABS_KG
+    assert "tolerance 0.5% + 1 g" in table
+    assert timedelta(seconds=30) == PARK_MAX_AGE and PARK_MAX_EVENTS == 100_000
+    assert "up to 30 s and 100,000 events" in table
 
 
 def test_every_ledger_reason_code_is_covered_here() -> None:

@@ -294,11 +294,6 @@ def test_malformed_detail_says_what_it_got() -> None:
     assert "expected a JSON object, got list" in info.value.detail
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: decode() lets RecursionError out of json.loads for deeply nested JSON (a 5 KB poison "
-    "message), so Ledger.append raises instead of recording a `malformed` rejection",
-)
 @pytest.mark.parametrize("raw", [b"[" * 5000, b'{"a":' * 5000], ids=["arrays", "objects"])
 def test_deeply_nested_json_is_malformed_not_a_crash(raw: bytes) -> None:
     assert len(raw) <= MAX_EVENT_BYTES
@@ -406,11 +401,6 @@ def test_bad_signature_encoding(bl_key: Ed25519PrivateKey, value: str, words: st
     assert words in info.value.detail
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: decode() accepts non-canonical base64 (non-zero padding bits) for sig.value, so one "
-    "signature has several stored forms: a relay can change the ledger's bytes, a replay is a conflict",
-)
 def test_one_signature_has_one_stored_form(bl_key: Ed25519PrivateKey) -> None:
     signed, _ = sign_object(plant_obj(), bl_key)
     obj = json.loads(signed)
@@ -535,11 +525,6 @@ def test_missing_passphrase_names_the_option(tmp_path: Path, bl_key: Ed25519Priv
     assert str(path) in str(info.value) and "encrypted" in str(info.value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a passphrase given for an unencrypted key is reported as '<path> is encrypted: give its "
-    "passphrase', the opposite of the truth (cryptography raises TypeError in both cases)",
-)
 def test_passphrase_for_an_unencrypted_key_says_so(tmp_path: Path, bl_key: Ed25519PrivateKey) -> None:
     path = tmp_path / "plant.key"
     save_private_key(bl_key, path)

@@ -1,0 +1,361 @@
+"""End to end through a real Kafka broker, measured in one run beside its physical limits.
+
+- raw Ed25519 verify/s (pyca, one core): the verify stage's ceiling;
+- raw kafka-python produce (acks=all) + consume of the very messages the ledger gets: the broker's ceiling;
+- end-to-end events/s with one worker and with two workers on two partitions: a backlog of signed
+  extraction events is published first, then the worker(s) start; the rate is the number of events over
+  the span of their ``appended_at`` times in the store (worker start-up and group join not counted);
+- p50/p99 publish-to-appended latency at a fixed offered load against an idle, warmed worker.
+
+Run: ``python -m bench.bench_kafka [--events N] [--rate R] [--seconds S]``. Prints figures, then one
+JSON line. Not a test: nothing here asserts; the target is > 6.5k events/s per worker (design.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select
+
+from ledger.core import Ledger
+from ledger.store import ENTRIES
+from schemas.cloudevents import to_binary
+from schemas.events import Kind
+from schemas.signing import decode, generate_key, key_id, public_key_b64, save_private_key, sign_object
+from streams.localbroker import LocalBroker, create_topics
+from streams.publisher import Publisher
+from streams.settings import Settings
+from streams.topics import ALL_TOPICS
+from streams.worker import WorkerProcess
+
+T0 = datetime(2025, 3, 1, tzinfo=UTC)
+
+
+def iso(t: datetime) -> str:
+    return t.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Chain:
+    """An operator, a few extraction facilities and their keys; signs as many events as asked."""
+
+    def __init__(self, n_facilities: int = 8) -> None:
+        self.operator = generate_key()
+        self.facilities = [(f"mine-bench-{i:02d}", generate_key()) for i in range(n_facilities)]
+        self.counter = 0
+
+    def registry_events(self) -> list[bytes]:
+        out = []
+        for fid, key in self.facilities:
+            obj = {
+                "spec": "batteryledger/1",
+                "kind": Kind.FACILITY_REGISTERED.value,
+                "facility_id": "registry",
+                "time": iso(T0 - timedelta(days=30)),
+                "nonce": fid,
+                "subject_facility_id": fid,
+                "legal_entity": f"{fid} Pty Ltd",
+                "country": "AU",
+                "roles": [Kind.BATCH_EXTRACTED.value],
+                "attestation": {"feoc": False, "as_of": iso(T0 - timedelta(days=30))},
+                "key": {
+                    "key_id": key_id(key.public_key()),
+                    "public_key": public_key_b64(key.public_key()),
+                    "valid_from": iso(T0 - timedelta(days=30)),
+                },
+            }
+            out.append(sign_object(obj, self.operator)[0])
+        return out
+
+    def events(self, n: int, tag: str) -> list[bytes]:
+        out = []
+        for i in range(n):
+            fid, key = self.facilities[i % len(self.facilities)]
+            self.counter += 1
+            obj = {
+                "spec": "batteryledger/1",
+                "kind": Kind.BATCH_EXTRACTED.value,
+                "facility_id": fid,
+                "time": iso(T0 + timedelta(seconds=self.counter)),
+                "outputs": [
+                    {
+                        "batch_id": f"{tag}-{self.counter}",
+                        "material": "spodumene_concentrate",
+                        "kg": "1000.500",
+                        "value_usd": "1250",
+                        "contained_kg": {"li": "30.250"},
+                    }
+                ],
+                "site": "pit 3",
+            }
+            out.append(sign_object(obj, key)[0])
+        return out
+
+
+_PUB: dict[str, Any] = {}
+
+
+def _verify_rate(decoded: list[Any]) -> float:
+    start = time.perf_counter()
+    for d in decoded:
+        _PUB[d.facility_id].verify(d.signature, d.unsigned)
+    return len(decoded) / (time.perf_counter() - start)
+
+
+def bench_raw_kafka(bootstrap: str, raws: list[bytes]) -> dict[str, float]:
+    from kafka import KafkaConsumer, KafkaProducer
+
+    topic = f"bench-raw-{uuid.uuid4().hex[:6]}"
+    create_topics(bootstrap, [ALL_TOPICS(2)[0].renamed(topic)])
+    msgs = [to_binary(decode(r)) for r in raws]
+    producer = KafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=5, batch_size=256 * 1024
+    )
+    start = time.perf_counter()
+    for m in msgs:
+        producer.send(topic, value=m.value, key=m.key, headers=m.headers)
+    producer.flush()
+    produce_s = time.perf_counter() - start
+    producer.close()
+    consumer = KafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        max_poll_records=5000,
+        fetch_max_bytes=16 * 1024 * 1024,
+    )
+    got = 0
+    start = time.perf_counter()
+    deadline = time.monotonic() + 120
+    while got < len(msgs) and time.monotonic() < deadline:
+        for records in consumer.poll(timeout_ms=500).values():
+            got += len(records)
+    consume_s = time.perf_counter() - start
+    consumer.close()
+    n = len(msgs)
+    return {
+        "produce_per_s": n / produce_s,
+        "consume_per_s": got / consume_s,
+        "produce_plus_consume_per_s": n / (produce_s + consume_s),
+    }
+
+
+class Run:
+    """A fresh ledger + topics for one measurement."""
+
+    def __init__(self, tmp: Path, bootstrap: str, chain: Chain, partitions: int) -> None:
+        self.tmp = tmp / uuid.uuid4().hex[:8]
+        self.tmp.mkdir(parents=True)
+        suffix = f"bench-{uuid.uuid4().hex[:8]}"
+        self.settings = Settings(
+            broker=bootstrap,
+            store=f"sqlite:///{self.tmp}/ledger.db",
+            app_id=f"bench-{suffix}",
+            partitions=partitions,
+            topic_suffix=suffix,
+            operator_key=self.tmp / "operator.key",
+            data_dir=self.tmp / "faust",
+            checkpoint_interval_s=5.0,
+            log_level="warning",
+        )
+        create_topics(bootstrap, [s.renamed(self.settings.topic(s.name)) for s in ALL_TOPICS(partitions)])
+        Ledger.init(self.settings.store, operator_key=chain.operator, origin="bench/ledger").close()
+        save_private_key(chain.operator, self.settings.operator_key)  # type: ignore[arg-type]
+        self.chain = chain
+        self.bootstrap = bootstrap
+        self.workers: list[WorkerProcess] = []
+        self.pub = Publisher(bootstrap, "registry", None, topic=self.settings.events_topic)
+
+    def entries(self) -> int:
+        with Ledger(self.settings.store) as led:
+            return int(led.stats()["entries"])
+
+    def wait_entries(self, n: int, timeout: float = 600) -> None:
+        deadline = time.monotonic() + timeout
+        while self.entries() < n:
+            for w in self.workers:
+                if not w.is_running():
+                    raise SystemExit(f"worker died:\n{w.log_tail(40)}")
+            if time.monotonic() > deadline:
+                raise SystemExit(
+                    f"timed out at {self.entries()} of {n} entries\n{self.workers[0].log_tail(40)}"
+                )
+            time.sleep(0.1)
+
+    def start_workers(self, n: int) -> None:
+        for i in range(n):
+            self.workers.append(WorkerProcess(self.settings, self.tmp / f"worker-{i}.log").start())
+
+    def close(self) -> None:
+        self.pub.close()
+        for w in self.workers:
+            w.stop()
+
+
+def appended_span(store: str, first_seq: int) -> tuple[int, float]:
+    with Ledger(store) as led, led.engine.connect() as conn:
+        row = conn.execute(
+            select(func.count(), func.min(ENTRIES.c.appended_at), func.max(ENTRIES.c.appended_at)).where(
+                ENTRIES.c.seq >= first_seq
+            )
+        ).one()
+    n, lo, hi = int(row[0]), row[1], row[2]
+    return n, max((hi - lo).total_seconds(), 1e-6)
+
+
+def bench_end_to_end(tmp: Path, bootstrap: str, chain: Chain, n_events: int, workers: int) -> dict[str, Any]:
+    run = Run(tmp, bootstrap, chain, partitions=max(2, workers))
+    try:
+        reg = chain.registry_events()
+        run.pub.publish_many(reg)
+        run.start_workers(1)
+        run.wait_entries(1 + len(reg))
+        for _ in range(workers - 1):
+            run.start_workers(1)
+        # warm-up so the verify agents' registry copies know every key
+        warm = chain.events(200, "warm")
+        run.pub.publish_many(warm)
+        base = 1 + len(reg) + len(warm)
+        run.wait_entries(base)
+        time.sleep(3 if workers > 1 else 0.5)  # let the second worker join the group
+        events = chain.events(n_events, f"e2e{workers}")
+        t_pub = time.perf_counter()
+        run.pub.publish_many(events)
+        publish_s = time.perf_counter() - t_pub
+        t0 = time.perf_counter()
+        run.wait_entries(base + n_events)
+        wall_s = time.perf_counter() - t0 + publish_s
+        n, span = appended_span(run.settings.store, base)
+        return {
+            "workers": workers,
+            "events": n,
+            "events_per_s_store_span": n / span,
+            "events_per_s_wall": n_events / wall_s,
+            "publish_per_s": n_events / publish_s,
+        }
+    finally:
+        run.close()
+
+
+def bench_latency(tmp: Path, bootstrap: str, chain: Chain, rate: float, seconds: float) -> dict[str, Any]:
+    run = Run(tmp, bootstrap, chain, partitions=2)
+    try:
+        reg = chain.registry_events()
+        run.pub.publish_many(reg)
+        run.start_workers(1)
+        warm = chain.events(200, "lwarm")
+        run.pub.publish_many(warm)
+        base = 1 + len(reg) + len(warm)
+        run.wait_entries(base)
+        n = int(rate * seconds)
+        events = chain.events(n, "lat")
+        sent_at: dict[str, datetime] = {}
+        pub = Publisher(bootstrap, "registry", None, topic=run.settings.events_topic, linger_ms=0)
+        start = time.perf_counter()
+        futures = []
+        for i, raw in enumerate(events):
+            due = start + i / rate
+            while (now := time.perf_counter()) < due:
+                time.sleep(min(due - now, 0.001))
+            eid, msg = pub.message(raw)
+            sent_at[eid] = datetime.now(UTC)
+            futures.append(
+                pub._producer.send(
+                    run.settings.events_topic, value=msg.value, key=msg.key, headers=msg.headers
+                )
+            )
+        pub.flush()
+        offered = n / (time.perf_counter() - start)
+        pub.close()
+        run.wait_entries(base + n)
+        with Ledger(run.settings.store) as led, led.engine.connect() as conn:
+            rows = conn.execute(
+                select(ENTRIES.c.event_id, ENTRIES.c.appended_at).where(ENTRIES.c.seq >= base)
+            ).all()
+        lat = sorted(
+            (r.appended_at.replace(tzinfo=UTC) - sent_at[r.event_id]).total_seconds() * 1000
+            for r in rows
+            if r.event_id in sent_at
+        )
+        return {
+            "offered_per_s": offered,
+            "events": len(lat),
+            "p50_ms": statistics.median(lat),
+            "p99_ms": lat[min(len(lat) - 1, int(0.99 * len(lat)))],
+            "max_ms": lat[-1],
+        }
+    finally:
+        run.close()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--events", type=int, default=30000, help="events per end-to-end run")
+    ap.add_argument("--rate", type=float, default=2000.0, help="offered load for the latency run (events/s)")
+    ap.add_argument("--seconds", type=float, default=10.0, help="length of the latency run")
+    ap.add_argument("--quick", action="store_true", help="small runs (smoke)")
+    args = ap.parse_args()
+    if args.quick:
+        args.events, args.seconds = 5000, 3.0
+
+    chain = Chain()
+    global _PUB
+    _PUB = {fid: key.public_key() for fid, key in chain.facilities}
+    sample = chain.events(5000, "ed")
+    ed_per_s = _verify_rate([decode(r) for r in sample])
+
+    results: dict[str, Any] = {
+        "bench": "kafka",
+        "machine": f"{platform.machine()} {os.cpu_count()} cpus, Python {platform.python_version()}",
+        "ed25519_verify_per_s_one_core": ed_per_s,
+    }
+    print(f"machine: {results['machine']}")
+    print(f"raw Ed25519 verify (pyca, one core):        {ed_per_s:10,.0f} /s")
+    with tempfile.TemporaryDirectory(prefix="bl-bench-") as tmpdir:
+        tmp = Path(tmpdir)
+        broker = LocalBroker(tmp / "kafka")
+        bootstrap = broker.start(timeout=120)
+        try:
+            raw = bench_raw_kafka(bootstrap, chain.events(args.events, "raw"))
+            results["raw_kafka_python"] = raw
+            print(f"raw kafka-python produce (acks=all):        {raw['produce_per_s']:10,.0f} /s")
+            print(f"raw kafka-python consume:                   {raw['consume_per_s']:10,.0f} /s")
+            print(
+                f"raw produce + consume (same messages):      {raw['produce_plus_consume_per_s']:10,.0f} /s"
+            )
+            for workers in (1, 2):
+                r = bench_end_to_end(tmp, bootstrap, chain, args.events, workers)
+                results[f"end_to_end_{workers}_worker"] = r
+                print(
+                    f"end to end, {workers} worker(s), {max(2, workers)} partitions:    "
+                    f"{r['events_per_s_store_span']:10,.0f} /s  (wall incl. publish {r['events_per_s_wall']:,.0f} /s, "
+                    f"{r['events_per_s_store_span'] / ed_per_s:.2f} x raw verify)"
+                )
+            lat = bench_latency(tmp, bootstrap, chain, args.rate, args.seconds)
+            results["latency"] = lat
+            print(
+                f"publish->appended at {lat['offered_per_s']:,.0f} /s offered: p50 {lat['p50_ms']:.0f} ms, "
+                f"p99 {lat['p99_ms']:.0f} ms, max {lat['max_ms']:.0f} ms ({lat['events']} events)"
+            )
+            one = results["end_to_end_1_worker"]["events_per_s_store_span"]
+            results["target_per_worker"] = 6500
+            results["beats_target"] = one > 6500
+            print(f"target 6,500 /s per worker: {'met' if one > 6500 else 'NOT met'} ({one:,.0f} /s)")
+        finally:
+            broker.stop()
+    print(json.dumps(results, sort_keys=True))
+
+
+if __name__ == "__main__":
+    main()
