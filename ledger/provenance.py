@@ -347,13 +347,18 @@ def nodes_from_events(events: Iterable[tuple[Event, str]], registry: Registry) -
         if fac is None:
             raise ValueError(f"facility {ev.facility_id!r} of event {event_id} is not in the registry given")
         outputs = list(getattr(ev, "outputs", []))
-        produced = {el: float(sum((o.contained_kg.get(el) for o in outputs), Decimal(0))) for el in ELEMENTS}
-        values = [o.value_usd for o in outputs]
-        value_out = (
-            None
-            if any(v is None for v in values)
-            else float(sum((v for v in values if v is not None), Decimal(0)))
-        )
+        contained = [_floats(o.contained_kg) for o in outputs]
+        if len(outputs) == 1:  # the common case, and the hot path of append
+            produced = contained[0]
+            value_out = None if outputs[0].value_usd is None else float(outputs[0].value_usd)
+        else:  # exact decimal sums, as the store keeps them (extra_for_event), then one rounding
+            produced = {el: float(sum((o.contained_kg.get(el) for o in outputs), Decimal(0))) for el in ELEMENTS}
+            values = [o.value_usd for o in outputs]
+            value_out = (
+                None
+                if any(v is None for v in values)
+                else float(sum((v for v in values if v is not None), Decimal(0)))
+            )
         feeds: tuple[FeedInfo, ...] = ()
         consumer = None
         if isinstance(ev, BatchRecycled):
@@ -368,18 +373,19 @@ def nodes_from_events(events: Iterable[tuple[Event, str]], registry: Registry) -
                 for f in ev.external_feed
             )
         inputs = tuple((i.batch_id, float(i.kg)) for i in getattr(ev, "inputs", []))
-        for o in outputs:
+        feoc, pfe = fac.feoc_at(ev.time), fac.pfe_at(ev.time)
+        for o, own in zip(outputs, contained, strict=True):
             nodes[o.batch_id] = BatchNode(
                 batch_id=o.batch_id,
                 event_id=event_id,
                 kind=kind,
                 facility_id=ev.facility_id,
                 country=fac.country,
-                feoc=fac.feoc_at(ev.time),
-                pfe=fac.pfe_at(ev.time),
+                feoc=feoc,
+                pfe=pfe,
                 time=ev.time,
                 kg=float(o.kg),
-                contained={el: float(o.contained_kg.get(el)) for el in ELEMENTS},
+                contained=own,
                 value_usd=None if o.value_usd is None else float(o.value_usd),
                 inputs=inputs,
                 event_produced=produced,
@@ -389,6 +395,16 @@ def nodes_from_events(events: Iterable[tuple[Event, str]], registry: Registry) -
                 material=o.material,
             )
     return nodes
+
+
+def _floats(m: Any) -> dict[Element, float]:
+    return {
+        Element.LI: float(m.li),
+        Element.NI: float(m.ni),
+        Element.CO: float(m.co),
+        Element.MN: float(m.mn),
+        Element.GRAPHITE: float(m.graphite),
+    }
 
 
 def extra_for_event(outputs: Sequence[Any]) -> dict[str, str]:
