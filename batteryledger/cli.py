@@ -553,10 +553,11 @@ def _mount_optional() -> None:
         cli_broker.broker_app, name="broker", help="The local Apache Kafka broker (KRaft, loopback)."
     )
     app.add_typer(cli_credits.credits_app, name="credits", help="What-if tax-credit calculator.")
-    from batteryledger import cli_api, cli_proofs
+    from batteryledger import cli_api, cli_audit, cli_proofs
 
     cli_api.register(app)
     cli_proofs.register(app)
+    cli_audit.register(app)
     try:
         from batteryledger import cli_streams
     except ImportError:

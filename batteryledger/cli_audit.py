@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Annotated, NoReturn
 
 import typer
+from sqlalchemy.exc import SQLAlchemyError
 
 from ledger.audit import (
     AUDIT_PARAMETERS,
@@ -82,6 +83,8 @@ def _one_line_errors(claim: Path) -> Iterator[None]:
         _fail(diag() if callable(diag) else str(exc))
     except _Bad as exc:
         _fail(str(exc))
+    except SQLAlchemyError as exc:
+        _fail(f"the store failed while auditing: {str(getattr(exc, 'orig', None) or exc).splitlines()[0]}")
 
 
 def _write_atomically(path: Path, data: bytes, what: str) -> None:
@@ -170,7 +173,10 @@ def audit_cmd(
                     raise _Bad(f"environment variable {passphrase_env} (the key passphrase) is not set")
                 secret = value.encode()
             key = load_private_key(operator_key, secret)
-        led = Ledger(store, operator_key=key)
+        try:
+            led = Ledger(store, operator_key=key)
+        except SQLAlchemyError as exc:
+            raise _Bad(f"cannot open the store {store}: {getattr(exc, 'orig', None) or exc}") from None
         try:
             result = audit(led, parsed, pack=rules)
             bundles = write_bundles(led, result, bundle) if bundle is not None else []

@@ -13,6 +13,7 @@ is the single writer of its store (the sequencer); readers may open the same URL
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -234,6 +235,10 @@ class Ledger:
         self, url: str, *, operator_key: Ed25519PrivateKey | None = None, _engine: Engine | None = None
     ) -> None:
         self.url = normalise_url(url)
+        if _engine is None and self.url.startswith("sqlite:///") and self.url != "sqlite:///:memory:":
+            path = self.url[len("sqlite:///") :]
+            if not os.path.exists(path):  # SQLite would create an empty file: say what is wrong instead
+                raise StoreError(f"no ledger at {path}: check --store, or run `batteryledger init`")
         self.engine = _engine or make_engine(self.url)
         self.operator_key = operator_key
         with self.engine.connect() as conn:

@@ -231,7 +231,8 @@ def node_value(
     stage = STAGE_OF_KIND.get(n.kind, Stage.PROCESSING).value
     if n.value_usd is None:
         return {}
-    if not n.inputs and not n.external_feed:
+    if (not n.inputs and not n.external_feed) or STAGE_OF_KIND.get(n.kind) == Stage.RECYCLING:
+        # a new beginning: recovered material's value is the recycler's, not that of the products it was
         return {(stage, n.country, n.feoc, n.pfe): n.value_usd}
     consumed: dict[ValueKey, float] = {}
     unknown_input = bool(n.external_feed)  # bought-in feed carries no ledger value
@@ -352,7 +353,9 @@ def nodes_from_events(events: Iterable[tuple[Event, str]], registry: Registry) -
             produced = contained[0]
             value_out = None if outputs[0].value_usd is None else float(outputs[0].value_usd)
         else:  # exact decimal sums, as the store keeps them (extra_for_event), then one rounding
-            produced = {el: float(sum((o.contained_kg.get(el) for o in outputs), Decimal(0))) for el in ELEMENTS}
+            produced = {
+                el: float(sum((o.contained_kg.get(el) for o in outputs), Decimal(0))) for el in ELEMENTS
+            }
             values = [o.value_usd for o in outputs]
             value_out = (
                 None
