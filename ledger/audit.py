@@ -36,7 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from sqlalchemy import select
 
 from ledger.core import Ledger, row_to_batch
-from ledger.provenance import BatchNode, Origin, Provenance
+from ledger.provenance import BatchNode, Origin, Provenance, post_order
 from ledger.rules import BatchState
 from ledger.store import BATCHES, CHECKPOINTS, ENTRIES, chunks
 from ledger.taxrules.credit45x import (
@@ -1640,25 +1640,6 @@ def _audit_macr(w: _Work, claim: ClaimMacrFile) -> Finding:
 
 
 # -- 30D -------------------------------------------------------------------------------------------
-def _topological(nodes: Mapping[str, BatchNode], target: str) -> list[str]:
-    order: list[str] = []
-    seen: set[str] = set()
-    stack: list[tuple[str, bool]] = [(target, False)]
-    while stack:
-        bid, expanded = stack.pop()
-        if expanded:
-            order.append(bid)
-            continue
-        if bid in seen:
-            continue
-        seen.add(bid)
-        stack.append((bid, True))
-        for parent, _kg in nodes[bid].inputs:
-            if parent in nodes and parent not in seen:
-                stack.append((parent, False))
-    return order
-
-
 def _refined_value(nodes: Mapping[str, BatchNode], target: str) -> dict[Element, float]:
     """USD value of each element in `target` at its last refining step (P_30D_MINERAL_VALUE).
 
@@ -1667,7 +1648,7 @@ def _refined_value(nodes: Mapping[str, BatchNode], target: str) -> dict[Element,
     carries mass (the same known-fraction rule).
     """
     value: dict[str, dict[Element, float]] = {}
-    for bid in _topological(nodes, target):
+    for bid in post_order(nodes, target)[0]:
         n = nodes[bid]
         if STAGE_OF_KIND.get(n.kind) == Stage.PROCESSING and n.value_usd is not None:
             mass = sum(n.contained.get(el, 0.0) for el in ELEMENTS)

@@ -106,15 +106,15 @@ def _mix_into(target: dict[Any, float], source: Mapping[Any, float], factor: flo
         target[k] = target.get(k, 0.0) + v * factor
 
 
-def compute(batch_id: str, nodes: Mapping[str, BatchNode]) -> Provenance:
-    """Provenance of `batch_id` from the nodes given (its ancestors; absent parents become unknown)."""
-    if batch_id not in nodes:
-        raise KeyError(batch_id)
-    # iterative post-order over the ancestor DAG (no recursion limit at depth 10k)
+def post_order(nodes: Mapping[str, BatchNode], target: str) -> tuple[list[str], set[str]]:
+    """Ancestors of `target` (itself last), parents before children; and parents absent from `nodes`.
+
+    Iterative, so a 10k-deep chain needs no recursion limit.
+    """
     order: list[str] = []
     seen: set[str] = set()
     missing: set[str] = set()
-    stack: list[tuple[str, bool]] = [(batch_id, False)]
+    stack: list[tuple[str, bool]] = [(target, False)]
     while stack:
         bid, expanded = stack.pop()
         if expanded:
@@ -130,6 +130,14 @@ def compute(batch_id: str, nodes: Mapping[str, BatchNode]) -> Provenance:
                     stack.append((parent, False))
             else:
                 missing.add(parent)
+    return order, missing
+
+
+def compute(batch_id: str, nodes: Mapping[str, BatchNode]) -> Provenance:
+    """Provenance of `batch_id` from the nodes given (its ancestors; absent parents become unknown)."""
+    if batch_id not in nodes:
+        raise KeyError(batch_id)
+    order, missing = post_order(nodes, batch_id)
     mass: dict[str, dict[Element, dict[Origin, float]]] = {}
     value: dict[str, dict[ValueKey, float]] = {}
     for bid in order:
