@@ -756,17 +756,18 @@ class Ledger:
         if self.operator_key is None:
             raise StoreError("signing a checkpoint needs the operator key (--operator-key)")
         with self.engine.begin() as conn:
+            # the store's size, not this object's: another process (the sequencer) may have appended since
+            last = conn.execute(select(func.max(ENTRIES.c.seq))).scalar()
+            size = 0 if last is None else int(last) + 1
             latest = conn.execute(
                 select(CHECKPOINTS.c.size).order_by(CHECKPOINTS.c.size.desc()).limit(1)
             ).first()
-            if latest is not None and latest.size >= self.size:
+            if latest is not None and latest.size >= size:
                 return None
-            root = tree.root_from_nodes(self.size, lambda keys: fetch_nodes(conn, keys))
-            body = Checkpoint(self.origin, self.size, root).body()
+            root = tree.root_from_nodes(size, lambda keys: fetch_nodes(conn, keys))
+            body = Checkpoint(self.origin, size, root).body()
             note = sign_note(body, self.origin, self.operator_key)
-            conn.execute(
-                CHECKPOINTS.insert().values(size=self.size, root_hash=root, note=note, created_at=now())
-            )
+            conn.execute(CHECKPOINTS.insert().values(size=size, root_hash=root, note=note, created_at=now()))
         return note
 
     def latest_checkpoint(self) -> str | None:
