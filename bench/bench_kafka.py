@@ -254,6 +254,7 @@ def bench_latency(tmp: Path, bootstrap: str, chain: Chain, rate: float, seconds:
         reg = chain.registry_events()
         run.pub.publish_many(reg)
         run.start_workers(1)
+        run.wait_entries(1 + len(reg))  # facilities' events must not overtake their registration
         warm = chain.events(200, "lwarm")
         run.pub.publish_many(warm)
         base = 1 + len(reg) + len(warm)

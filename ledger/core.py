@@ -75,8 +75,9 @@ from schemas.signing import DecodedEvent, decode, key_id, public_key_b64, sign_o
 
 Status = Literal["appended", "duplicate", "rejected", "parked"]
 
-# Children before parents: an event whose inputs are not in the ledger yet waits at most this many
-# events in the parked table (bounded memory and storage), and at most PARK_MAX_AGE (see expire_parked).
+# Children before parents: an event whose inputs are not in the ledger yet (or whose custody change, a
+# shipment or receipt from another partition, has not arrived) waits in the parked table, at most this
+# many events (bounded memory and storage) and at most PARK_MAX_AGE (see expire_parked).
 PARK_MAX_EVENTS = 100_000
 PARK_MAX_AGE = timedelta(seconds=30)
 
@@ -99,6 +100,7 @@ class Incoming:
     signature_checked: bool = False
     source: str = "api"
     error: EventError | None = None  # decided upstream (verify stage): record the rejection only
+    parked_at: datetime | None = None  # set when it comes back from the parked table
 
 
 @dataclass(frozen=True, slots=True)
@@ -462,15 +464,24 @@ class Ledger:
                 self.registry.authorize(d, check_signature=not it.signature_checked)
                 outcome = check_and_plan(d, ov, self.registry, seq)
             except EventError as exc:
-                missing = [bid for bid in input_ids(d) if ov.batch(bid) is None]
-                if exc.reason == Reason.UNKNOWN_INPUT and park and missing and self._park_room():
+                # children before parents: wait for the missing input batches, or for the custody
+                # change (a shipment or receipt from another partition) that has not arrived yet
+                if exc.reason == Reason.UNKNOWN_INPUT:
+                    missing = [bid for bid in input_ids(d) if ov.batch(bid) is None]
+                elif exc.reason == Reason.NOT_CUSTODIAN:
+                    missing = list(input_ids(d))
+                else:
+                    missing = []
+                if park and missing and self._park_room():
                     parked_new[d.event_id] = {
                         "event_id": d.event_id,
                         "data": d.signed,
                         "raw": it.raw,
                         "missing": json.dumps(sorted(set(missing))),
+                        "reason": exc.reason.value,
+                        "detail": exc.detail[:2000],
                         "source": it.source,
-                        "parked_at": ts,
+                        "parked_at": it.parked_at or ts,  # waiting time counts from the first park
                     }
                     for bid in missing:
                         self._parked_index.setdefault(bid, set()).add(d.event_id)
@@ -525,8 +536,9 @@ class Ledger:
             parked_done.add(d.event_id)
             parked_new.pop(d.event_id, None)
             seq += 1
-            # 6. children before parents: events waiting for the batches just made try again
-            for b in outcome.new_batches:
+            # 6. children before parents: events waiting for the batches just made (or whose custody
+            #    just changed) try again
+            for b in (*outcome.new_batches, *outcome.touched):
                 for waiting in sorted(self._parked_index.pop(b.batch_id, set())):
                     queue.append((parked_slot.pop(waiting, None), self._unpark(conn, waiting, parked_new)))
 
@@ -589,18 +601,28 @@ class Ledger:
             ids.discard(event_id)
         if event_id in parked_new:
             row = parked_new.pop(event_id)
-            data, raw, source = bytes(row["data"]), bytes(row["raw"]), str(row["source"])
+            data, raw, source, since = (
+                bytes(row["data"]),
+                bytes(row["raw"]),
+                str(row["source"]),
+                row["parked_at"],
+            )
         else:
             stored = conn.execute(
-                select(PARKED.c.data, PARKED.c.raw, PARKED.c.source).where(PARKED.c.event_id == event_id)
+                select(PARKED.c.data, PARKED.c.raw, PARKED.c.source, PARKED.c.parked_at).where(
+                    PARKED.c.event_id == event_id
+                )
             ).first()
             if stored is None:
                 return Incoming(
                     raw=b"", error=EventError(Reason.INTERNAL_ERROR, f"parked event {event_id} vanished")
                 )
             data, raw, source = bytes(stored.data), bytes(stored.raw), str(stored.source)
+            since = _aware(stored.parked_at)
         try:
-            return Incoming(raw=raw, decoded=decode(data), signature_checked=False, source=source)
+            return Incoming(
+                raw=raw, decoded=decode(data), signature_checked=False, source=source, parked_at=since
+            )
         except EventError as exc:
             return Incoming(raw=raw, error=exc, source=source)
 
@@ -675,7 +697,8 @@ class Ledger:
         self.append(items, offsets=offsets)
 
     def expire_parked(self, max_age: timedelta = PARK_MAX_AGE) -> list[AppendResult]:
-        """Reject parked events older than `max_age` whose parents never came (PARENTS_TIMEOUT)."""
+        """Reject parked events older than `max_age`: parents that never came (PARENTS_TIMEOUT), or a
+        shipment/receipt that never came (NOT_CUSTODIAN)."""
         cutoff = now() - max_age
         with self.engine.begin() as conn:
             rows = conn.execute(select(PARKED).where(PARKED.c.parked_at <= cutoff)).fetchall()
@@ -683,10 +706,16 @@ class Ledger:
             ts = now()
             for row in rows:
                 missing = json.loads(row.missing)
-                err = EventError(
-                    Reason.PARENTS_TIMEOUT,
-                    f"input batch(es) {', '.join(missing)} did not arrive within {max_age.total_seconds():g} s",
-                )
+                waited = f"{max_age.total_seconds():g} s"
+                if row.reason == Reason.NOT_CUSTODIAN.value:  # the shipment or receipt never came
+                    err = EventError(
+                        Reason.NOT_CUSTODIAN, f"{row.detail} (waited {waited} for the custody change)"
+                    )
+                else:
+                    err = EventError(
+                        Reason.PARENTS_TIMEOUT,
+                        f"input batch(es) {', '.join(missing)} did not arrive within {waited}",
+                    )
                 conn.execute(
                     REJECTIONS.insert().values(
                         event_id=row.event_id,

@@ -126,7 +126,9 @@ class ParkedRow(SQLModel, table=True):
     event_id: str = Field(primary_key=True, max_length=64)
     data: bytes = Field(sa_column=Column(LargeBinary, nullable=False))  # canonical signed event
     raw: bytes = Field(sa_column=Column(LargeBinary, nullable=False))  # as received, kept if it is rejected
-    missing: str
+    missing: str  # JSON list of the batch ids whose arrival (or custody change) it waits for
+    reason: str = Field(max_length=48)  # why it could not be appended yet
+    detail: str
     source: str
     parked_at: datetime = Field(sa_type=DateTime(timezone=True))
 

@@ -1,0 +1,126 @@
+"""The Faust agents through ``agent.test_context()`` (memory store, no broker).
+
+The agents' outputs are captured by swapping the topics they send to for recorders (the agents look
+their topics up in ``LedgerAgents.topics``); everything else is the real code: real keys, real signed
+bytes, a real SQLite ledger. The broker paths are covered by tests/integration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from batteryledger.sample import DemoChain, demo_chain
+from ledger.core import Ledger
+from ledger.intake import H_REASON, H_SIG_CHECKED, H_SOURCE, H_STAGE
+from schemas.cloudevents import to_binary
+from schemas.signing import decode
+from streams.agents import LedgerAgents, install_agents
+from streams.app import create_app
+from streams.settings import Settings
+
+
+class Recorder:
+    """Stands in for a faust Topic's `send`."""
+
+    def __init__(self) -> None:
+        self.sent: list[dict[str, Any]] = []
+
+    async def send(self, **kwargs: Any) -> None:
+        self.sent.append(kwargs)
+
+
+@pytest.fixture(scope="module")
+def chain() -> DemoChain:
+    return demo_chain()
+
+
+@pytest.fixture
+def agents(tmp_path: Path, chain: DemoChain) -> LedgerAgents:
+    store = f"sqlite:///{tmp_path}/ledger.db"
+    led = Ledger.init(store, operator_key=chain.operator_key, origin="test/agents")
+    led.append([e.raw for e in chain.registry_events])
+    led.close()
+    settings = Settings(broker="127.0.0.1:9", store=store, app_id="functional", data_dir=tmp_path / "faust")
+    app = create_app(settings, install=False)
+    state = install_agents(app, settings)
+    app.finalize()
+    app.flow_control.resume()
+    state.topics = {name: Recorder() for name in ("verified", "rejected", "checkpoints")}
+    return state
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+def test_verify_agent_routes_good_and_bad(agents: LedgerAgents, chain: DemoChain) -> None:
+    good = to_binary(decode(chain.chain_events[0].raw))
+
+    async def go() -> None:
+        async with agents.agents["verify"].test_context() as agent:
+            await agent.put(value=good.value, key=good.key, headers=good.headers)
+            await agent.put(value=b"{broken", key=good.key, headers=good.headers)
+            await agent.put(value=good.value, key=good.key, headers=[])  # no CloudEvents headers
+
+    run(go())
+    verified: Recorder = agents.topics["verified"]
+    rejected: Recorder = agents.topics["rejected"]
+    assert len(verified.sent) == 3  # good + two verify-stage rejections, all for the store
+    first = dict(verified.sent[0]["headers"])
+    assert first[H_SIG_CHECKED] == b"1" and H_SOURCE in first
+    assert verified.sent[0]["value"] == decode(chain.chain_events[0].raw).signed
+    reasons = [dict(m["headers"])[H_REASON] for m in rejected.sent]
+    assert reasons == [b"malformed", b"missing_headers"]
+    assert all(dict(m["headers"])[H_STAGE] == b"verify" for m in rejected.sent)
+    assert rejected.sent[0]["value"] == b"{broken"  # the original bytes
+
+
+def test_verify_agent_survives_a_failing_route(agents: LedgerAgents, chain: DemoChain) -> None:
+    """A producer error on one event is logged; the agent goes on with the next."""
+    good = to_binary(decode(chain.chain_events[0].raw))
+
+    class Flaky(Recorder):
+        async def send(self, **kwargs: Any) -> None:
+            if not self.sent and not getattr(self, "failed", False):
+                self.failed = True
+                raise RuntimeError("broker went away")
+            await super().send(**kwargs)
+
+    agents.topics["verified"] = Flaky()
+
+    async def go() -> None:
+        async with agents.agents["verify"].test_context() as agent:
+            await agent.put(value=good.value, key=good.key, headers=good.headers)
+            await agent.put(value=good.value, key=good.key, headers=good.headers)
+
+    run(go())
+    assert len(agents.topics["verified"].sent) == 1
+    assert agents.counters.internal_errors == 1
+
+
+def test_sequencer_batch_appends_and_routes_its_rejections(agents: LedgerAgents, chain: DemoChain) -> None:
+    """The sequencer's batch handler (what the agent calls for each `take_events` batch)."""
+    from ledger.intake import VerifiedRecord, to_verified, verify_message
+
+    events = [chain.chain_events[0].raw, chain.bad_events[2][1]]  # a good extraction, an unregistered facility
+    recs = []
+    for i, raw in enumerate(events):
+        msg = to_binary(decode(raw))
+        inc = verify_message(msg.headers, msg.value, agents.registry, source=f"material-events/0/{i}")
+        h, v = to_verified(inc)
+        recs.append(VerifiedRecord("material-events-verified", 0, i, h, v))
+    run(agents.on_verified_batch(recs))
+    assert agents.counters.appended == 1
+    rejected: Recorder = agents.topics["rejected"]
+    assert [dict(m["headers"])[H_REASON] for m in rejected.sent] == [b"unknown_facility"]
+    assert dict(rejected.sent[0]["headers"])[H_STAGE] == b"sequence"
+    # the same batch again (a restart before Kafka's commit): skipped by the stored offset
+    run(agents.on_verified_batch(recs))
+    assert agents.counters.skipped == 2 and agents.counters.appended == 1
+    with Ledger(agents.settings.store) as led:
+        assert led.stats()["rejections"] == {"unknown_facility": 1}
+        assert led.stored_offsets("functional") == {("material-events-verified", 0): 2}
