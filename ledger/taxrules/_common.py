@@ -1,11 +1,22 @@
-"""Helpers shared by the rule modules: input checks and the custody-model requirement."""
+"""Helpers shared by the rule modules: input checks, parameter citations and the finding context."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
+from typing import TypedDict
 
 from ledger.taxrules.errors import InputError
-from ledger.taxrules.findings import Comparison, CustodyModel, Requirement
+from ledger.taxrules.findings import (
+    ClaimKind,
+    Comparison,
+    Confidence,
+    CustodyModel,
+    Finding,
+    Requirement,
+    make_finding,
+)
 from ledger.taxrules.pack import ParamLog
 
 CENT = Decimal("0.01")
@@ -49,18 +60,67 @@ def usd(value: Decimal) -> Decimal:
     return value.quantize(CENT, rounding=ROUND_HALF_UP)
 
 
-def custody_requirement(log: ParamLog, model: CustodyModel) -> Requirement:
-    """US rules here trace physical material: book and claim is not accepted (domain.md)."""
-    path = "custody.us_accepted_models"
-    accepted = log.texts(path)
+class Cited(TypedDict):
+    """The `citation=` and `confidence=` keyword arguments of a policy or requirement."""
+
+    citation: str
+    confidence: Confidence
+
+
+def cited(log: ParamLog, path: str) -> Cited:
+    """Citation and confidence of the pack parameter at `path` (looked up, not recorded as read):
+    `Threshold(..., **cited(log, path))`."""
     param = log.param(path)
-    return Requirement(
-        name="chain-of-custody model accepted for US rules",
-        passed=model.value in accepted,
-        value=model.value,
-        threshold=", ".join(accepted),
-        comparison=Comparison.IS_TRUE,
-        citation=param.citation,
-        confidence=param.confidence,
-        note="no US rule here accepts book and claim",
-    )
+    return Cited(citation=param.citation, confidence=param.confidence)
+
+
+@dataclass
+class FindingContext:
+    """What every finding of one evaluation shares: claim kind, parameter log (and so the pack),
+    custody model, events, warnings, notes and inputs.
+
+    The rule fills the lists and `inputs` as it goes; `finish` reads them, and the parameters the log
+    recorded, when the finding is built.
+    """
+
+    kind: ClaimKind
+    log: ParamLog
+    custody_model: CustodyModel
+    events: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    inputs: dict[str, object] = field(default_factory=dict)
+
+    def custody_requirement(self) -> Requirement:
+        """US rules here trace physical material: book and claim is not accepted (domain.md)."""
+        path = "custody.us_accepted_models"
+        accepted = self.log.texts(path)
+        return Requirement(
+            name="chain-of-custody model accepted for US rules",
+            passed=self.custody_model.value in accepted,
+            value=self.custody_model.value,
+            threshold=", ".join(accepted),
+            comparison=Comparison.IS_TRUE,
+            **cited(self.log, path),
+            note="no US rule here accepts book and claim",
+        )
+
+    def finish(
+        self, requirements: Sequence[Requirement], amounts: Mapping[str, Decimal], applicable: bool = True
+    ) -> Finding:
+        """The finding: status from `requirements` (or not_applicable), with everything gathered so far."""
+        pack = self.log.pack
+        return make_finding(
+            self.kind,
+            requirements,
+            parameters_used=self.log.used(),
+            pack_id=pack.pack_id,
+            pack_version=pack.version,
+            amounts=amounts,
+            custody_model=self.custody_model,
+            events=self.events,
+            warnings=self.warnings,
+            notes=self.notes,
+            inputs=self.inputs,
+            applicable=applicable,
+        )

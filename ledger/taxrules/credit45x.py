@@ -13,16 +13,9 @@ from dataclasses import dataclass
 from decimal import Decimal
 from enum import StrEnum
 
-from ledger.taxrules._common import fraction, non_negative, positive, usd, year
+from ledger.taxrules._common import FindingContext, cited, fraction, non_negative, positive, usd, year
 from ledger.taxrules.errors import InputError
-from ledger.taxrules.findings import (
-    ClaimKind,
-    Comparison,
-    CustodyModel,
-    Finding,
-    Requirement,
-    make_finding,
-)
+from ledger.taxrules.findings import ClaimKind, Comparison, CustodyModel, Finding, Requirement
 from ledger.taxrules.pack import ParamLog, RulePack
 from ledger.taxrules.policy import AllOf, Condition, Policy, Threshold
 
@@ -227,58 +220,41 @@ def credit_45x(
     _validate(claim)
     log = ParamLog(pack)
     c = claim.component
-    warnings: list[str] = []
-    notes: list[str] = []
-    inputs = {
-        "component": c,
-        "sale_year": claim.sale_year,
-        "production_year": claim.production_year,
-        "capacity_kwh": claim.capacity_kwh,
-        "max_discharge_kw": claim.max_discharge_kw,
-        "cells_nameplate_kwh": claim.cells_nameplate_kwh,
-        "energy_density_wh_per_l": claim.energy_density_wh_per_l,
-        "production_cost": claim.production_cost,
-        "purchased_eligible_components_cost": (
-            claim.purchased_eligible_components_cost if c in COST_COMPONENTS else None
-        ),
-        "first_module_sale": claim.first_module_sale if c in MODULES else None,
-        "unit_id": claim.unit_id,
-    }
-    events = list(claim.events) + [e for item in claim.cost_items for e in item.event_ids]
-
-    def finish(
-        requirements: list[Requirement], amounts: dict[str, Decimal], applicable: bool = True
-    ) -> Finding:
-        return make_finding(
-            ClaimKind.CREDIT_45X,
-            requirements,
-            parameters_used=log.used(),
-            pack_id=pack.pack_id,
-            pack_version=pack.version,
-            amounts=amounts,
-            custody_model=custody_model,
-            events=events,
-            warnings=warnings,
-            notes=notes,
-            inputs=inputs,
-            applicable=applicable,
-        )
+    ctx = FindingContext(
+        ClaimKind.CREDIT_45X,
+        log,
+        custody_model,
+        events=list(claim.events) + [e for item in claim.cost_items for e in item.event_ids],
+        inputs={
+            "component": c,
+            "sale_year": claim.sale_year,
+            "production_year": claim.production_year,
+            "capacity_kwh": claim.capacity_kwh,
+            "max_discharge_kw": claim.max_discharge_kw,
+            "cells_nameplate_kwh": claim.cells_nameplate_kwh,
+            "energy_density_wh_per_l": claim.energy_density_wh_per_l,
+            "production_cost": claim.production_cost,
+            "purchased_eligible_components_cost": (
+                claim.purchased_eligible_components_cost if c in COST_COMPONENTS else None
+            ),
+            "first_module_sale": claim.first_module_sale if c in MODULES else None,
+            "unit_id": claim.unit_id,
+        },
+    )
 
     # 1. In force: 45X covers components produced and sold after 2022.
     first = log.year("credit45x.first_year")
-    first_param = log.param("credit45x.first_year")
     years = [y for y in (claim.production_year, claim.sale_year) if y is not None]
     in_force = Condition[Claim45X](
         "production and sale in a year 45X covers",
         lambda _: min(years) >= first,
-        citation=first_param.citation,
-        confidence=first_param.confidence,
+        **cited(log, "credit45x.first_year"),
         show=lambda _: str(min(years)),
         threshold=f">= {first}",
     ).evaluate(claim)
     if not in_force.passed:
-        notes.append(f"45X does not apply to components produced or sold before {first}")
-        return finish([in_force], {"credit_usd": Decimal(0)}, applicable=False)
+        ctx.notes.append(f"45X does not apply to components produced or sold before {first}")
+        return ctx.finish([in_force], {"credit_usd": Decimal(0)}, applicable=False)
 
     # 2. Phase-out factor: critical minerals by production year, everything else by sale year.
     if c is Component.CRITICAL_MINERAL:
@@ -296,17 +272,15 @@ def credit_45x(
             "sale year",
         )
     factor = log.by_year(phase_path, phase_year, phase_what)
-    phase_param = log.param(phase_path)
     if factor is None:
-        notes.append(f"rule pack has no phase-out step for {phase_what} {phase_year}: 45X not in force")
-        return finish([in_force], {"credit_usd": Decimal(0)}, applicable=False)
+        ctx.notes.append(f"rule pack has no phase-out step for {phase_what} {phase_year}: 45X not in force")
+        return ctx.finish([in_force], {"credit_usd": Decimal(0)}, applicable=False)
     phase_req = Threshold[Claim45X](
         f"phase-out factor for {phase_what} {phase_year} above zero",
         lambda _: factor,
         Decimal(0),
         comparison=Comparison.GT,
-        citation=phase_param.citation,
-        confidence=phase_param.confidence,
+        **cited(log, phase_path),
         threshold_year=phase_year,
     ).evaluate(claim)
 
@@ -316,15 +290,15 @@ def credit_45x(
 
     if c in CAPACITY_COMPONENTS:
         assert claim.capacity_kwh is not None
-        requirements += [p.evaluate(claim) for p in _definition_policies(log, claim, warnings)]
-        capped = _capped_capacity(log, claim, warnings, notes)
+        requirements += [p.evaluate(claim) for p in _definition_policies(log, claim, ctx.warnings)]
+        capped = _capped_capacity(log, claim, ctx.warnings, ctx.notes)
         amounts |= {"capacity_kwh": claim.capacity_kwh, "capped_capacity_kwh": capped}
         gross = rate * capped
     else:
         if claim.cost_items:
             cost = _production_cost(log, c, claim.cost_items)
             gross_cost, excluded = cost.included + cost.excluded, cost.excluded
-            notes += [
+            ctx.notes += [
                 f"excluded from production cost: {i.description} ({i.kind.value})"
                 for i in cost.excluded_items
             ]
@@ -339,7 +313,9 @@ def credit_45x(
                 if c is Component.ELECTRODE_ACTIVE_MATERIAL
                 else Component.ELECTRODE_ACTIVE_MATERIAL
             )
-            notes.append(f"one credit per material: this material must not also be claimed as {other.value}")
+            ctx.notes.append(
+                f"one credit per material: this material must not also be claimed as {other.value}"
+            )
         amounts |= {
             "production_cost_usd": gross_cost,
             "excluded_cost_usd": excluded,
@@ -350,7 +326,7 @@ def credit_45x(
 
     passed_all = all(r.passed for r in requirements)
     amounts["credit_usd"] = usd(gross * factor) if passed_all else Decimal(0)
-    return finish(requirements, amounts)
+    return ctx.finish(requirements, amounts)
 
 
 def _definition_policies(log: ParamLog, claim: Claim45X, warnings: list[str]) -> list[Policy[Claim45X]]:
@@ -358,16 +334,14 @@ def _definition_policies(log: ParamLog, claim: Claim45X, warnings: list[str]) ->
     c = claim.component
     policies: list[Policy[Claim45X]] = []
     if c is Component.CELL:
-        min_wh = log.amount("credit45x.cell_min_capacity")
-        p_wh = log.param("credit45x.cell_min_capacity")
+        wh_path = "credit45x.cell_min_capacity"
         parts: list[Policy[Claim45X]] = [
             Threshold(
                 "cell capacity (Wh)",
                 lambda cl: None if cl.capacity_kwh is None else cl.capacity_kwh * 1000,
-                min_wh,
+                log.amount(wh_path),
                 comparison=Comparison.GE,
-                citation=p_wh.citation,
-                confidence=p_wh.confidence,
+                **cited(log, wh_path),
             )
         ]
         if claim.energy_density_wh_per_l is None:
@@ -375,41 +349,35 @@ def _definition_policies(log: ParamLog, claim: Claim45X, warnings: list[str]) ->
                 "energy density not given: the >= 100 Wh/L part of the cell definition was not checked"
             )
         else:
-            min_density = log.amount("credit45x.cell_min_energy_density")
-            p_d = log.param("credit45x.cell_min_energy_density")
+            density_path = "credit45x.cell_min_energy_density"
             parts.append(
                 Threshold(
                     "cell energy density (Wh/L)",
                     lambda cl: cl.energy_density_wh_per_l,
-                    min_density,
+                    log.amount(density_path),
                     comparison=Comparison.GE,
-                    citation=p_d.citation,
-                    confidence=p_d.confidence,
+                    **cited(log, density_path),
                 )
             )
         policies.append(AllOf(*parts, name="battery cell definition"))
     else:
-        min_kwh = log.amount("credit45x.module_min_capacity")
-        p_m = log.param("credit45x.module_min_capacity")
+        kwh_path = "credit45x.module_min_capacity"
         policies.append(
             Threshold(
                 "module capacity (kWh)",
                 lambda cl: cl.capacity_kwh,
-                min_kwh,
+                log.amount(kwh_path),
                 comparison=Comparison.GE,
-                citation=p_m.citation,
-                confidence=p_m.confidence,
+                **cited(log, kwh_path),
                 note="tested on the stated capacity, before caps",
             )
         )
         if log.flag("credit45x.first_module_sale_only"):
-            p_f = log.param("credit45x.first_module_sale_only")
             policies.append(
                 Condition(
                     "first sale of this module in its chain",
                     lambda cl: cl.first_module_sale,
-                    citation=p_f.citation,
-                    confidence=p_f.confidence,
+                    **cited(log, "credit45x.first_module_sale_only"),
                     show=lambda cl: str(cl.first_module_sale).lower(),
                 )
             )

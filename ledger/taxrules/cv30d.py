@@ -15,9 +15,9 @@ from datetime import date
 from decimal import Decimal
 from enum import StrEnum
 
-from ledger.taxrules._common import custody_requirement, fraction, non_negative
+from ledger.taxrules._common import FindingContext, cited, fraction, non_negative
 from ledger.taxrules.errors import InputError
-from ledger.taxrules.findings import ClaimKind, Comparison, CustodyModel, Finding, Requirement, make_finding
+from ledger.taxrules.findings import ClaimKind, Comparison, CustodyModel, Finding, Requirement
 from ledger.taxrules.pack import ParamLog, RulePack
 from ledger.taxrules.policy import AnyOf, Condition, Threshold
 
@@ -98,7 +98,6 @@ class MineralContent:
 def _safe_harbor_policy(log: ParamLog) -> AnyOf[MineralChain]:
     path = "cv30d.value_added_safe_harbor_share"
     share = log.amount(path)
-    p = log.param(path)
 
     def step(name: str, attr: str) -> Threshold[MineralChain]:
         return Threshold(
@@ -106,8 +105,7 @@ def _safe_harbor_policy(log: ParamLog) -> AnyOf[MineralChain]:
             lambda ch: getattr(ch, attr),
             share,
             comparison=Comparison.GE,
-            citation=p.citation,
-            confidence=p.confidence,
+            **cited(log, path),
         )
 
     return AnyOf(
@@ -216,65 +214,48 @@ def evaluate_30d(
             "feoc_only_impracticable_to_trace", "needs feoc_critical_mineral (a FEOC-touched mineral)"
         )
     log = ParamLog(pack)
-    warnings: list[str] = []
-    notes: list[str] = []
-    all_events = list(events) + [e for ch in mineral_chains for e in ch.event_ids]
-    inputs: dict[str, object] = {
-        "acquired": acquired,
-        "placed_in_service": placed_in_service,
-        "critical_mineral_content": critical_mineral_content,
-        "battery_component_content": battery_component_content,
-        "mineral_chains": len(mineral_chains) or None,
-        "report_date": report_date,
-        "feoc_battery_component": feoc_battery_component,
-        "feoc_critical_mineral": feoc_critical_mineral,
-        "feoc_only_impracticable_to_trace": feoc_only_impracticable_to_trace or None,
-    }
-
-    def finish(
-        requirements: list[Requirement], amounts: dict[str, Decimal], applicable: bool = True
-    ) -> Finding:
-        return make_finding(
-            ClaimKind.CLEAN_VEHICLE_30D,
-            requirements,
-            parameters_used=log.used(),
-            pack_id=pack.pack_id,
-            pack_version=pack.version,
-            amounts=amounts,
-            custody_model=custody_model,
-            events=all_events,
-            warnings=warnings,
-            notes=notes,
-            inputs=inputs,
-            applicable=applicable,
-        )
+    ctx = FindingContext(
+        ClaimKind.CLEAN_VEHICLE_30D,
+        log,
+        custody_model,
+        events=list(events) + [e for ch in mineral_chains for e in ch.event_ids],
+        inputs={
+            "acquired": acquired,
+            "placed_in_service": placed_in_service,
+            "critical_mineral_content": critical_mineral_content,
+            "battery_component_content": battery_component_content,
+            "mineral_chains": len(mineral_chains) or None,
+            "report_date": report_date,
+            "feoc_battery_component": feoc_battery_component,
+            "feoc_critical_mineral": feoc_critical_mineral,
+            "feoc_only_impracticable_to_trace": feoc_only_impracticable_to_trace or None,
+        },
+    )
 
     # 1. Regime in force: the requirements apply from 2023-04-18 (placed in service).
     effective = log.day("cv30d.requirements_effective")
-    p_eff = log.param("cv30d.requirements_effective")
     in_force = Requirement(
         name="placed in service when the mineral and component requirements apply",
         passed=placed_in_service >= effective,
         value=placed_in_service.isoformat(),
         threshold=f">= {effective}",
         comparison=Comparison.IS_TRUE,
-        citation=p_eff.citation,
-        confidence=p_eff.confidence,
+        **cited(log, "cv30d.requirements_effective"),
     )
     if not in_force.passed:
-        notes.append(
+        ctx.notes.append(
             f"the critical-mineral and battery-component requirements did not apply in this form before {effective};"
             " such a vehicle is assessed under the rules then in force, which this rule does not evaluate"
         )
-        return finish([in_force], {}, applicable=False)
+        return ctx.finish([in_force], {}, applicable=False)
 
     if critical_mineral_content is not None:
         cm_content = fraction("critical_mineral_content", critical_mineral_content)
     else:
-        mc = _mineral_content(log, mineral_chains, report_date, warnings, notes)
+        mc = _mineral_content(log, mineral_chains, report_date, ctx.warnings, ctx.notes)
         cm_content = mc.content
-        inputs["critical_mineral_value_usd"] = mc.total_value_usd
-        inputs["qualifying_critical_mineral_value_usd"] = mc.qualifying_value_usd
+        ctx.inputs["critical_mineral_value_usd"] = mc.total_value_usd
+        ctx.inputs["qualifying_critical_mineral_value_usd"] = mc.qualifying_value_usd
     v = _Vehicle(
         acquired,
         placed_in_service,
@@ -287,13 +268,11 @@ def evaluate_30d(
 
     # 2. Acquisition cut-off.
     last = log.day("cv30d.last_acquisition_date")
-    p_last = log.param("cv30d.last_acquisition_date")
     requirements.append(
         Condition[_Vehicle](
             "acquired on or before the last acquisition date",
             lambda x: x.acquired <= last,
-            citation=p_last.citation,
-            confidence=p_last.confidence,
+            **cited(log, "cv30d.last_acquisition_date"),
             show=lambda x: x.acquired.isoformat(),
             threshold=f"<= {last}",
         ).evaluate(v)
@@ -301,46 +280,42 @@ def evaluate_30d(
 
     # 3. FEOC exclusions, each from its own placed-in-service date.
     comp_from = log.day("cv30d.feoc_battery_components_from")
-    p_comp = log.param("cv30d.feoc_battery_components_from")
     if placed_in_service >= comp_from:
         requirements.append(
             Condition[_Vehicle](
                 "no battery component manufactured or assembled by a FEOC",
                 lambda x: not x.feoc_battery_component,
-                citation=p_comp.citation,
-                confidence=p_comp.confidence,
+                **cited(log, "cv30d.feoc_battery_components_from"),
                 show=lambda x: "FEOC component" if x.feoc_battery_component else "none reported",
             ).evaluate(v)
         )
     else:
-        notes.append(
+        ctx.notes.append(
             f"battery-component FEOC restriction applies from {comp_from}: not in force for this vehicle"
         )
     min_from = log.day("cv30d.feoc_critical_minerals_from")
-    p_min = log.param("cv30d.feoc_critical_minerals_from")
     if placed_in_service >= min_from:
         excused = False
         if feoc_critical_mineral and feoc_only_impracticable_to_trace:
             until = log.day("cv30d.impracticable_to_trace_until")
             if placed_in_service <= until:
                 excused = True
-                warnings.append(
+                ctx.warnings.append(
                     f"FEOC-touched minerals only in impracticable-to-trace materials: excluded until {until}"
                 )
             else:
-                notes.append(f"impracticable-to-trace exclusion ended {until}")
+                ctx.notes.append(f"impracticable-to-trace exclusion ended {until}")
         requirements.append(
             Condition[_Vehicle](
                 "no critical mineral extracted, processed or recycled by a FEOC",
                 lambda x: not x.feoc_critical_mineral or excused,
-                citation=p_min.citation,
-                confidence=p_min.confidence,
+                **cited(log, "cv30d.feoc_critical_minerals_from"),
                 show=lambda x: "FEOC-touched mineral" if x.feoc_critical_mineral else "none reported",
                 note="impracticable-to-trace exclusion applied" if excused else "",
             ).evaluate(v)
         )
     else:
-        notes.append(
+        ctx.notes.append(
             f"critical-mineral FEOC restriction applies from {min_from}: not in force for this vehicle"
         )
 
@@ -350,17 +325,15 @@ def evaluate_30d(
     cm_threshold = log.by_date(cm_path, placed_in_service, "placed in service")
     bc_threshold = log.by_date(bc_path, placed_in_service, "placed in service")
     if cm_threshold is None or bc_threshold is None:
-        notes.append(f"rule pack has no applicable percentage for {placed_in_service}")
-        return finish(requirements, {}, applicable=False)
-    p_cm, p_bc = log.param(cm_path), log.param(bc_path)
+        ctx.notes.append(f"rule pack has no applicable percentage for {placed_in_service}")
+        return ctx.finish(requirements, {}, applicable=False)
     content = AnyOf[_Vehicle](
         Threshold(
             "critical minerals: qualifying content",
             lambda x: x.cm_content,
             cm_threshold,
             comparison=Comparison.GE,
-            citation=p_cm.citation,
-            confidence=p_cm.confidence,
+            **cited(log, cm_path),
             threshold_year=placed_in_service.year,
         ),
         Threshold(
@@ -368,14 +341,13 @@ def evaluate_30d(
             lambda x: x.bc_content,
             bc_threshold,
             comparison=Comparison.GE,
-            citation=p_bc.citation,
-            confidence=p_bc.confidence,
+            **cited(log, bc_path),
             threshold_year=placed_in_service.year,
         ),
         name="critical-mineral or battery-component requirement met",
     ).evaluate(v)
     requirements.append(content)
-    requirements.append(custody_requirement(log, custody_model))
+    requirements.append(ctx.custody_requirement())
 
     cm_met, bc_met = (child.passed for child in content.children)
     eligible = all(r.passed for r in requirements)
@@ -383,7 +355,7 @@ def evaluate_30d(
     bc_amount = log.amount("cv30d.battery_components_credit")
     cm_credit = cm_amount if eligible and cm_met else Decimal(0)
     bc_credit = bc_amount if eligible and bc_met else Decimal(0)
-    return finish(
+    return ctx.finish(
         requirements,
         {
             "credit_usd": cm_credit + bc_credit,

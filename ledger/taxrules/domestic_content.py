@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from decimal import Decimal
 from enum import StrEnum
 
-from ledger.taxrules._common import custody_requirement, fraction, non_negative, positive, usd, year
+from ledger.taxrules._common import FindingContext, cited, fraction, non_negative, positive, usd, year
 from ledger.taxrules.errors import InputError
-from ledger.taxrules.findings import ClaimKind, Comparison, CustodyModel, Finding, Requirement, make_finding
+from ledger.taxrules.findings import ClaimKind, Comparison, CustodyModel, Finding, Requirement
 from ledger.taxrules.pack import ParamLog, RulePack
 from ledger.taxrules.policy import Threshold
 
@@ -80,8 +80,12 @@ def evaluate_domestic_content(
     """
     year("construction_year", construction_year)
     log = ParamLog(pack)
-    warnings: list[str] = []
-    notes: list[str] = []
+    kind = (
+        ClaimKind.DOMESTIC_CONTENT_48E
+        if credit is CleanElectricityCredit.INVESTMENT_48E
+        else ClaimKind.DOMESTIC_CONTENT_45Y
+    )
+    ctx = FindingContext(kind, log, custody_model, events=list(events))
     by_cost = domestic_cost is not None or total_cost is not None
     if by_cost and safe_harbor_table is not None:
         raise InputError(
@@ -114,20 +118,18 @@ def evaluate_domestic_content(
 
     requirements: list[Requirement] = []
     if steel_iron_us_share is None:
-        warnings.append(
+        ctx.warnings.append(
             "steel and iron share not given: the 100% US steel and iron requirement was not checked"
         )
     else:
-        steel = log.amount("domestic_content.steel_iron_us_share")
-        p_s = log.param("domestic_content.steel_iron_us_share")
+        steel_path = "domestic_content.steel_iron_us_share"
         requirements.append(
             Threshold[_Subject](
                 "steel and iron manufactured in the US (share)",
                 lambda s: s.steel_iron_us_share,
-                steel,
+                log.amount(steel_path),
                 comparison=Comparison.GE,
-                citation=p_s.citation,
-                confidence=p_s.confidence,
+                **cited(log, steel_path),
             ).evaluate(subject)
         )
     path = (
@@ -138,20 +140,18 @@ def evaluate_domestic_content(
     threshold = log.by_year(path, construction_year, "construction start year")
     if threshold is None:
         raise InputError("construction_year", f"rule pack has no adjusted percentage for {construction_year}")
-    p_t = log.param(path)
     requirements.append(
         Threshold[_Subject](
             f"manufactured products: {method}",
             lambda s: s.percentage,
             threshold,
             comparison=Comparison.GE,
-            citation=p_t.citation,
-            confidence=p_t.confidence,
+            **cited(log, path),
             threshold_year=construction_year,
             note="offshore wind schedule" if offshore_wind else "",
         ).evaluate(subject)
     )
-    requirements.append(custody_requirement(log, custody_model))
+    requirements.append(ctx.custody_requirement())
     passed = all(r.passed for r in requirements)
 
     amounts: dict[str, Decimal] = {"domestic_cost_percentage": percentage, "threshold": threshold}
@@ -167,7 +167,7 @@ def evaluate_domestic_content(
         increase = log.amount("domestic_content.bonus_45y_credit_increase")
         amounts["bonus_credit_fraction"] = increase if passed else Decimal(0)
         if prevailing_wage:
-            notes.append(
+            ctx.notes.append(
                 "45Y: the bonus is a 10% increase whatever the wage rate; prevailing wage sets the base"
             )
         if base_credit_usd is not None:
@@ -177,23 +177,9 @@ def evaluate_domestic_content(
                 "bonus_usd": bonus,
                 "credit_usd": base_credit_usd + bonus,
             }
-    kind = (
-        ClaimKind.DOMESTIC_CONTENT_48E
-        if credit is CleanElectricityCredit.INVESTMENT_48E
-        else ClaimKind.DOMESTIC_CONTENT_45Y
-    )
-    return make_finding(
-        kind,
-        requirements,
-        parameters_used=log.used(),
-        pack_id=pack.pack_id,
-        pack_version=pack.version,
-        amounts=amounts,
-        custody_model=custody_model,
-        events=events,
-        warnings=warnings,
-        notes=notes,
-        inputs={
+    # recorded once the checks above have accepted the inputs (us_components is sorted here)
+    ctx.inputs.update(
+        {
             "credit": credit,
             "construction_year": construction_year,
             "domestic_cost": domestic_cost,
@@ -203,5 +189,6 @@ def evaluate_domestic_content(
             "offshore_wind": offshore_wind,
             "prevailing_wage": prevailing_wage,
             "base_credit_usd": base_credit_usd,
-        },
+        }
     )
+    return ctx.finish(requirements, amounts)

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from decimal import Decimal
 from enum import StrEnum
 
-from ledger.taxrules._common import fraction, non_negative, positive
+from ledger.taxrules._common import FindingContext, cited, fraction, non_negative, positive
 from ledger.taxrules._common import year as check_year
 from ledger.taxrules.errors import InputError
-from ledger.taxrules.findings import ClaimKind, Comparison, CustodyModel, Finding, Requirement, make_finding
+from ledger.taxrules.findings import ClaimKind, Comparison, CustodyModel, Finding, Requirement
 from ledger.taxrules.pack import ParamLog, RulePack
 from ledger.taxrules.policy import Threshold
 
@@ -111,8 +111,13 @@ def evaluate_recycled_content(
         )
     _validate(contents)
     log = ParamLog(pack)
-    warnings: list[str] = []
-    notes: list[str] = []
+    ctx = FindingContext(
+        ClaimKind.EU_RECYCLED_CONTENT,
+        log,
+        custody_model,
+        events=list(events),
+        inputs={"plant_id": plant_id, "battery_model": battery_model, "year": year},
+    )
     log.text("eu_recycled.battery_pass_model")
     requirements: list[Requirement] = []
     amounts: dict[str, Decimal] = {}
@@ -123,37 +128,22 @@ def evaluate_recycled_content(
         amounts[f"{c.material.value}_recycled_share"] = c.total_share
         path = f"eu_recycled.minimum_share.{c.material.value}"
         if c.material.value not in minimums:
-            notes.append(f"rule pack has no minimum recycled share for {c.material.value}")
+            ctx.notes.append(f"rule pack has no minimum recycled share for {c.material.value}")
             continue
         minimum = log.by_year(path, year, "year")
         if minimum is None:
-            notes.append(f"no minimum recycled share for {c.material.value} in force in {year}")
+            ctx.notes.append(f"no minimum recycled share for {c.material.value} in force in {year}")
             continue
-        p = log.param(path)
         requirements.append(
             Threshold[RecycledContent](
                 f"{c.material.value}: recycled share (pre + post consumer)",
                 lambda x: x.total_share,
                 minimum,
                 comparison=Comparison.GE,
-                citation=p.citation,
-                confidence=p.confidence,
+                **cited(log, path),
                 threshold_year=year,
             ).evaluate(c)
         )
     if not contents:
-        warnings.append("no recycled-content figures given")
-    return make_finding(
-        ClaimKind.EU_RECYCLED_CONTENT,
-        requirements,
-        parameters_used=log.used(),
-        pack_id=pack.pack_id,
-        pack_version=pack.version,
-        amounts=amounts,
-        custody_model=custody_model,
-        events=events,
-        warnings=warnings,
-        notes=notes,
-        inputs={"plant_id": plant_id, "battery_model": battery_model, "year": year},
-        applicable=bool(requirements),
-    )
+        ctx.warnings.append("no recycled-content figures given")
+    return ctx.finish(requirements, amounts, applicable=bool(requirements))

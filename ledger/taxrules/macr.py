@@ -14,9 +14,9 @@ from datetime import date
 from decimal import Decimal
 from enum import StrEnum
 
-from ledger.taxrules._common import custody_requirement, finite, non_negative, positive, year
+from ledger.taxrules._common import FindingContext, cited, finite, non_negative, positive, year
 from ledger.taxrules.errors import InputError
-from ledger.taxrules.findings import ClaimKind, Comparison, CustodyModel, Finding, Requirement, make_finding
+from ledger.taxrules.findings import ClaimKind, Comparison, CustodyModel, Finding, Requirement
 from ledger.taxrules.pack import ParamLog, RulePack
 from ledger.taxrules.policy import Condition, Threshold
 
@@ -82,14 +82,24 @@ def evaluate_macr(
     ratio = material_assistance_cost_ratio(total_direct_material_cost, pfe_cost)
     log = ParamLog(pack)
     subject = _Subject(ratio, taxable_year_start)
-    warnings: list[str] = []
-    notes: list[str] = []
-    all_events = list(events)
+    ctx = FindingContext(
+        ClaimKind.MACR_45X,
+        log,
+        custody_model,
+        events=list(events),
+        inputs={
+            "category": category,
+            "total_direct_material_cost": total_direct_material_cost,
+            "pfe_cost": pfe_cost,
+            "sale_year": sale_year,
+            "taxable_year_start": taxable_year_start,
+        },
+    )
     for i, cert in enumerate(certifications):
         if not cert.event_id:
             raise InputError(f"certifications[{i}].event_id", "a certification must name the ledger event")
-        all_events.append(cert.event_id)
-        notes.append(
+        ctx.events.append(cert.event_id)
+        ctx.notes.append(
             f"supplier certification relied on: {cert.supplier} (event {cert.event_id}) {cert.note}".strip()
         )
     if certifications:
@@ -99,62 +109,36 @@ def evaluate_macr(
         "total_direct_material_cost_usd": total_direct_material_cost,
         "pfe_cost_usd": pfe_cost,
     }
-    inputs = {
-        "category": category,
-        "total_direct_material_cost": total_direct_material_cost,
-        "pfe_cost": pfe_cost,
-        "sale_year": sale_year,
-        "taxable_year_start": taxable_year_start,
-    }
-
-    def finish(requirements: list[Requirement], applicable: bool = True) -> Finding:
-        return make_finding(
-            ClaimKind.MACR_45X,
-            requirements,
-            parameters_used=log.used(),
-            pack_id=pack.pack_id,
-            pack_version=pack.version,
-            amounts=amounts,
-            custody_model=custody_model,
-            events=all_events,
-            warnings=warnings,
-            notes=notes,
-            inputs=inputs,
-            applicable=applicable,
-        )
 
     requirements: list[Requirement] = []
     # 1. Applicability: taxable years beginning after the enactment date.
     start_path = "macr.applies_to_taxable_years_beginning_after"
     cutoff = log.day(start_path)
     if taxable_year_start is None:
-        warnings.append(f"taxable year start not given: assumed to begin after {cutoff}")
+        ctx.warnings.append(f"taxable year start not given: assumed to begin after {cutoff}")
     else:
-        p = log.param(start_path)
         applies = Condition[_Subject](
             "taxable year begins after the MACR effective date",
             lambda s: s.taxable_year_start is not None and s.taxable_year_start > cutoff,
-            citation=p.citation,
-            confidence=p.confidence,
+            **cited(log, start_path),
             show=lambda s: str(s.taxable_year_start),
             threshold=f"> {cutoff}",
         ).evaluate(subject)
         requirements.append(applies)
         if not applies.passed:
-            notes.append(f"MACR does not apply to taxable years beginning on or before {cutoff}")
-            return finish(requirements, applicable=False)
+            ctx.notes.append(f"MACR does not apply to taxable years beginning on or before {cutoff}")
+            return ctx.finish(requirements, amounts, applicable=False)
 
     # 2. Threshold for the sale year.
     path = _THRESHOLD_PATH[category]
     threshold = log.by_year(path, sale_year, "sale year")
     if threshold is None:
-        notes.append(
+        ctx.notes.append(
             f"rule pack has no {category.value} MACR threshold for sale year {sale_year}: not applicable"
         )
-        return finish(requirements, applicable=False)
+        return ctx.finish(requirements, amounts, applicable=False)
     amounts["threshold"] = threshold
     equality_passes = log.flag("macr.equality_passes")
-    p_t = log.param(path)
     p_eq = log.param("macr.equality_passes")
     requirements.append(
         Threshold[_Subject](
@@ -162,11 +146,10 @@ def evaluate_macr(
             lambda s: s.macr,
             threshold,
             comparison=Comparison.GE if equality_passes else Comparison.GT,
-            citation=p_t.citation,
-            confidence=p_t.confidence,
+            **cited(log, path),
             threshold_year=sale_year,
             note=f"equality {'passes' if equality_passes else 'fails'} (macr.equality_passes, confidence {p_eq.confidence})",
         ).evaluate(subject)
     )
-    requirements.append(custody_requirement(log, custody_model))
-    return finish(requirements)
+    requirements.append(ctx.custody_requirement())
+    return ctx.finish(requirements, amounts)
