@@ -183,7 +183,7 @@ def publish(
         signing_key = load_private_key(key) if key is not None else None
         unsigned = [n for n, o in objs if "sig" not in o]
         if unsigned and signing_key is None:
-            _fail(f"line {unsigned[0]} is not signed: give --key FILE to sign it (and --facility ID)")
+            _fail(f"line {unsigned[0]} is not signed: give --key FILE to sign it (and --facility ID)", 2)
         ledger = _open_ledger(store) if wait else None
         settings = Settings(broker=broker, topic_suffix=topic_suffix)
         facility_id = facility or str(objs[0][1].get("facility_id", "unknown"))

@@ -217,8 +217,18 @@ def _header_map(headers: Headers) -> dict[str, bytes]:
     return {str(k): bytes(v) if v is not None else b"" for k, v in items}
 
 
-def from_verified(headers: Headers, value: bytes | None, *, fallback_source: str) -> Incoming:
-    """Rebuild the Incoming a verified-topic record carries. Never raises."""
+def from_verified(
+    headers: Headers,
+    value: bytes | None,
+    *,
+    fallback_source: str,
+    known: Mapping[str, DecodedEvent] | None = None,
+) -> Incoming:
+    """Rebuild the Incoming a verified-topic record carries. Never raises.
+
+    `known` maps sources to events this process decoded in its own verify stage; one whose canonical
+    bytes are exactly the record's value is reused instead of being parsed a second time.
+    """
     raw = b"" if value is None else bytes(value)
     try:
         hdrs = _header_map(headers)
@@ -236,6 +246,9 @@ def from_verified(headers: Headers, value: bytes | None, *, fallback_source: str
                 decoded = decode(hdrs.get(H_EVENT, raw))
             return Incoming(raw=raw, decoded=decoded, source=source, error=err)
         checked = hdrs.get(H_SIG_CHECKED) == b"1"
+        mine = known.get(source) if known is not None else None
+        if mine is not None and mine.signed == raw:
+            return Incoming(raw=raw, decoded=mine, signature_checked=checked, source=source)
         try:
             return Incoming(raw=raw, decoded=decode(raw), signature_checked=checked, source=source)
         except EventError as exc:
@@ -290,8 +303,13 @@ class Sequencer:
         self.next_offsets: dict[tuple[str, int], int] = self.ledger.stored_offsets(self.consumer)
         self.source_marks: dict[tuple[str, int], int] = self.ledger.stored_offsets(self.sources_consumer)
 
-    def process(self, records: Sequence[VerifiedRecord]) -> SequencedBatch:
-        """Append a batch in one transaction with its offsets. Raises only if the store itself fails."""
+    def process(
+        self, records: Sequence[VerifiedRecord], *, known: Mapping[str, DecodedEvent] | None = None
+    ) -> SequencedBatch:
+        """Append a batch in one transaction with its offsets. Raises only if the store itself fails.
+
+        `known`: see :func:`from_verified` (events this process already decoded in its verify stage).
+        """
         out = SequencedBatch()
         fresh: list[tuple[VerifiedRecord, Incoming]] = []
         offsets: dict[tuple[str, str, int], int] = {}
@@ -304,7 +322,10 @@ class Sequencer:
             key = (self.consumer, rec.topic, rec.partition)
             offsets[key] = max(offsets.get(key, 0), rec.offset + 1)
             it = from_verified(
-                rec.headers, rec.value, fallback_source=source_of(rec.topic, rec.partition, rec.offset)
+                rec.headers,
+                rec.value,
+                fallback_source=source_of(rec.topic, rec.partition, rec.offset),
+                known=known,
             )
             fresh.append((rec, it))
         if not offsets:

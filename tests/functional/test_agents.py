@@ -50,6 +50,7 @@ def agents(tmp_path: Path, chain: DemoChain) -> LedgerAgents:
     app.finalize()
     app.flow_control.resume()
     state.topics = {name: Recorder() for name in ("verified", "rejected", "checkpoints")}
+    state.direct_send = False
     return state
 
 
@@ -106,7 +107,8 @@ def test_sequencer_batch_appends_and_routes_its_rejections(agents: LedgerAgents,
     """The sequencer's batch handler (what the agent calls for each `take_events` batch)."""
     from ledger.intake import VerifiedRecord, to_verified, verify_message
 
-    events = [chain.chain_events[0].raw, chain.bad_events[2][1]]  # a good extraction, an unregistered facility
+    # a good extraction, then an event of an unregistered facility (the sequencer rejects it)
+    events = [chain.chain_events[0].raw, chain.bad_events[2][1]]
     recs = []
     for i, raw in enumerate(events):
         msg = to_binary(decode(raw))

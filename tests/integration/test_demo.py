@@ -20,6 +20,10 @@ from ledger.core import Ledger, verify_ledger
 DEMO_TIMEOUT_S = 420
 
 
+def _text(out: bytes | str | None) -> str:
+    return out.decode(errors="replace") if isinstance(out, bytes) else (out or "")
+
+
 def test_demo_runs_end_to_end_and_tidies_up(tmp_path: Path) -> None:
     out = tmp_path / "demo-out"
     exe = Path(sys.executable).parent / "batteryledger"
@@ -49,7 +53,7 @@ def test_demo_runs_end_to_end_and_tidies_up(tmp_path: Path) -> None:
             (out / "worker.log").read_text(errors="replace")[-4000:] if (out / "worker.log").exists() else ""
         )
         pytest.fail(
-            f"demo did not finish in {DEMO_TIMEOUT_S} s\n{exc.stdout}\n{exc.stderr}\nworker log:\n{log}"
+            f"demo did not finish in {DEMO_TIMEOUT_S} s\n{_text(exc.stdout)}\n{_text(exc.stderr)}\nworker log:\n{log}"
         )
     text = proc.stdout + proc.stderr
     worker_log = (

@@ -361,3 +361,84 @@ def test_two_workers_share_the_partitions(rig: Rig) -> None:
     assert all(v[0] == "appended" for v in dec.values())
     with rig.ledger as led:
         chain_ok(led)
+
+
+def test_cli_publish_signs_reports_decisions_and_status_shows_lag(rig: Rig) -> None:
+    """`batteryledger publish FILE --key --facility`, `status --broker` and `topics create`, as documented."""
+    import json as _json
+
+    from typer.testing import CliRunner
+
+    from batteryledger.cli_streams import publish, status, topics_create
+
+    rig.start_worker()
+    rig.register()
+    runner = CliRunner()
+    app = typer_app(publish, status, topics_create)
+    suffix = rig.settings.topic_suffix
+    common = ["--broker", rig.bootstrap, "--topic-suffix", suffix]
+
+    res = runner.invoke(app, ["topics-create", *common, "--partitions", "2"])
+    assert res.exit_code == 0, res.output
+    assert "exists" in res.output  # idempotent on the fixture's topics
+
+    fac = rig.chain.facilities["mine-cl-atacama"]
+    key_file = rig.tmp / "atacama.key"
+    save_private_key(fac.key, key_file)
+    lines = [
+        {
+            "kind": "batch.extracted",
+            "time": "2025-05-01T00:00:00Z",
+            "outputs": [{"batch_id": "CLI-1", "material": "lithium_brine_concentrate", "kg": "10"}],
+        },
+        {
+            "kind": "batch.extracted",
+            "time": "2025-05-01T01:00:00Z",
+            "outputs": [{"batch_id": "CLI-2", "material": "lithium_brine_concentrate", "kg": "20"}],
+        },
+        {
+            "kind": "batch.processed",
+            "time": "2025-05-01T02:00:00Z",
+            "inputs": [{"batch_id": "CLI-1", "kg": "50"}],
+            "outputs": [{"batch_id": "CLI-3", "material": "lithium_carbonate", "kg": "1"}],
+        },
+    ]
+    events = rig.tmp / "events.jsonl"
+    events.write_text("\n".join(_json.dumps(x) for x in lines) + "\n")
+    res = runner.invoke(
+        app,
+        [
+            "publish",
+            str(events),
+            *common,
+            "--key",
+            str(key_file),
+            "--facility",
+            fac.facility_id,
+            "--store",
+            rig.settings.store,
+        ],
+    )
+    assert res.exit_code == 3, res.output  # one of them was rejected
+    assert "2 accepted" in res.output and "1 rejected" in res.output
+    assert "overdrawn" in res.output
+
+    res = runner.invoke(
+        app, ["status", "--store", rig.settings.store, *common, "--app-id", rig.settings.app_id]
+    )
+    assert res.exit_code == 0, res.output
+    assert "overdrawn" in res.output and "Consumer lag" in res.output
+
+    res = runner.invoke(app, ["publish", str(events), *common, "--store", rig.settings.store])
+    assert (
+        res.exit_code == 2 and "give --key" in res.output
+    )  # unsigned lines need a key: one line, no traceback
+
+
+def typer_app(*commands: Any) -> Any:
+    import typer
+
+    app = typer.Typer()
+    for cmd in commands:
+        app.command(cmd.__name__.replace("_", "-"))(cmd)
+    return app

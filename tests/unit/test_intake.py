@@ -168,10 +168,8 @@ def test_verified_record_round_trip(ledger: Ledger, chain: DemoChain) -> None:
     back = from_verified(bh, bv, fallback_source="x")
     assert back.error is not None and back.error.reason == Reason.HEADER_MISMATCH
     assert back.decoded is not None  # event id recorded with the rejection
-    assert (
-        from_verified([(H_REASON, b"no-such-code")], b"x", fallback_source="f").error.reason
-        == Reason.INTERNAL_ERROR
-    )  # type: ignore[union-attr]
+    odd = from_verified([(H_REASON, b"no-such-code")], b"x", fallback_source="f")
+    assert odd.error is not None and odd.error.reason == Reason.INTERNAL_ERROR
 
 
 # -------------------------------------------------------------------------------- sequencer
