@@ -68,7 +68,7 @@ def _fail(message: str, code: int = 1) -> NoReturn:
 @contextmanager
 def _one_line_errors() -> Iterator[None]:
     """Known errors become one line and exit 1 (2 for bad input); tracebacks only with BATTERYLEDGER_DEBUG=1."""
-    from streams.demo import DemoError
+    from batteryledger.demo import DemoError
     from streams.localbroker import BrokerError
     from streams.publisher import PublishError
     from streams.worker import WorkerError
@@ -375,7 +375,7 @@ def demo(
     ] = 2,
 ) -> None:
     """Start Kafka and a worker, publish a multi-tier supply chain and bad events, print provenance, stop."""
-    from streams.demo import run_demo
+    from batteryledger.demo import run_demo
 
     with _one_line_errors():
         result = run_demo(out_dir, partitions=partitions, console=console)

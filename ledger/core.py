@@ -79,6 +79,7 @@ Status = Literal["appended", "duplicate", "rejected", "parked"]
 # shipment or receipt from another partition, has not arrived) waits in the parked table, at most this
 # many events (bounded memory and storage) and at most PARK_MAX_AGE (see expire_parked).
 PARK_MAX_EVENTS = 100_000
+FACILITY_WAIT = "facility:"  # parked-index key prefix: waiting for a facility's registration or key
 PARK_MAX_AGE = timedelta(seconds=30)
 
 
@@ -470,6 +471,9 @@ class Ledger:
                     missing = [bid for bid in input_ids(d) if ov.batch(bid) is None]
                 elif exc.reason == Reason.NOT_CUSTODIAN:
                     missing = list(input_ids(d))
+                elif exc.reason in (Reason.UNKNOWN_FACILITY, Reason.UNKNOWN_KEY):
+                    # its registration (or key rotation) may still be on its way on another partition
+                    missing = [FACILITY_WAIT + d.facility_id]
                 else:
                     missing = []
                 if park and missing and self._park_room():
@@ -531,7 +535,10 @@ class Ledger:
                 Kind.KEY_REVOKED,
             ):
                 self.registry.apply(d.event, d.event_id)
-                facilities_changed.add(str(getattr(d.event, "subject_facility_id", "")))
+                subject = str(getattr(d.event, "subject_facility_id", ""))
+                facilities_changed.add(subject)
+                for waiting in sorted(self._parked_index.pop(FACILITY_WAIT + subject, set())):
+                    queue.append((parked_slot.pop(waiting, None), self._unpark(conn, waiting, parked_new)))
             emit(AppendResult(d.event_id, "appended", seq=seq))
             parked_done.add(d.event_id)
             parked_new.pop(d.event_id, None)
@@ -677,8 +684,12 @@ class Ledger:
                 & (OFFSETS.c.topic == topic)
                 & (OFFSETS.c.partition == partition)
             )
-            updated = conn.execute(OFFSETS.update().where(where).values(next_offset=nxt)).rowcount
-            if not updated:
+            current = conn.execute(select(OFFSETS.c.next_offset).where(where)).scalar()
+            if current is not None:
+                # forward only: a worker that lost the partition and still commits cannot move it back
+                if nxt > current:
+                    conn.execute(OFFSETS.update().where(where).values(next_offset=nxt))
+            else:
                 conn.execute(
                     OFFSETS.insert().values(
                         consumer=consumer, topic=topic, partition=partition, next_offset=nxt
@@ -711,6 +722,8 @@ class Ledger:
                     err = EventError(
                         Reason.NOT_CUSTODIAN, f"{row.detail} (waited {waited} for the custody change)"
                     )
+                elif row.reason in (Reason.UNKNOWN_FACILITY.value, Reason.UNKNOWN_KEY.value):
+                    err = EventError(Reason(row.reason), f"{row.detail} (waited {waited} for a registration)")
                 else:
                     err = EventError(
                         Reason.PARENTS_TIMEOUT,

@@ -194,8 +194,8 @@ def test_demo_chain_end_to_end_with_bad_events(rig: Rig) -> None:
     rig.start_worker()
     rig.register()
     pub = rig.pub()
-    # the chain in causal order across facilities (each facility is one partition key): see streams.demo
-    from streams.demo import publish_causally
+    # the chain in causal order across facilities (each facility is one partition key): see batteryledger.demo
+    from batteryledger.demo import publish_causally
 
     publish_causally(pub, rig.ledger, rig.chain.chain_events, timeout=DECIDE_TIMEOUT_S)
     receipts: dict[str, Receipt] = {}

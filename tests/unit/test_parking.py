@@ -61,3 +61,27 @@ def test_a_receipt_whose_shipment_never_comes_is_rejected_as_not_custodian(tmp_p
     with led.engine.connect() as conn:
         [row] = conn.execute(REJECTIONS.select().where(REJECTIONS.c.event_id == received.event_id)).all()
     assert bytes(row.raw) == received.raw  # the original bytes are kept
+
+
+def test_an_event_that_overtakes_its_facility_registration_waits_for_it(tmp_path: Path) -> None:
+    led, b = setup(tmp_path)
+    late = Facility("recycler", "Recycler", "CA", [Kind.BATCH_EXTRACTED])
+    b.facilities[late.facility_id] = late
+    early = b.transform("recycler", Kind.BATCH_EXTRACTED, [out("BM-1", "black_mass", "10", li="1")])
+    assert led.append([early.raw], park=True)[0].reason == "unknown_facility"
+    registration = b.register(late)
+    results = led.append([registration.raw], park=True)
+    assert [(r.event_id, r.status) for r in results] == [
+        (registration.event_id, "appended"),
+        (early.event_id, "appended"),  # released by the registration, signature checked then
+    ]
+
+
+def test_a_facility_that_never_registers_is_rejected_after_the_wait(tmp_path: Path) -> None:
+    led, b = setup(tmp_path)
+    rogue = Facility("rogue", "Rogue", "XX", [Kind.BATCH_EXTRACTED])
+    b.facilities[rogue.facility_id] = rogue
+    ev = b.transform("rogue", Kind.BATCH_EXTRACTED, [out("X-1", "ore", "10", li="1")])
+    assert led.append([ev.raw], park=True)[0].status == "parked"
+    [expired] = led.expire_parked(timedelta(0))
+    assert expired.reason == "unknown_facility" and "waited 0 s for a registration" in (expired.detail or "")

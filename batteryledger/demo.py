@@ -149,9 +149,30 @@ def publish_causally(
     return receipts
 
 
-def print_audit(ledger: Ledger, console: Console | None = None) -> None:
-    """Hook: tax-credit findings for the demo's packs (the lead fills this in)."""
-    return None
+CLAIMS_DIR = Path(__file__).resolve().parents[1] / "examples" / "claims"
+
+
+def print_audit(ledger: Ledger, console: Console | None = None) -> int:
+    """Audit the example claims (examples/claims/*.yaml) against the demo ledger; returns how many ran.
+
+    Each finding is printed as the `audit` command prints it: pass/fail per requirement with the numbers,
+    thresholds and years, the custody model and the events it rests on, the unconfirmed parameters.
+    """
+    from ledger.audit import AuditError, ClaimError, audit, load_claim
+
+    con = console or Console()
+    done = 0
+    for path in sorted(CLAIMS_DIR.glob("*.yaml")):
+        con.rule(f"audit {path.relative_to(CLAIMS_DIR.parents[1])}")
+        try:
+            result = audit(ledger, load_claim(path))
+        except (AuditError, ClaimError) as exc:
+            con.print(f"error: {exc}", markup=False, highlight=False)
+            continue
+        for line in result.summary_lines():
+            con.print(line, markup=False, highlight=False)
+        done += 1
+    return done
 
 
 def _pct(x: float) -> str:
