@@ -7,6 +7,8 @@ bytes, a real SQLite ledger. The broker paths are covered by tests/integration.
 
 from __future__ import annotations
 
+import dataclasses
+
 import asyncio
 from pathlib import Path
 from typing import Any
@@ -118,6 +120,12 @@ def test_sequencer_batch_appends_and_routes_its_rejections(agents: LedgerAgents,
     run(agents.on_verified_batch(recs))
     assert agents.counters.appended == 1
     rejected: Recorder = agents.topics["rejected"]
+    # the unregistered facility's event first waits for a registration that may be on its way...
+    assert rejected.sent == []
+    # ...and is rejected with its reason once the wait is over (the expiry timer's handler)
+    agents.settings = dataclasses.replace(agents.settings, park_max_age_s=0.0)
+    agents.owns_sequencer = lambda: True  # type: ignore[method-assign]  # no consumer in a test context
+    run(agents.expire_parked())
     assert [dict(m["headers"])[H_REASON] for m in rejected.sent] == [b"unknown_facility"]
     assert dict(rejected.sent[0]["headers"])[H_STAGE] == b"sequence"
     # the same batch again (a restart before Kafka's commit): skipped by the stored offset
