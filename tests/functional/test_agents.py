@@ -7,9 +7,8 @@ bytes, a real SQLite ledger. The broker paths are covered by tests/integration.
 
 from __future__ import annotations
 
-import dataclasses
-
 import asyncio
+import dataclasses
 from pathlib import Path
 from typing import Any
 
