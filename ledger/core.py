@@ -879,8 +879,6 @@ class Ledger:
 
     def provenance(self, batch_id: str) -> Provenance:
         """From the provenance index (written at append): one row plus the ancestor event ids."""
-        seed = select(literal(batch_id, String).label("id")).cte("anc", recursive=True)
-        anc = seed.union(select(EDGES.c.parent).join(seed, EDGES.c.child == seed.c.id))
         with self.engine.connect() as conn:
             row = conn.execute(
                 select(
@@ -889,11 +887,17 @@ class Ledger:
             ).first()
             if row is None:
                 raise StoreError(f"batch {batch_id!r} is not in the ledger")
-            ids = conn.execute(
-                select(anc.c.id, BATCHES.c.event_id).join(
-                    BATCHES, BATCHES.c.batch_id == anc.c.id, isouter=True
-                )
-            ).all()
+            # the ancestor walk returns ~10k rows for a pack: plain driver tuples, no Row objects
+            mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+            cur = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+            cur.execute(
+                "WITH RECURSIVE anc(id) AS (SELECT CAST(" + mark + " AS TEXT) UNION "
+                "SELECT CAST(e.parent AS TEXT) FROM edges e JOIN anc a ON e.child = a.id) "
+                "SELECT anc.id, b.event_id FROM anc LEFT JOIN batches b ON b.batch_id = anc.id",
+                (batch_id,),
+            )
+            ids: list[Any] = list(cur.fetchall())
+            cur.close()
         mass, value = decode_origins(row.origins)
         return Provenance(
             batch_id=batch_id,
@@ -901,8 +905,8 @@ class Ledger:
             value_usd=None if row.value_usd is None else float(row.value_usd),
             value_origins=value,
             ancestors=len(ids) - 1,
-            events=sorted({r.event_id for r in ids if r.event_id is not None}),
-            missing_parents=sorted(r.id for r in ids if r.event_id is None),
+            events=sorted({ev for _, ev in ids if ev is not None}),
+            missing_parents=sorted(bid for bid, ev in ids if ev is None),
         )
 
     def recompute_provenance(self, batch_id: str) -> Provenance:
