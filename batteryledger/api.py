@@ -21,9 +21,10 @@ import json
 import logging
 import re
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -506,6 +507,14 @@ def _hex(items: Iterable[bytes]) -> list[str]:
     return [h.hex() for h in items]
 
 
+def _proved(prove: Callable[[], list[bytes]]) -> list[bytes]:
+    """The proof `prove()` builds; one it cannot build (a ProofError) is a 400 problem."""
+    try:
+        return prove()
+    except ProofError as exc:
+        raise bad_parameter(str(exc)) from None
+
+
 def _decode_custody(text: str) -> Custody:
     data = json.loads(text or "{}")
     return Custody(holders=data.get("holders", {}), in_transit=data.get("in_transit", {}))
@@ -564,7 +573,7 @@ def create_app(store_url: str) -> FastAPI:
 
     def root_of(size: int) -> bytes:
         with reader.engine.connect() as conn:
-            return tree.root_from_nodes(size, lambda keys: fetch_nodes(conn, keys))
+            return tree.root_from_nodes(size, partial(fetch_nodes, conn))
 
     # -- ledger ----------------------------------------------------------------------------------
     @app.get(f"{API_PREFIX}/status", response_model=Status, tags=["ledger"])
@@ -635,14 +644,8 @@ def create_app(store_url: str) -> FastAPI:
         if seq >= size:
             raise bad_parameter(f"seq={seq} is not in a tree of size {size} (seq must be < size)")
         with reader.engine.connect() as conn:
-
-            def get(keys: Iterable[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
-                return fetch_nodes(conn, keys)
-
-            try:
-                proof = tree.inclusion_proof_from_nodes(seq, size, get)
-            except ProofError as exc:
-                raise bad_parameter(str(exc)) from None
+            get = partial(fetch_nodes, conn)
+            proof = _proved(lambda: tree.inclusion_proof_from_nodes(seq, size, get))
             leaf = get([(0, seq)])[(0, seq)]
             root = tree.root_from_nodes(size, get)
         return InclusionProof(
@@ -667,14 +670,8 @@ def create_app(store_url: str) -> FastAPI:
         if old > new:
             raise bad_parameter(f"old={old} is larger than new={new}")
         with reader.engine.connect() as conn:
-
-            def get(keys: Iterable[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
-                return fetch_nodes(conn, keys)
-
-            try:
-                proof = tree.consistency_proof_from_nodes(old, new, get)
-            except ProofError as exc:
-                raise bad_parameter(str(exc)) from None
+            get = partial(fetch_nodes, conn)
+            proof = _proved(lambda: tree.consistency_proof_from_nodes(old, new, get))
             old_root, new_root = tree.root_from_nodes(old, get), tree.root_from_nodes(new, get)
         return ConsistencyProof(
             old=old, new=new, old_root=old_root.hex(), new_root=new_root.hex(), proof=_hex(proof)

@@ -36,15 +36,21 @@ def _ts(t: datetime) -> str:
 
 
 def register(
-    op: Ed25519PrivateKey, fid: str, country: str, roles: list[str], key: Ed25519PrivateKey
+    op: Ed25519PrivateKey,
+    fid: str,
+    country: str,
+    roles: list[str],
+    key: Ed25519PrivateKey,
+    legal_entity: str | None = None,
 ) -> bytes:
+    """A signed `facility.registered` event for `fid` (its legal entity is `fid` unless given)."""
     obj = {
         "spec": "batteryledger/1",
         "kind": "facility.registered",
         "facility_id": "registry",
         "time": "2024-01-01T00:00:00Z",
         "subject_facility_id": fid,
-        "legal_entity": fid,
+        "legal_entity": fid if legal_entity is None else legal_entity,
         "country": country,
         "roles": roles,
         "attestation": {"feoc": False, "as_of": "2024-01-01T00:00:00Z"},

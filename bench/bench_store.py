@@ -26,71 +26,28 @@ import pstats
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from bench.bench_core import extraction_events, register
 from ledger.core import Incoming, Ledger
-from schemas.signing import decode, generate_key, key_id, public_key_b64, sign_object
+from schemas.signing import decode, generate_key
 
 TARGET_SQLITE_APPENDS_PER_S = 50_000  # design.md "Budgets"
 FACILITY = "mine-bench"
-T0 = datetime(2025, 1, 1, tzinfo=UTC)
-
-
-def _ts(t: datetime) -> str:
-    return t.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def registration(op: Ed25519PrivateKey, key: Ed25519PrivateKey) -> bytes:
-    obj = {
-        "spec": "batteryledger/1",
-        "kind": "facility.registered",
-        "facility_id": "registry",
-        "time": "2024-01-01T00:00:00Z",
-        "subject_facility_id": FACILITY,
-        "legal_entity": "Bench Mining Pty Ltd",
-        "country": "AU",
-        "roles": ["batch.extracted"],
-        "attestation": {"feoc": False, "as_of": "2024-01-01T00:00:00Z"},
-        "key": {
-            "key_id": key_id(key.public_key()),
-            "public_key": public_key_b64(key.public_key()),
-            "valid_from": "2024-01-01T00:00:00Z",
-        },
-    }
-    return sign_object(obj, op)[0]
-
-
-def extraction_events(key: Ed25519PrivateKey, n: int) -> list[bytes]:
-    out = []
-    for i in range(n):
-        obj = {
-            "spec": "batteryledger/1",
-            "kind": "batch.extracted",
-            "facility_id": FACILITY,
-            "time": _ts(T0 + timedelta(seconds=i)),
-            "outputs": [
-                {
-                    "batch_id": f"AU-SPOD-{i:07d}",
-                    "material": "spodumene_concentrate",
-                    "kg": "1000.000",
-                    "contained_kg": {"li": "28.500"},
-                    "value_usd": "1200",
-                }
-            ],
-        }
-        out.append(sign_object(obj, key)[0])
-    return out
+    return register(op, FACILITY, "AU", ["batch.extracted"], key, legal_entity="Bench Mining Pty Ltd")
 
 
 class Workload:
     def __init__(self, n: int) -> None:
         self.op, self.key = generate_key(), generate_key()
         self.register = registration(self.op, self.key)
-        self.raws = extraction_events(self.key, n)
+        self.raws = extraction_events(self.key, FACILITY, n, prefix="AU-SPOD")
         self.decoded = [decode(r) for r in self.raws]
 
     def pre_verified(self) -> list[Incoming]:

@@ -1097,17 +1097,11 @@ def _asserted_requirement(
     word = "above" if direction == "max" else "below"
     name = f"asserted {key} not {word} the amount computed from the ledger"
     if computed is None:
-        return Requirement(
-            name=name,
-            passed=False,
-            value=asserted,
-            threshold=None,
-            comparison=Comparison.LE if direction == "max" else Comparison.GE,
-            citation=ASSERTED_CITATION,
-            confidence="P",
-            note="not computed: the rule was not evaluated this far (see notes)",
-        )
-    passed = asserted <= computed if direction == "max" else asserted >= computed
+        passed = False
+        note = "not computed: the rule was not evaluated this far (see notes)"
+    else:
+        passed = asserted <= computed if direction == "max" else asserted >= computed
+        note = "arithmetic check of the claim against the ledger, not a legal threshold"
     return Requirement(
         name=name,
         passed=passed,
@@ -1116,7 +1110,7 @@ def _asserted_requirement(
         comparison=Comparison.LE if direction == "max" else Comparison.GE,
         citation=ASSERTED_CITATION,
         confidence="P",
-        note="arithmetic check of the claim against the ledger, not a legal threshold",
+        note=note,
     )
 
 

@@ -26,6 +26,7 @@ from streams.publisher import Publisher, Receipt
 from streams.settings import Settings
 from streams.topics import MATERIAL_EVENTS, TOPIC_MAX_MESSAGE_BYTES
 from streams.worker import WorkerProcess
+from tests.support.streams_helpers import family
 
 #: Longest a test waits for the ledger to decide what it published (generous: a slow CI machine).
 DECIDE_TIMEOUT_S = 180.0
@@ -151,40 +152,6 @@ def extraction(fac_id: str, key: Any, batch_id: str, minute: int) -> bytes:
         ],
     }
     return sign_object(obj, key)[0]
-
-
-def family(chain: DemoChain, tag: str) -> tuple[bytes, bytes]:
-    """(parent, child) signed by one facility, so no custody step lies between them."""
-    fac = chain.facilities["mine-cl-atacama"]
-    base = {"spec": "batteryledger/1", "facility_id": fac.facility_id}
-    parent = dict(
-        base,
-        kind="batch.extracted",
-        time="2025-03-01T00:00:00Z",
-        outputs=[
-            {
-                "batch_id": f"CL-ORE-{tag}",
-                "material": "lithium_brine_concentrate",
-                "kg": "1000",
-                "contained_kg": {"li": "100"},
-            }
-        ],
-    )
-    child = dict(
-        base,
-        kind="batch.processed",
-        time="2025-03-02T00:00:00Z",
-        inputs=[{"batch_id": f"CL-ORE-{tag}", "kg": "500"}],
-        outputs=[
-            {
-                "batch_id": f"CL-LI2CO3-{tag}",
-                "material": "lithium_carbonate",
-                "kg": "200",
-                "contained_kg": {"li": "40"},
-            }
-        ],
-    )
-    return sign_object(parent, fac.key)[0], sign_object(child, fac.key)[0]
 
 
 # ------------------------------------------------------------------------------------------------ tests

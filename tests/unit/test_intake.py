@@ -28,6 +28,7 @@ from ledger.registry import Registry
 from schemas.cloudevents import to_binary, to_structured
 from schemas.reasons import Reason
 from schemas.signing import decode, generate_key, sign_object
+from tests.support.streams_helpers import family
 
 SRC = "material-events/1/42"
 
@@ -219,40 +220,6 @@ def test_a_republished_event_is_a_duplicate_not_a_second_entry(ledger: Ledger, c
         records([verified(ledger, raw, "material-events/0/0"), verified(ledger, raw, "material-events/0/1")])
     )
     assert [r.status for _, r in out.results] == ["appended", "duplicate"]
-
-
-def family(chain: DemoChain, tag: str) -> tuple[bytes, bytes]:
-    """(parent, child) signed by one facility (Atacama extracts and processes): no custody step between."""
-    fac = chain.facilities["mine-cl-atacama"]
-    base = {"spec": "batteryledger/1", "facility_id": fac.facility_id}
-    parent = dict(
-        base,
-        kind="batch.extracted",
-        time="2025-03-01T00:00:00Z",
-        outputs=[
-            {
-                "batch_id": f"CL-ORE-{tag}",
-                "material": "lithium_brine_concentrate",
-                "kg": "1000",
-                "contained_kg": {"li": "100"},
-            }
-        ],
-    )
-    child = dict(
-        base,
-        kind="batch.processed",
-        time="2025-03-02T00:00:00Z",
-        inputs=[{"batch_id": f"CL-ORE-{tag}", "kg": "500"}],
-        outputs=[
-            {
-                "batch_id": f"CL-LI2CO3-{tag}",
-                "material": "lithium_carbonate",
-                "kg": "200",
-                "contained_kg": {"li": "40"},
-            }
-        ],
-    )
-    return sign_object(parent, fac.key)[0], sign_object(child, fac.key)[0]
 
 
 def test_children_before_parents_are_released_and_reported(ledger: Ledger, chain: DemoChain) -> None:
