@@ -34,6 +34,7 @@ lint: $(STAMP)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy schemas ledger
+	$(BIN)/mypy batteryledger streams
 
 unit: $(STAMP)
 	$(BIN)/pytest tests/unit -q

@@ -222,7 +222,7 @@ def facility_list(store: StoreOpt = DEFAULT_STORE, as_json: JsonOpt = False) -> 
     """List registered facilities."""
     led = open_ledger(store)
     now = datetime.now(UTC)
-    rows = [
+    rows: list[dict[str, Any]] = [
         {
             "facility_id": f.facility_id,
             "legal_entity": f.legal_entity,
@@ -332,12 +332,12 @@ def append(
     counts: dict[str, int] = {}
     rows = []
     for key in order:
-        n, r = results[key]
+        line, r = results[key]
         label = r.status if r.status != "rejected" else f"rejected:{r.reason}"
         counts[label] = counts.get(label, 0) + 1
         rows.append(
             {
-                "line": n,
+                "line": line,
                 "event_id": r.event_id,
                 "status": r.status,
                 "seq": r.seq,

@@ -154,7 +154,7 @@ class ChainBuilder:
 
 
 def out(
-    batch_id: str, material: str, kg: str, value_usd: str | None = None, **contained_and_more: str
+    batch_id: str, material: str, kg: str, value_usd: str | None = None, **contained_and_more: str | int
 ) -> dict[str, Any]:
     """An output line: element masses as li=, ni=, co=, mn=, graphite=; other fields pass through."""
     elements = {k: v for k, v in contained_and_more.items() if k in ("li", "ni", "co", "mn", "graphite")}
