@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from batteryledger.keyfiles import load_key, passphrase_from_env
 from ledger.core import Incoming, Ledger, verify_ledger
 from ledger.store import StoreError
 from schemas.events import SPEC, Kind
@@ -72,18 +73,8 @@ def fail(message: str, code: int = 1) -> NoReturn:
     raise CliError(message) from None
 
 
-def _passphrase(env: str | None) -> bytes | None:
-    if not env:
-        return None
-    value = os.environ.get(env)
-    if value is None:
-        fail(f"environment variable {env} (the key passphrase) is not set")
-    return value.encode()
-
-
 def open_ledger(store: str, operator_key: Path | None = None, passphrase_env: str | None = None) -> Ledger:
-    key = load_private_key(operator_key, _passphrase(passphrase_env)) if operator_key else None
-    return Ledger(store, operator_key=key)
+    return Ledger(store, operator_key=load_key(operator_key, passphrase_env))
 
 
 def progress_bar() -> Progress:
@@ -125,10 +116,10 @@ def init(
 ) -> None:
     """Create a ledger: schema, operator key, and entry 0 (the registry authority)."""
     if operator_key.exists():
-        key = load_private_key(operator_key, _passphrase(passphrase_env))
+        key = load_private_key(operator_key, passphrase_from_env(passphrase_env))
     else:
         key = generate_key()
-        save_private_key(key, operator_key, _passphrase(passphrase_env))
+        save_private_key(key, operator_key, passphrase_from_env(passphrase_env))
         console.print(f"operator key written to {operator_key} (0600) and {operator_key}.pub")
     led = Ledger.init(store, operator_key=key, origin=origin, legal_entity=legal_entity)
     console.print(
@@ -146,7 +137,7 @@ def keys_new(
 ) -> None:
     """Generate an Ed25519 key pair."""
     key = generate_key()
-    pub = save_private_key(key, path, _passphrase(passphrase_env))
+    pub = save_private_key(key, path, passphrase_from_env(passphrase_env))
     console.print(f"key id {key_id(key.public_key())}  public {public_key_b64(key.public_key())}")
     console.print(f"private key {path} (0600), public key {pub}")
 
@@ -269,7 +260,7 @@ def sign(
 
     from schemas.events import parse_event
 
-    priv = load_private_key(key, _passphrase(passphrase_env))
+    priv = load_private_key(key, passphrase_from_env(passphrase_env))
     out = output.open("wb") if output else sys.stdout.buffer
     count = 0
     try:

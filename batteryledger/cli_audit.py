@@ -35,6 +35,7 @@ from typing import Annotated, NoReturn
 import typer
 from sqlalchemy.exc import SQLAlchemyError
 
+from batteryledger.keyfiles import load_key
 from ledger.audit import (
     AUDIT_PARAMETERS,
     SHARE_LABELS,
@@ -49,7 +50,7 @@ from ledger.store import StoreError
 from ledger.taxrules.errors import TaxRuleError
 from ledger.taxrules.findings import JsonValue, Requirement, dumps_json
 from ledger.taxrules.pack import load_pack
-from schemas.signing import KeyFileError, load_private_key
+from schemas.signing import KeyFileError
 
 EXIT_PASS = 0
 EXIT_FAIL = 1
@@ -164,15 +165,7 @@ def audit_cmd(
     with _one_line_errors(claim):
         parsed = load_claim(claim)
         rules = load_pack(pack) if pack is not None else None
-        key = None
-        if operator_key is not None:
-            secret = None
-            if passphrase_env:
-                value = os.environ.get(passphrase_env)
-                if value is None:
-                    raise _Bad(f"environment variable {passphrase_env} (the key passphrase) is not set")
-                secret = value.encode()
-            key = load_private_key(operator_key, secret)
+        key = load_key(operator_key, passphrase_env)
         try:
             led = Ledger(store, operator_key=key)
         except SQLAlchemyError as exc:

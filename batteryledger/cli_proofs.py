@@ -22,11 +22,12 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from batteryledger.keyfiles import load_key
 from ledger.bundle_verify import BundleError, BundleReport, dumps_bundle, verify_bundle
 from ledger.checkpoint import Checkpoint, CheckpointError, NoteError, open_note, parse_vkey, vkey
 from ledger.merkle import EMPTY_ROOT, ProofError, verify_consistency
 from schemas.events import REGISTRY_KINDS
-from schemas.signing import load_private_key, load_public_key
+from schemas.signing import load_public_key
 
 if TYPE_CHECKING:
     from ledger.core import Ledger
@@ -84,16 +85,7 @@ def _one_line_errors() -> Iterator[None]:
 def _open(store: str, operator_key: Path | None = None, passphrase_env: str | None = None) -> Ledger:
     from ledger.core import Ledger
 
-    key = None
-    if operator_key is not None:
-        secret = None
-        if passphrase_env:
-            value = os.environ.get(passphrase_env)
-            if value is None:
-                raise CannotRun(f"environment variable {passphrase_env} (the key passphrase) is not set")
-            secret = value.encode()
-        key = load_private_key(operator_key, secret)
-    return Ledger(store, operator_key=key)
+    return Ledger(store, operator_key=load_key(operator_key, passphrase_env))
 
 
 def _write_atomically(path: Path, data: bytes) -> None:

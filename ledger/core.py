@@ -58,13 +58,13 @@ from ledger.store import (
     make_engine,
     normalise_url,
     now,
+    placeholder,
     set_meta,
 )
 from schemas.events import (
     ELEMENTS,
     REGISTRY_FACILITY_ID,
     Attestation,
-    Element,
     FacilityRegistered,
     Kind,
     PublicKeyInfo,
@@ -858,9 +858,6 @@ class Ledger:
             "latest_checkpoint_size": None if ck is None else int(ck.size),
         }
 
-    def element_list(self) -> tuple[Element, ...]:
-        return ELEMENTS
-
     # -- provenance and lineage -----------------------------------------------------------------
     def ancestor_nodes(self, batch_id: str) -> dict[str, BatchNode]:
         """The batch and all its ancestors as provenance nodes: two queries, whatever the depth."""
@@ -888,7 +885,7 @@ class Ledger:
             if row is None:
                 raise StoreError(f"batch {batch_id!r} is not in the ledger")
             # the ancestor walk returns ~10k rows for a pack: plain driver tuples, no Row objects
-            mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+            mark = placeholder(conn)
             cur = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
             cur.execute(
                 "WITH RECURSIVE anc(id) AS (SELECT CAST(" + mark + " AS TEXT) UNION "

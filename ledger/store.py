@@ -7,11 +7,10 @@ same tables, one transaction per append batch. Decimal quantities are stored as 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Column, DateTime, Index, LargeBinary, event, text
+from sqlalchemy import Column, DateTime, Index, LargeBinary, event
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import StaticPool
 from sqlmodel import Field, SQLModel, create_engine
@@ -210,12 +209,6 @@ def create_schema(engine: Engine) -> None:
     SQLModel.metadata.create_all(engine)
 
 
-@contextmanager
-def transaction(engine: Engine) -> Iterator[Connection]:
-    with engine.begin() as conn:
-        yield conn
-
-
 def get_meta(conn: Connection, key: str) -> str | None:
     row = conn.execute(META.select().where(META.c.key == key)).first()
     return None if row is None else str(row.value)
@@ -236,7 +229,7 @@ def fetch_nodes(conn: Connection, keys: Iterable[tuple[int, int]]) -> dict[tuple
         by_level.setdefault(level, []).append(idx)
     found: dict[tuple[int, int], bytes] = {}
     for level, idxs in by_level.items():
-        for chunk in _chunks(sorted(set(idxs)), 500):
+        for chunk in chunks(sorted(set(idxs))):
             rows = conn.execute(
                 NODES.select().where(NODES.c.level == level).where(NODES.c.idx.in_(chunk))
             ).fetchall()
@@ -245,23 +238,15 @@ def fetch_nodes(conn: Connection, keys: Iterable[tuple[int, int]]) -> dict[tuple
     return found
 
 
-def _chunks(items: Sequence[Any], n: int) -> Iterator[Sequence[Any]]:
+def chunks(items: Sequence[Any], n: int = 500) -> Iterator[Sequence[Any]]:
+    """Slices of at most `n` items: IN lists stay under every driver's parameter limit."""
     for i in range(0, len(items), n):
         yield items[i : i + n]
 
 
-def chunks(items: Sequence[Any], n: int = 500) -> Iterator[Sequence[Any]]:
-    return _chunks(items, n)
-
-
-def dialect(engine: Engine) -> str:
-    return engine.dialect.name
-
-
-def vacuum_analyze(engine: Engine) -> None:
-    if dialect(engine) == "sqlite":
-        with engine.connect() as conn:
-            conn.execute(text("ANALYZE"))
+def placeholder(conn: Connection) -> str:
+    """The driver's parameter marker for SQL written by hand (sqlite3: ?, psycopg: %s)."""
+    return "?" if conn.dialect.paramstyle == "qmark" else "%s"
 
 
 def db_time(conn: Connection, t: datetime) -> Any:
@@ -281,7 +266,7 @@ def bulk_insert(conn: Connection, table: Any, columns: Sequence[str], rows: Sequ
     """
     if not rows:
         return
-    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    mark = placeholder(conn)
     sql = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({', '.join([mark] * len(columns))})"
     conn.exec_driver_sql(sql, list(rows))
 
@@ -292,6 +277,6 @@ def bulk_update(
     """UPDATE ... SET columns WHERE key = ?, executemany through the driver; each row is (*values, key)."""
     if not rows:
         return
-    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    mark = placeholder(conn)
     sets = ", ".join(f"{c} = {mark}" for c in columns)
     conn.exec_driver_sql(f"UPDATE {table.name} SET {sets} WHERE {key} = {mark}", list(rows))

@@ -27,7 +27,7 @@ from ledger import chain, tree
 from ledger.checkpoint import Checkpoint, CheckpointError, NoteError, open_note
 from ledger.merkle import node_hash
 from ledger.registry import Registry
-from ledger.store import CHECKPOINTS, ENTRIES, fetch_nodes
+from ledger.store import CHECKPOINTS, ENTRIES, fetch_nodes, placeholder
 from schemas.events import REGISTRY_KINDS
 from schemas.reasons import EventError, Reason
 from schemas.signing import decode, verify_signature
@@ -133,7 +133,7 @@ def _chunks(engine: Engine) -> Iterator[Sequence[Any]]:
     """Entries in seq order, CHUNK at a time (keyset pagination through the driver: bounded memory)."""
     last = -1
     with engine.connect() as conn:
-        mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+        mark = placeholder(conn)
         sql = (
             "SELECT seq, kind, data, leaf_hash, entry_hash FROM entries "
             f"WHERE seq > {mark} ORDER BY seq LIMIT {CHUNK}"
@@ -285,7 +285,7 @@ def _check_nodes(engine: Engine, computed: list[tuple[int, int, bytes]], report:
     for level, idx, h in computed:
         by_level.setdefault(level, []).append((idx, h))
     with engine.connect() as conn:
-        mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+        mark = placeholder(conn)
         sql = f"SELECT idx, hash FROM merkle_nodes WHERE level = {mark} AND idx BETWEEN {mark} AND {mark}"
         cur = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
         for level, nodes in sorted(by_level.items()):
