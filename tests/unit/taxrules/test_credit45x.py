@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import date
 from decimal import Decimal as D
 from pathlib import Path
 from typing import Any
@@ -19,29 +20,56 @@ from ledger.taxrules.credit45x import (
     purchase_cost_kind,
 )
 from ledger.taxrules.errors import InputError
+from ledger.taxrules.macr import MacrCategory, evaluate_macr
 from ledger.taxrules.pack import RulePack, load_pack
 
 from .conftest import param
 
 
+def clean(component: Component, **kw: Any) -> Claim45X:
+    """A claim whose taxpayer and material assistance meet the P.L. 119-21 conditions (a MACR of 1, a
+    taxpayer neither SFE nor FIE, a calendar taxable year), so the other rules are tested alone."""
+    sale = kw.get("sale_year") or kw.get("production_year")
+    if isinstance(sale, int) and 2026 <= sale <= 2200 and "material_assistance" not in kw:
+        category = (
+            MacrCategory.CRITICAL_MINERAL
+            if component is Component.CRITICAL_MINERAL
+            else MacrCategory.BATTERY_COMPONENT
+        )
+        start = date(sale, 1, 1)
+        kw = {
+            "taxable_year_start": start,
+            "prohibited_foreign_entity_taxpayer": False,
+            "material_assistance": evaluate_macr(
+                load_pack(),
+                category=category,
+                total_direct_material_cost=D(100),
+                pfe_cost=D(0),
+                sale_year=sale,
+                taxable_year_start=start,
+            ),
+        } | kw
+    return Claim45X(component, **kw)
+
+
 def cell(**kw: Any) -> Claim45X:
     defaults: dict[str, Any] = {"sale_year": 2026, "capacity_kwh": D(1)}
-    return Claim45X(Component.CELL, **(defaults | kw))
+    return clean(Component.CELL, **(defaults | kw))
 
 
 def module(**kw: Any) -> Claim45X:
     defaults: dict[str, Any] = {"sale_year": 2026, "capacity_kwh": D(10)}
-    return Claim45X(Component.MODULE, **(defaults | kw))
+    return clean(Component.MODULE, **(defaults | kw))
 
 
 def mineral(**kw: Any) -> Claim45X:
     defaults: dict[str, Any] = {"production_year": 2026, "production_cost": D(1000)}
-    return Claim45X(Component.CRITICAL_MINERAL, **(defaults | kw))
+    return clean(Component.CRITICAL_MINERAL, **(defaults | kw))
 
 
 def eam(**kw: Any) -> Claim45X:
     defaults: dict[str, Any] = {"sale_year": 2026, "production_cost": D(1000)}
-    return Claim45X(Component.ELECTRODE_ACTIVE_MATERIAL, **(defaults | kw))
+    return clean(Component.ELECTRODE_ACTIVE_MATERIAL, **(defaults | kw))
 
 
 # ---- rates ------------------------------------------------------------------------------------------
@@ -52,7 +80,7 @@ def eam(**kw: Any) -> Claim45X:
     [
         (cell(capacity_kwh=D(100)), D("3500")),
         (module(capacity_kwh=D(10)), D("100")),
-        (Claim45X(Component.MODULE_WITHOUT_CELLS, sale_year=2026, capacity_kwh=D(10)), D("450")),
+        (clean(Component.MODULE_WITHOUT_CELLS, sale_year=2026, capacity_kwh=D(10)), D("450")),
         (eam(), D("100")),
         (mineral(), D("100")),
     ],
@@ -230,7 +258,9 @@ def test_example_nickel_at_90_percent_is_included(pack: RulePack) -> None:
     assert f.amounts["eligible_production_cost_usd"] == D(1000)
 
 
-def test_example_cam_counts_refined_inputs_but_not_unrefined_source(pack: RulePack) -> None:
+def test_example_cam_counts_unrefined_material_that_was_not_an_eligible_component(pack: RulePack) -> None:
+    # review B2: 1.45X-3(e)(2)(iv)(A)(1) counts every direct material cost except material that was an
+    # eligible component when acquired; unrefined C was not one, so its 150 counts (Example 2)
     items = (
         CostItem("CAM synthesis", D(300), CostKind.OWN_PRODUCTION),
         CostItem("refined A", D(200), CostKind.CONSTITUENT_MATERIAL),
@@ -238,9 +268,34 @@ def test_example_cam_counts_refined_inputs_but_not_unrefined_source(pack: RulePa
         CostItem("unrefined C (source of A)", D(150), CostKind.UNREFINED_MATERIAL),
     )
     f = credit_45x(pack, eam(production_cost=None, cost_items=items))
-    assert f.amounts["eligible_production_cost_usd"] == D(600)
-    assert f.amounts["excluded_cost_usd"] == D(150)
-    assert any("unrefined C" in n for n in f.notes)
+    assert f.amounts["eligible_production_cost_usd"] == D(750)
+    assert f.amounts["excluded_cost_usd"] == D(0)
+    assert f.amounts["credit_usd"] == D("75.00")
+
+
+def test_review_b2_repro_raw_concentrate_counts(pack: RulePack) -> None:
+    f = credit_45x(
+        pack,
+        eam(
+            production_cost=None,
+            cost_items=(
+                CostItem("own", D(50), CostKind.OWN_PRODUCTION),
+                CostItem("raw concentrate, not an eligible component", D(100), CostKind.UNREFINED_MATERIAL),
+            ),
+        ),
+    )
+    assert f.amounts["eligible_production_cost_usd"] == D(150) and f.amounts["credit_usd"] == D("15.00")
+
+
+def test_only_eligible_components_are_excluded_from_eam_cost(pack: RulePack) -> None:
+    # nickel bought at 99% is an applicable critical mineral (excluded); the same nickel at 90% is not
+    items = (
+        CostItem("own", D(50), CostKind.OWN_PRODUCTION),
+        CostItem("nickel 99%", D(100), purchase_cost_kind(pack, "nickel", purity=D("0.99"))),
+        CostItem("nickel 90%", D(70), purchase_cost_kind(pack, "nickel", purity=D("0.90"))),
+    )
+    f = credit_45x(pack, eam(production_cost=None, cost_items=items))
+    assert f.amounts["excluded_cost_usd"] == D(100) and f.amounts["eligible_production_cost_usd"] == D(120)
 
 
 def test_example_lithium_carbonate_earns_one_credit(pack: RulePack) -> None:
