@@ -1920,6 +1920,22 @@ def processing_share(pack: RulePack, steps: Sequence[ProcessingStep], day: date)
     return good / sum(weights)
 
 
+def qualifying_part(
+    extraction: bool | None, processing: float | None, recycling: bool | None, reading: str
+) -> float:
+    """The part of a chain's value that is traced qualifying value (cv30d.traced_chain_reading, review
+    Q4): whole if extracted in the US/FTA or recycled in North America; otherwise by its processing
+    steps, whole only if all were in the US/FTA ("whole_chain") or in proportion to the value they
+    added there ("value_added")."""
+    if extraction or recycling:
+        return 1.0
+    if processing is None:
+        return 0.0
+    if reading == "whole_chain":
+        return 1.0 if processing >= 1.0 - _EPS else 0.0
+    return processing
+
+
 def _chain_text(c: Chain) -> str:
     source, country, consumer, steps, feoc = c
     if source == "unknown":
@@ -2038,14 +2054,7 @@ def _audit_30d(w: _Work, claim: Claim30DFile) -> Finding:
                 else qualifying_location(pack, SupplyStep.RECYCLING, country, day)
             )
             processing = processing_share(pack, steps, day)
-            if extraction or recycling:
-                part = 1.0
-            elif processing is None:
-                part = 0.0
-            elif reading == "whole_chain":
-                part = 1.0 if processing >= 1.0 - _EPS else 0.0
-            else:
-                part = processing
+            part = qualifying_part(extraction, processing, recycling, reading)
             qualifying_kg += kg * part
             chain_value = _dec(el_value * kg / split.contained_kg, MONEY)
             if el_value > 0:

@@ -449,29 +449,8 @@ def _foreign_entity_requirements(
                     note="linked MACR finding: " + ma.status,
                 )
             )
-        return out
-    threshold = _macr_threshold(log, path, sale_year)
-    if threshold is None:
-        notes.append(
-            f"no {category} MACR threshold for sale year {sale_year}: material assistance not tested"
-        )
-    elif threshold == 0 and log.flag("macr.equality_passes"):
-        notes.append(f"{category} MACR threshold for {sale_year} is 0: any ratio meets it")
     else:
-        out.append(
-            Requirement(
-                name=f"no material assistance from a prohibited foreign entity (MACR {category})",
-                passed=False,
-                value="not established",
-                threshold=threshold,
-                threshold_year=sale_year,
-                comparison=Comparison.GE,
-                citation=log.param(path).citation,
-                confidence="?",
-                note="unconfirmed: give the material assistance cost ratio (direct material and PFE costs) "
-                "to establish it; unmet until then",
-            )
-        )
+        out += _unestablished_macr(log, path, category, sale_year, notes)
     # 3. integrated components (taxable years beginning after 2026-12-31)
     if claim.integrated:
         rule_path = "credit45x.integrated_component_rule_taxable_years_beginning_after"
@@ -499,6 +478,36 @@ def _foreign_entity_requirements(
                 ).evaluate(claim)
             )
     return out
+
+
+def _unestablished_macr(
+    log: ParamLog, path: str, category: str, sale_year: int, notes: list[str]
+) -> list[Requirement]:
+    """The material-assistance condition when no MACR finding is linked: a named requirement that is
+    not met, unless the sale year has no threshold or a zero one."""
+    threshold = _macr_threshold(log, path, sale_year)
+    if threshold is None:
+        notes.append(
+            f"no {category} MACR threshold for sale year {sale_year}: material assistance not tested"
+        )
+    elif threshold == 0 and log.flag("macr.equality_passes"):
+        notes.append(f"{category} MACR threshold for {sale_year} is 0: any ratio meets it")
+    else:
+        return [
+            Requirement(
+                name=f"no material assistance from a prohibited foreign entity (MACR {category})",
+                passed=False,
+                value="not established",
+                threshold=threshold,
+                threshold_year=sale_year,
+                comparison=Comparison.GE,
+                citation=log.param(path).citation,
+                confidence="?",
+                note="unconfirmed: give the material assistance cost ratio (direct material and PFE costs) "
+                "to establish it; unmet until then",
+            )
+        ]
+    return []
 
 
 def _macr_threshold(log: ParamLog, path: str, sale_year: int) -> Decimal | None:

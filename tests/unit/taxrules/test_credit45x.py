@@ -30,25 +30,24 @@ def clean(component: Component, **kw: Any) -> Claim45X:
     """A claim whose taxpayer and material assistance meet the P.L. 119-21 conditions (a MACR of 1, a
     taxpayer neither SFE nor FIE, a calendar taxable year), so the other rules are tested alone."""
     sale = kw.get("sale_year") or kw.get("production_year")
-    if isinstance(sale, int) and 2026 <= sale <= 2200 and "material_assistance" not in kw:
+    if isinstance(sale, int) and 2026 <= sale <= 2200:
         category = (
             MacrCategory.CRITICAL_MINERAL
             if component is Component.CRITICAL_MINERAL
             else MacrCategory.BATTERY_COMPONENT
         )
         start = date(sale, 1, 1)
-        kw = {
-            "taxable_year_start": start,
-            "prohibited_foreign_entity_taxpayer": False,
-            "material_assistance": evaluate_macr(
+        defaults: dict[str, Any] = {"taxable_year_start": start, "prohibited_foreign_entity_taxpayer": False}
+        if "material_assistance" not in kw:
+            defaults["material_assistance"] = evaluate_macr(
                 load_pack(),
                 category=category,
                 total_direct_material_cost=D(100),
                 pfe_cost=D(0),
                 sale_year=sale,
-                taxable_year_start=start,
-            ),
-        } | kw
+                taxable_year_start=kw.get("taxable_year_start", start),
+            )
+        kw = defaults | kw
     return Claim45X(component, **kw)
 
 
@@ -408,3 +407,98 @@ def test_finding_records_parameters_and_custody(pack: RulePack) -> None:
     assert f.events == ("ev-1",)
     for u in f.parameters_used:
         pack.lookup(u.name)  # every recorded name resolves in the pack
+
+
+# ---- P.L. 119-21: prohibited foreign entities, integrated components, Q1 ------------------------------
+
+
+def test_q1_critical_mineral_sold_after_2029_both_readings(
+    pack: RulePack, user_pack: Callable[..., Path]
+) -> None:
+    claim = mineral(production_year=2030, sale_year=2031)
+    # default reading: the production-year phase-out only; produced 2030 -> 100%
+    f = credit_45x(pack, claim)
+    assert f.amounts["phase_out_factor"] == 1 and f.amounts["credit_usd"] == D(100)
+    assert "credit45x.critical_mineral_sale_year_phase_out" in {p.name for p in f.unconfirmed_parameters()}
+    # literal reading: the sale-year phase-out (2031: 50%) applies too, the lower factor wins
+    literal = load_pack(user_pack({"credit45x": {"critical_mineral_sale_year_phase_out": param(True)}}))
+    g = credit_45x(literal, claim)
+    assert g.amounts["phase_out_factor"] == D("0.50") and g.amounts["credit_usd"] == D(50)
+    assert any("sale-year factor" in n for n in g.notes)
+    with pytest.raises(InputError) as err:
+        credit_45x(literal, mineral(production_year=2030, sale_year=None, material_assistance=None))
+    assert err.value.field == "sale_year"
+
+
+def test_pfe_conditions_only_for_taxable_years_beginning_after_enactment(pack: RulePack) -> None:
+    bare = Claim45X(Component.CELL, sale_year=2026, capacity_kwh=D(1), taxable_year_start=date(2025, 7, 4))
+    assert credit_45x(pack, bare).passed  # a fiscal year that began on 2025-07-04
+    later = Claim45X(Component.CELL, sale_year=2026, capacity_kwh=D(1), taxable_year_start=date(2025, 7, 5))
+    f = credit_45x(pack, later)
+    assert f.status == "fail" and f.amounts["credit_usd"] == 0
+    failed = {r.name for r in f.requirements if not r.passed}
+    assert failed == {
+        "taxpayer is neither a specified foreign entity nor a foreign-influenced entity",
+        "no material assistance from a prohibited foreign entity (MACR battery-component)",
+    }
+    # a 2025 sale with no taxable year given: a calendar year is assumed, the rules do not reach it
+    f2025 = credit_45x(pack, Claim45X(Component.CELL, sale_year=2025, capacity_kwh=D(1)))
+    assert f2025.passed and any("calendar year" in w for w in f2025.warnings)
+
+
+def test_prohibited_taxpayer_is_barred(pack: RulePack) -> None:
+    f = credit_45x(pack, cell(prohibited_foreign_entity_taxpayer=True))
+    assert f.status == "fail" and f.amounts["credit_usd"] == 0
+
+
+@pytest.mark.parametrize(("pfe", "ok"), [("40", True), ("40.0001", False)])
+def test_linked_macr_decides_material_assistance(pack: RulePack, pfe: str, ok: bool) -> None:
+    ma = evaluate_macr(
+        pack,
+        category=MacrCategory.BATTERY_COMPONENT,
+        total_direct_material_cost=D(100),
+        pfe_cost=D(pfe),
+        sale_year=2026,
+        taxable_year_start=date(2026, 1, 1),
+    )
+    f = credit_45x(pack, cell(material_assistance=ma))
+    req = next(r for r in f.requirements if r.name.startswith("no material assistance"))
+    assert req.passed is ok and req.threshold == D("0.60") and f.passed is ok
+    assert "macr.equality_passes" in {p.name for p in f.unconfirmed_parameters()}  # carried over
+
+
+def test_critical_mineral_zero_threshold_needs_no_macr(pack: RulePack) -> None:
+    f = credit_45x(pack, mineral(production_year=2028, material_assistance=None))
+    assert f.passed and any("threshold for 2028 is 0" in n for n in f.notes)
+
+
+@pytest.mark.parametrize(
+    ("start", "same", "share", "ok"),
+    [
+        (date(2027, 1, 1), True, D("0.65"), True),
+        (date(2027, 1, 1), True, D("0.6499"), False),
+        (date(2027, 1, 1), False, D("0.9"), False),
+        (date(2027, 1, 1), None, D("0.9"), False),
+        (date(2026, 12, 31), False, None, True),  # the rule starts with taxable years after 2026-12-31
+    ],
+)
+def test_integrated_component_65_percent_rule(
+    pack: RulePack, start: date, same: bool | None, share: D | None, ok: bool
+) -> None:
+    ma = evaluate_macr(
+        pack,
+        category=MacrCategory.BATTERY_COMPONENT,
+        total_direct_material_cost=D(100),
+        pfe_cost=D(0),
+        sale_year=2027,
+        taxable_year_start=start,
+    )
+    claim = cell(
+        sale_year=2027,
+        taxable_year_start=start,
+        material_assistance=ma,
+        integrated=True,
+        integrated_same_facility=same,
+        integrated_us_primary_share=share,
+    )
+    assert credit_45x(pack, claim).passed is ok
