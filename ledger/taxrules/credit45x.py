@@ -8,7 +8,9 @@ P.L. 119-21), 45X(b)(4) (capacity-to-power ratio), 45X(c)(5)-(6) (definitions), 
 From taxable years beginning after 2025-07-04 a finding carries the prohibited-foreign-entity
 conditions: the taxpayer is neither a specified nor a foreign-influenced entity, and the material
 assistance cost ratio meets the threshold for the sale year (a MACR finding from `macr.evaluate_macr`,
-linked; without one the condition is a named requirement that is not met). Without a taxable year
+linked, decides). A condition the inputs do not establish is a named UNCONFIRMED requirement: assumed
+met so the credit is shown, with confidence "?", a warning, and an `unconfirmed.*` entry among the
+finding's "?" parameters. Without a taxable year
 start, a calendar taxable year is assumed (and a warning says so).
 """
 
@@ -407,20 +409,21 @@ def _foreign_entity_requirements(
     bar_path = "macr.prohibited_taxpayer_bar_taxable_years_beginning_after"
     if start > log.day(bar_path):
         stated = claim.prohibited_foreign_entity_taxpayer
-        out.append(
-            Condition[Claim45X](
-                "taxpayer is neither a specified foreign entity nor a foreign-influenced entity",
-                lambda cl: cl.prohibited_foreign_entity_taxpayer is False,
-                **cited(log, bar_path),
-                show=lambda cl: {None: "not stated", True: "prohibited foreign entity", False: "neither"}[
-                    cl.prohibited_foreign_entity_taxpayer
-                ],
-                threshold="neither",
-                note="not stated: the condition is unmet until the taxpayer's status is given"
-                if stated is None
-                else "",
-            ).evaluate(claim)
-        )
+        name = "taxpayer is neither a specified foreign entity nor a foreign-influenced entity"
+        if stated is None:
+            out.append(_unconfirmed(log, name, "not stated", "neither", "taxpayer_not_prohibited", warnings))
+        else:
+            out.append(
+                Condition[Claim45X](
+                    name,
+                    lambda cl: cl.prohibited_foreign_entity_taxpayer is False,
+                    **cited(log, bar_path),
+                    show=lambda cl: (
+                        "prohibited foreign entity" if cl.prohibited_foreign_entity_taxpayer else "neither"
+                    ),
+                    threshold="neither",
+                ).evaluate(claim)
+            )
     # 2. no material assistance from a prohibited foreign entity: the MACR finding, linked
     log.day(macr_path)
     category = "critical-mineral" if claim.component is Component.CRITICAL_MINERAL else "battery-component"
@@ -450,7 +453,7 @@ def _foreign_entity_requirements(
                 )
             )
     else:
-        out += _unestablished_macr(log, path, category, sale_year, notes)
+        out += _unestablished_macr(log, path, category, sale_year, notes, warnings)
     # 3. integrated components (taxable years beginning after 2026-12-31)
     if claim.integrated:
         rule_path = "credit45x.integrated_component_rule_taxable_years_beginning_after"
@@ -480,11 +483,42 @@ def _foreign_entity_requirements(
     return out
 
 
+def _unconfirmed(
+    log: ParamLog,
+    name: str,
+    value: str,
+    threshold: Decimal | str,
+    key: str,
+    warnings: list[str],
+    year: int | None = None,
+) -> Requirement:
+    """A P.L. 119-21 condition nobody established: assumed met so the credit is shown, but named, with
+    confidence "?", as an unconfirmed input in the finding's parameters and in a warning."""
+    log.user_supplied(
+        f"unconfirmed.{key}",
+        "assumed met",
+        citation="P.L. 119-21 (45X(c)(1)(C)); not established by the inputs",
+        note=f"{name}: {value}; give it to confirm or refute",
+    )
+    warnings.append(f"UNCONFIRMED: {name} ({value}); assumed met, give it to confirm")
+    return Requirement(
+        name=name,
+        passed=True,
+        value=value,
+        threshold=threshold,
+        threshold_year=year,
+        comparison=Comparison.IS_TRUE if isinstance(threshold, str) else Comparison.GE,
+        citation="P.L. 119-21 (45X(c)(1)(C)); not established by the inputs",
+        confidence="?",
+        note="UNCONFIRMED: assumed met, not established; the credit depends on it",
+    )
+
+
 def _unestablished_macr(
-    log: ParamLog, path: str, category: str, sale_year: int, notes: list[str]
+    log: ParamLog, path: str, category: str, sale_year: int, notes: list[str], warnings: list[str]
 ) -> list[Requirement]:
-    """The material-assistance condition when no MACR finding is linked: a named requirement that is
-    not met, unless the sale year has no threshold or a zero one."""
+    """The material-assistance condition when no MACR finding is linked: a named unconfirmed
+    requirement, unless the sale year has no threshold or a zero one."""
     threshold = _macr_threshold(log, path, sale_year)
     if threshold is None:
         notes.append(
@@ -493,19 +527,9 @@ def _unestablished_macr(
     elif threshold == 0 and log.flag("macr.equality_passes"):
         notes.append(f"{category} MACR threshold for {sale_year} is 0: any ratio meets it")
     else:
+        name = f"no material assistance from a prohibited foreign entity (MACR {category})"
         return [
-            Requirement(
-                name=f"no material assistance from a prohibited foreign entity (MACR {category})",
-                passed=False,
-                value="not established",
-                threshold=threshold,
-                threshold_year=sale_year,
-                comparison=Comparison.GE,
-                citation=log.param(path).citation,
-                confidence="?",
-                note="unconfirmed: give the material assistance cost ratio (direct material and PFE costs) "
-                "to establish it; unmet until then",
-            )
+            _unconfirmed(log, name, "not established", threshold, "material_assistance", warnings, sale_year)
         ]
     return []
 

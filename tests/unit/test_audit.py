@@ -752,13 +752,17 @@ def test_review_b5_45x_after_2025_links_the_ledger_macr(demo: tuple[str, Ledger]
         Decimal(str(macr.value)), (CELL_INPUTS - PFE_IN_CAM) / CELL_INPUTS, "0.00000001"
     )
     assert macr.threshold == Decimal("0.65")
-    # the taxpayer's status is not in the claim: a named requirement, unmet
+    # the taxpayer's status is not in the claim: a named unconfirmed requirement ("?", warned)
     taxpayer = req(r, "taxpayer is neither a specified foreign entity nor a foreign-influenced entity")
-    assert not taxpayer.passed and taxpayer.value == "not stated"
-    assert r.status == "fail" and r.finding.amounts["credit_usd"] == 0
+    assert taxpayer.value == "not stated" and taxpayer.confidence == "?"
+    assert "unconfirmed.taxpayer_not_prohibited" in {p.name for p in r.finding.unconfirmed_parameters()}
+    assert r.status == "pass" and r.finding.amounts["credit_usd"] == 634550
     assert any("calendar year" in x for x in r.finding.warnings)
     ok = run(led, "45x-cell.yaml", sale_year=2027, prohibited_foreign_entity_taxpayer=False, asserted={})
     assert ok.status == "pass" and ok.finding.amounts["credit_usd"] == 634550
+    assert "unconfirmed.taxpayer_not_prohibited" not in {p.name for p in ok.finding.unconfirmed_parameters()}
+    barred = run(led, "45x-cell.yaml", sale_year=2027, prohibited_foreign_entity_taxpayer=True, asserted={})
+    assert barred.status == "fail" and barred.finding.amounts["credit_usd"] == 0
     # a fiscal year that began 2025-07-01 is outside the P.L. 119-21 rules: no conditions added
     early = run(led, "45x-cell.yaml", sale_year=2026, taxable_year_start="2025-07-01", asserted={})
     assert early.status == "pass"

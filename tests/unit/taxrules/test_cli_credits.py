@@ -106,17 +106,32 @@ def test_45x_json_integer_credit_is_a_number() -> None:
 
 def test_review_b5_repro_2027_sale_carries_the_foreign_entity_conditions() -> None:
     data = as_json("45x", "--component", "cell", "--capacity-kwh", "1", "--sale-year", "2027")
-    # before: pass, $35, nothing about prohibited foreign entities
-    assert data["status"] == "fail" and data["credit_usd"] == 0
+    # before: pass, $35, nothing about prohibited foreign entities. Now the two P.L. 119-21 conditions
+    # are there, unconfirmed (assumed met, confidence "?"), named as "?" inputs and in warnings
+    assert data["status"] == "pass" and data["credit_usd"] == 35
     names = {r["name"]: r for r in data["requirements"]}
     macr = names["no material assistance from a prohibited foreign entity (MACR battery-component)"]
-    assert macr["passed"] is False and macr["value"] == "not established" and macr["confidence"] == "?"
-    assert macr["threshold"] == Decimal("0.65")
-    assert (
-        names["taxpayer is neither a specified foreign entity nor a foreign-influenced entity"]["passed"]
-        is False
+    assert macr["value"] == "not established" and macr["confidence"] == "?" and "UNCONFIRMED" in macr["note"]
+    assert macr["threshold"] == Decimal("0.65") and macr["threshold_year"] == 2027
+    taxpayer = names["taxpayer is neither a specified foreign entity nor a foreign-influenced entity"]
+    assert taxpayer["value"] == "not stated" and taxpayer["confidence"] == "?"
+    assert {"unconfirmed.material_assistance", "unconfirmed.taxpayer_not_prohibited"} <= set(
+        data["unconfirmed_parameters"]
     )
+    assert sum("UNCONFIRMED" in w for w in data["warnings"]) == 2
     assert any("calendar year" in w for w in data["warnings"])
+    # a taxpayer that is a prohibited foreign entity gets nothing
+    barred = as_json(
+        "45x",
+        "--component",
+        "cell",
+        "--capacity-kwh",
+        "1",
+        "--sale-year",
+        "2027",
+        "--prohibited-foreign-entity-taxpayer",
+    )
+    assert barred["status"] == "fail" and barred["credit_usd"] == 0
     # with the costs and the taxpayer's status: the linked MACR decides
     ok = as_json("45x", "--component", "cell", "--capacity-kwh", "1", "--sale-year", "2027", *CLEAN)
     assert ok["status"] == "pass" and ok["credit_usd"] == 35 and ok["macr"] == 1
