@@ -168,7 +168,9 @@ def _production_cost(log: ParamLog, component: Component, items: Sequence[CostIt
 
 def production_cost_of(pack: RulePack, component: Component, items: Sequence[CostItem]) -> ProductionCost:
     """Production cost that earns the 10% credit (26 CFR 1.45X-3): purchased eligible components are
-    never counted twice; for electrode active materials, unrefined raw material is not counted."""
+    never counted twice; which kinds are excluded is the pack's (`eam_cost_excluded_kinds`,
+    `critical_mineral_cost_excluded_kinds`): material that was not an eligible component when acquired,
+    unrefined material included, counts (1.45X-3(e)(2)(iv)(A)(1))."""
     return _production_cost(ParamLog(pack), component, items)
 
 
