@@ -872,6 +872,7 @@ class _View:
         self._batches: dict[str, BatchState] = {}
         self._events: dict[str, DecodedEvent] = {}
         self._prov: dict[str, Provenance] = {}
+        self._certs: dict[str, tuple[str, SupplierCertified]] | None = None
 
     def batch(self, batch_id: str, field: str) -> BatchState:
         b = self._batches.get(batch_id)
@@ -988,6 +989,18 @@ class _View:
         for b in out:
             self._batches.setdefault(b.batch_id, b)
         return out
+
+    def certifications(self) -> dict[str, tuple[str, SupplierCertified]]:
+        """Supplier certifications by the batch they cover (read once per audit)."""
+        if self._certs is None:
+            certs: dict[str, tuple[str, SupplierCertified]] = {}
+            for _seq, d in self.events_of_kind(Kind.SUPPLIER_CERTIFIED):
+                ev = d.event
+                if isinstance(ev, SupplierCertified):
+                    for covered in ev.batch_ids:
+                        certs[covered] = (d.event_id, ev)  # in seq order: the latest certification wins
+            self._certs = certs
+        return self._certs
 
     def ledger_ref(self) -> LedgerRef:
         with self.led.engine.connect() as conn:
@@ -1667,12 +1680,7 @@ def _macr_costs(
     attribution = _pack_param(w.pack, "macr.pfe_cost_attribution")
     w.use(P_ALLOCATION, P_MACR_PFE, attribution)
     look_through = attribution.value == "look_through"
-    certs: dict[str, tuple[str, SupplierCertified]] = {}
-    for _seq, d in w.view.events_of_kind(Kind.SUPPLIER_CERTIFIED):
-        ev = d.event
-        if isinstance(ev, SupplierCertified):
-            for covered in ev.batch_ids:
-                certs[covered] = (d.event_id, ev)  # in seq order: the latest certification wins
+    certs = w.view.certifications()
     total = Decimal(0)
     pfe = Decimal(0)
     used: list[SupplierCertification] = []

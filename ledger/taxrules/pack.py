@@ -13,6 +13,10 @@ Every parameter is an object with `value`, `citation`, `confidence` ("P" read in
 - year schedule: `[{"from_year": 2030, "value": "0.75"}, ...]` steps, increasing; the first step may have
   `"from_year": null` (all earlier years). A year before the first step has no value (rule not in force).
 - date schedule: `[{"start": "2024-01-01", "value": "0.50"}, ...]`, same idea at day resolution.
+- a step of either schedule may carry its own `"confidence"` when it is less (or more) sure than the
+  schedule (e.g. one year of a ramp unconfirmed); a finding that reads that step uses its mark.
+- a text parameter that selects a reading of an open question accepts only the named readings
+  (`PFE_ATTRIBUTIONS`, `TRACED_CHAIN_READINGS`, `COMPONENT_VALUE_READINGS`).
 - fraction table: `{"nickel": "0.99", ...}`; forms table: `{"nickel": ["sulphate"], ...}`
 - country list: `[{"code": "JP", "name": "Japan", "start": "2023-03-28", "end": null}, ...]`
 
