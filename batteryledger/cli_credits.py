@@ -60,6 +60,8 @@ OPTION_OF = {
     "construction_start": "--construction-start",
     "steel_iron_us_share": "--steel-iron-us-share",
     "taxable_year_start": "--taxable-year-start",
+    "integrated": "--integrated",
+    "integrated_us_primary_share": "--integrated-us-primary-share",
     "acquired": "--acquired",
     "placed_in_service": "--placed-in-service",
     "critical_mineral_content": "--critical-mineral-content",
@@ -294,6 +296,24 @@ def cmd_45x(
             help="Whether the taxpayer is a specified foreign entity or foreign-influenced entity.",
         ),
     ] = None,
+    integrated: Annotated[
+        bool,
+        typer.Option("--integrated", help="The component went into another eligible component (45X(d)(4))."),
+    ] = False,
+    integrated_same_facility: Annotated[
+        bool | None,
+        typer.Option(
+            "--integrated-same-facility/--integrated-other-facility",
+            help="Primary and secondary component made in the same facility.",
+        ),
+    ] = None,
+    integrated_us_primary_share: Annotated[
+        str | None,
+        typer.Option(
+            "--integrated-us-primary-share",
+            help="Share of the secondary component's direct material cost from US-made primary components.",
+        ),
+    ] = None,
     pack: PackOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -332,6 +352,11 @@ def cmd_45x(
             taxable_year_start=start,
             material_assistance=material_assistance,
             prohibited_foreign_entity_taxpayer=prohibited_foreign_entity_taxpayer,
+            integrated=integrated,
+            integrated_same_facility=integrated_same_facility,
+            integrated_us_primary_share=None
+            if integrated_us_primary_share is None
+            else _fraction_opt("--integrated-us-primary-share", integrated_us_primary_share),
         )
         finding = credit_45x(rules, claim)
         a = finding.amounts

@@ -366,6 +366,10 @@ class Claim45XFile(_Claim):
     taxable_year_start: date | None = None
     #: claimant-attested: is the taxpayer a specified foreign entity or a foreign-influenced entity?
     prohibited_foreign_entity_taxpayer: Flag | None = None
+    #: claimant-attested (45X(d)(4)): the component went into another eligible component of the taxpayer
+    integrated: Flag = False
+    integrated_same_facility: Flag | None = None
+    integrated_us_primary_share: Decimal | None = None
     ASSERTABLE: ClassVar[dict[str, Direction]] = {
         "credit_usd": "max",
         "capacity_kwh": "max",
@@ -1403,6 +1407,9 @@ class _PfeFacts(TypedDict):
     taxable_year_start: date | None
     prohibited_foreign_entity_taxpayer: bool | None
     material_assistance: Finding | None
+    integrated: bool
+    integrated_same_facility: bool | None
+    integrated_us_primary_share: Decimal | None
 
 
 def _45x_pfe_facts(w: _Work, claim: Claim45XFile, b: BatchState) -> _PfeFacts:
@@ -1415,6 +1422,9 @@ def _45x_pfe_facts(w: _Work, claim: Claim45XFile, b: BatchState) -> _PfeFacts:
         taxable_year_start=claim.taxable_year_start,
         prohibited_foreign_entity_taxpayer=claim.prohibited_foreign_entity_taxpayer,
         material_assistance=None,
+        integrated=claim.integrated,
+        integrated_same_facility=claim.integrated_same_facility,
+        integrated_us_primary_share=claim.integrated_us_primary_share,
     )
     if start <= cutoff:
         return facts

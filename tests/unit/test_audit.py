@@ -901,3 +901,19 @@ def test_48e_claim_with_only_a_year_takes_the_strictest_value(demo: tuple[str, L
     assert any("2025-06-16" in n for n in r.finding.notes)
     with pytest.raises(ClaimError, match="construction_start"):
         run(led, "48e-storage.yaml", construction_start=None)
+
+
+def test_45x_integrated_component_facts_from_the_claim(demo: tuple[str, Ledger]) -> None:
+    _, led = demo
+    common = {
+        "sale_year": 2027,
+        "taxable_year_start": "2027-01-01",
+        "prohibited_foreign_entity_taxpayer": False,
+    }
+    r = run(led, "45x-cell.yaml", asserted={}, integrated=True, integrated_same_facility=False, **common)
+    assert not req(r, "integrated component counts as sold").passed and r.status == "fail"
+    r = run(
+        led, "45x-cell.yaml", asserted={}, integrated=True, integrated_same_facility=True,
+        integrated_us_primary_share="0.9", **common,
+    )  # fmt: skip
+    assert req(r, "integrated component counts as sold").passed and r.status == "pass"

@@ -566,3 +566,14 @@ def test_usage_errors_exit_2_without_traceback(args: list[str]) -> None:
     assert result.stdout == ""
     assert "Traceback" not in result.stderr
     assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_integrated_component_rule_from_the_command_line() -> None:
+    base = ["45x", "--component", "cell", "--capacity-kwh", "1", "--sale-year", "2027", *CLEAN]
+    ok = as_json(*base, "--integrated", "--integrated-same-facility", "--integrated-us-primary-share", "0.65")
+    assert ok["status"] == "pass"
+    low = as_json(
+        *base, "--integrated", "--integrated-same-facility", "--integrated-us-primary-share", "0.64"
+    )
+    assert low["status"] == "fail" and low["credit_usd"] == 0
+    assert_error(invoke(*base, "--integrated-us-primary-share", "0.7", "--json"), "--integrated: ")
