@@ -578,9 +578,13 @@ def main() -> None:
 
         if debug:
             raise
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            raise SystemExit(exc.exit_code) from None
+        # typer >= 0.29 vendors click: its usage errors are not click's classes, so test the shape too
+        usage = isinstance(exc, click.exceptions.ClickException) or (
+            callable(getattr(exc, "show", None)) and isinstance(getattr(exc, "exit_code", None), int)
+        )
+        if usage:
+            exc.show()  # type: ignore[attr-defined]
+            raise SystemExit(exc.exit_code) from None  # type: ignore[attr-defined]
         if isinstance(exc, click.exceptions.Abort):
             raise SystemExit(1) from None
         diag = getattr(exc, "diagnostics", None)

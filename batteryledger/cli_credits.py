@@ -7,7 +7,8 @@ Input: fractions are 0..1 (0.6, not 60); money in USD; dates ISO 8601 (2024-03-0
 
 Output with `--json`: one JSON object on one line. Numbers are JSON numbers written from Decimal
 (never via float): USD rounded to cents, fractions and other quantities to 6 decimal places, trailing
-zeros dropped (3750, 0.6). Keys common to all commands: `status` ("pass", "fail", "not_applicable"),
+zeros dropped (3750, 0.6), except where rounding would hide which side of its threshold a value is on:
+then the value is written exactly (0.5999996, not 0.6). Keys common to all commands: `status` ("pass", "fail", "not_applicable"),
 `passes`, `requirements`, `warnings`, `notes`, `unconfirmed_parameters` (names of "?" parameters the
 result rests on), `citations`, `pack` ({id, version}). The exit code is 0 whenever a finding was made,
 whatever it says; bad input prints one line `error: ...` on stderr and exits 2.
@@ -18,7 +19,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from datetime import date
-from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
+from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation, localcontext
 from pathlib import Path
 from typing import Annotated, NoReturn, TypeVar
 
@@ -28,7 +29,7 @@ from rich.table import Table
 
 from ledger.taxrules.credit45x import Claim45X, Component, credit_45x
 from ledger.taxrules.cv30d import evaluate_30d
-from ledger.taxrules.domestic_content import evaluate_domestic_content
+from ledger.taxrules.domestic_content import CleanElectricityCredit, evaluate_domestic_content
 from ledger.taxrules.errors import InputError, TaxRuleError
 from ledger.taxrules.findings import Comparison, Finding, JsonValue, Requirement, dumps_json
 from ledger.taxrules.macr import MacrCategory, evaluate_macr
@@ -56,6 +57,11 @@ OPTION_OF = {
     "domestic_cost": "--domestic-cost",
     "total_cost": "--total-cost",
     "construction_year": "--construction-year",
+    "construction_start": "--construction-start",
+    "steel_iron_us_share": "--steel-iron-us-share",
+    "taxable_year_start": "--taxable-year-start",
+    "integrated": "--integrated",
+    "integrated_us_primary_share": "--integrated-us-primary-share",
     "acquired": "--acquired",
     "placed_in_service": "--placed-in-service",
     "critical_mineral_content": "--critical-mineral-content",
@@ -119,18 +125,35 @@ def _date(option: str, text: str) -> date:
 
 
 def _round(value: Decimal | None, step: Decimal = MICRO) -> Decimal | None:
-    return None if value is None else value.quantize(step, rounding=ROUND_HALF_EVEN)
+    if value is None:
+        return None
+    with localcontext() as ctx:  # never an InvalidOperation for a large value (review B6)
+        ctx.prec = max(ctx.prec, value.adjusted() + 10)
+        return value.quantize(step, rounding=ROUND_HALF_EVEN)
 
 
-def _shown(value: Decimal | str | None) -> JsonValue:
-    return _round(value) if isinstance(value, Decimal) else value
+def _round_against(value: Decimal | None, threshold: Decimal | None) -> Decimal | None:
+    """Rounded as usual, unless rounding would move the value onto or across its threshold: then the
+    exact value, so a failing 0.5999996 never shows as 0.6 (review B9)."""
+    rounded = _round(value)
+    if value is None or rounded is None or threshold is None:
+        return rounded
+    side = (value > threshold) - (value < threshold)
+    shown_side = (rounded > threshold) - (rounded < threshold)
+    return rounded if side == shown_side else value
+
+
+def _shown(value: Decimal | str | None, threshold: Decimal | str | None = None) -> JsonValue:
+    if isinstance(value, Decimal):
+        return _round_against(value, threshold if isinstance(threshold, Decimal) else None)
+    return value
 
 
 def _requirement(r: Requirement) -> dict[str, JsonValue]:
     out: dict[str, JsonValue] = {
         "name": r.name,
         "passed": r.passed,
-        "value": _shown(r.value),
+        "value": _shown(r.value, r.threshold),
         "comparison": r.comparison.value,
         "threshold": _shown(r.threshold),
         "threshold_year": r.threshold_year,
@@ -204,7 +227,7 @@ def _emit(title: str, head: Mapping[str, JsonValue], finding: Finding, as_json: 
         reqs.add_row(
             "  " * depth + r.name,
             "yes" if r.passed else "NO",
-            _text(_shown(r.value)),
+            _text(_shown(r.value, r.threshold)),
             test,
             r.confidence,
         )
@@ -252,12 +275,73 @@ def cmd_45x(
     ] = None,
     production_year: Annotated[int | None, typer.Option("--production-year", help="Year produced.")] = None,
     sale_year: Annotated[int | None, typer.Option("--sale-year", help="Year sold.")] = None,
+    taxable_year_start: Annotated[
+        str | None,
+        typer.Option(
+            "--taxable-year-start", help="First day of the taxable year of the sale (default: calendar)."
+        ),
+    ] = None,
+    total_direct_cost: Annotated[
+        str | None,
+        typer.Option("--total-direct-cost", help="Total direct material cost, USD (for the MACR condition)."),
+    ] = None,
+    pfe_cost: Annotated[
+        str | None,
+        typer.Option("--pfe-cost", help="Cost attributable to prohibited foreign entities, USD (MACR)."),
+    ] = None,
+    prohibited_foreign_entity_taxpayer: Annotated[
+        bool | None,
+        typer.Option(
+            "--prohibited-foreign-entity-taxpayer/--not-prohibited-foreign-entity-taxpayer",
+            help="Whether the taxpayer is a specified foreign entity or foreign-influenced entity.",
+        ),
+    ] = None,
+    integrated: Annotated[
+        bool,
+        typer.Option("--integrated", help="The component went into another eligible component (45X(d)(4))."),
+    ] = False,
+    integrated_same_facility: Annotated[
+        bool | None,
+        typer.Option(
+            "--integrated-same-facility/--integrated-other-facility",
+            help="Primary and secondary component made in the same facility.",
+        ),
+    ] = None,
+    integrated_us_primary_share: Annotated[
+        str | None,
+        typer.Option(
+            "--integrated-us-primary-share",
+            help="Share of the secondary component's direct material cost from US-made primary components.",
+        ),
+    ] = None,
     pack: PackOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """45X credit for one component: credit_usd, rate, phase-out factor, capped capacity."""
+    """45X credit for one component: credit_usd, rate, phase-out factor, capped capacity. For sales in
+    taxable years beginning after 2025-07-04 also the prohibited-foreign-entity conditions (MACR from
+    --total-direct-cost and --pfe-cost; the taxpayer's status)."""
 
     def body() -> tuple[Finding, dict[str, JsonValue]]:
+        rules = _pack(pack)
+        start = None if taxable_year_start is None else _date("--taxable-year-start", taxable_year_start)
+        material_assistance = None
+        if (total_direct_cost is None) != (pfe_cost is None):
+            raise InputError(
+                "--total-direct-cost", "give both --total-direct-cost and --pfe-cost, or neither"
+            )
+        if total_direct_cost is not None and pfe_cost is not None:
+            if sale_year is None:
+                raise InputError("sale_year", "is required for the material assistance cost ratio")
+            material_assistance = evaluate_macr(
+                rules,
+                category=MacrCategory.CRITICAL_MINERAL
+                if component is Component.CRITICAL_MINERAL
+                else MacrCategory.BATTERY_COMPONENT,
+                total_direct_material_cost=_required_number("--total-direct-cost", total_direct_cost),
+                pfe_cost=_required_number("--pfe-cost", pfe_cost),
+                sale_year=sale_year,
+                taxable_year_start=start,
+            )
         claim = Claim45X(
             component,
             sale_year=sale_year,
@@ -265,8 +349,16 @@ def cmd_45x(
             capacity_kwh=_number("--capacity-kwh", capacity_kwh),
             max_discharge_kw=_number("--max-discharge-kw", max_discharge_kw),
             production_cost=_number("--production-cost", production_cost),
+            taxable_year_start=start,
+            material_assistance=material_assistance,
+            prohibited_foreign_entity_taxpayer=prohibited_foreign_entity_taxpayer,
+            integrated=integrated,
+            integrated_same_facility=integrated_same_facility,
+            integrated_us_primary_share=None
+            if integrated_us_primary_share is None
+            else _fraction_opt("--integrated-us-primary-share", integrated_us_primary_share),
         )
-        finding = credit_45x(_pack(pack), claim)
+        finding = credit_45x(rules, claim)
         a = finding.amounts
         head: dict[str, JsonValue] = {
             "component": component.value,
@@ -277,6 +369,7 @@ def cmd_45x(
             "capacity_kwh": _round(a.get("capacity_kwh")),
             "capped_capacity_kwh": _round(a.get("capped_capacity_kwh")),
             "eligible_production_cost_usd": _round(a.get("eligible_production_cost_usd"), CENT),
+            "macr": None if material_assistance is None else _round(material_assistance.amounts.get("macr")),
         }
         return finding, head
 
@@ -296,6 +389,12 @@ def cmd_macr(
         str, typer.Option("--pfe-cost", help="Cost attributable to prohibited foreign entities, USD.")
     ],
     sale_year: Annotated[int, typer.Option("--sale-year", help="Year sold.")],
+    taxable_year_start: Annotated[
+        str | None,
+        typer.Option(
+            "--taxable-year-start", help="First day of the taxable year of the sale (default: calendar)."
+        ),
+    ] = None,
     pack: PackOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -308,12 +407,15 @@ def cmd_macr(
             total_direct_material_cost=_required_number("--total-direct-cost", total_direct_cost),
             pfe_cost=_required_number("--pfe-cost", pfe_cost),
             sale_year=sale_year,
+            taxable_year_start=None
+            if taxable_year_start is None
+            else _date("--taxable-year-start", taxable_year_start),
         )
 
     finding = _run(body)
     head: dict[str, JsonValue] = {
         "category": category.value,
-        "macr": _round(finding.amounts["macr"]),
+        "macr": _round_against(finding.amounts["macr"], finding.amounts.get("threshold")),
         "threshold": _round(finding.amounts.get("threshold")),
         "sale_year": sale_year,
     }
@@ -326,33 +428,64 @@ def cmd_domestic_content(
         str, typer.Option("--domestic-cost", help="Cost of US-manufactured products and components, USD.")
     ],
     total_cost: Annotated[str, typer.Option("--total-cost", help="Total manufactured products cost, USD.")],
-    construction_year: Annotated[int, typer.Option("--construction-year", help="Year construction began.")],
+    construction_year: Annotated[
+        int | None,
+        typer.Option("--construction-year", help="Year construction began (shorthand: strictest day of it)."),
+    ] = None,
+    construction_start: Annotated[
+        str | None, typer.Option("--construction-start", help="Date construction began (YYYY-MM-DD).")
+    ] = None,
+    credit: Annotated[
+        str, typer.Option("--credit", help="Which credit's schedule: 45y (default) or 48e.")
+    ] = "45y",
+    steel_iron_us_share: Annotated[
+        str | None,
+        typer.Option("--steel-iron-us-share", help="Share of steel and iron manufactured in the US, 0..1."),
+    ] = None,
     offshore_wind: Annotated[
         bool, typer.Option("--offshore-wind", help="Use the offshore wind schedule.")
     ] = False,
     pack: PackOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """48E domestic content: domestic cost percentage against the adjusted percentage."""
+    """48E / 45Y domestic content: domestic cost percentage against the adjusted percentage for the
+    date construction began, and US steel and iron (not given: not met, no bonus)."""
 
     def body() -> Finding:
+        kind = credit.strip().lower()
+        if kind not in ("45y", "48e"):
+            raise InputError("--credit", f"{credit!r} is not a credit; use 45y or 48e")
         return evaluate_domestic_content(
             _pack(pack),
             construction_year=construction_year,
+            construction_start=None
+            if construction_start is None
+            else _date("--construction-start", construction_start),
+            credit=CleanElectricityCredit.INVESTMENT_48E
+            if kind == "48e"
+            else CleanElectricityCredit.PRODUCTION_45Y,
             domestic_cost=_required_number("--domestic-cost", domestic_cost),
             total_cost=_required_number("--total-cost", total_cost),
+            steel_iron_us_share=None
+            if steel_iron_us_share is None
+            else _fraction_opt("--steel-iron-us-share", steel_iron_us_share),
             offshore_wind=offshore_wind,
         )
 
     finding = _run(body)
+    is_48e = finding.inputs.get("credit") == CleanElectricityCredit.INVESTMENT_48E.value
+    threshold = finding.amounts["threshold"]
     head: dict[str, JsonValue] = {
-        "percentage": _round(finding.amounts["domestic_cost_percentage"]),
-        "threshold": _round(finding.amounts["threshold"]),
-        "construction_year": construction_year,
+        "percentage": _round_against(finding.amounts["domestic_cost_percentage"], threshold),
+        "threshold": _round(threshold),
+        "construction_year": int(finding.inputs["construction_year"]),
         "offshore_wind": offshore_wind,
         "bonus_rate_points_48e": _round(finding.amounts.get("bonus_rate_points")),
+        "credit": "48e" if is_48e else "45y",
+        "construction_start": finding.inputs.get("construction_start"),
+        "bonus_credit_fraction_45y": _round(finding.amounts.get("bonus_credit_fraction")),
     }
-    _emit("48E domestic content", head, finding, as_json)
+    _emit("48E domestic content" if is_48e else "45Y domestic content", head, finding, as_json)
 
 
 @credits_app.command("30d")

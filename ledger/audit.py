@@ -29,14 +29,14 @@ from datetime import date
 from decimal import ROUND_HALF_EVEN, Decimal
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, TypedDict
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from sqlalchemy import select
 
 from ledger.core import Ledger, row_to_batch
-from ledger.provenance import BatchNode, Origin, Provenance, post_order
+from ledger.provenance import BatchNode, Provenance, post_order
 from ledger.rules import BatchState
 from ledger.store import BATCHES, CHECKPOINTS, ENTRIES, chunks
 from ledger.taxrules.credit45x import (
@@ -169,9 +169,11 @@ P_45X_ELIGIBLE_INPUTS = _param(
 )
 P_45X_UNREFINED = _param(
     "audit.45x_unrefined_inputs",
-    "inputs made by batch.extracted events",
-    "26 CFR 1.45X-3 (worked example 4: unrefined material C)",
-    "for electrode active materials, the cost of unrefined material is not production cost",
+    "inputs made by batch.extracted events count as direct material cost",
+    "26 CFR 1.45X-3(e)(2)(iv)(A)(1), (A)(3)(ii) (Example 2)",
+    "unrefined (extracted) material was not an eligible component when acquired, so its cost is "
+    "production cost (classified unrefined_material, which the pack does not exclude)",
+    confidence="P",
 )
 P_MACR_PFE = _param(
     "audit.macr_pfe_cost",
@@ -205,12 +207,13 @@ P_30D_MINERAL_VALUE = _param(
 )
 P_30D_CHAINS = _param(
     "audit.30d_procurement_chains",
-    "one chain per element and provenance origin",
+    "one chain per element, origin and sequence of processing steps",
     "T.D. 9995 (26 CFR 1.30D-3): traced qualifying value per procurement chain",
-    "an origin (mine or recycler and its country, processing country) is a chain; its value is the "
-    "element's value times its mass share; it qualifies whole if extracted or processed in the US or an "
-    "FTA country, or recycled in North America; unknown origin never qualifies. A chain is all or "
-    "nothing, so the 50% value-added safe harbor could not change the result and is not applied",
+    "a chain is a mine or recycler and its country plus every batch.processed step with its country and "
+    "value added (review B4); its value is the element's value times its mass share. It qualifies whole "
+    "if extracted in the US or an FTA country or recycled in North America; otherwise by its processing "
+    "steps as cv30d.traced_chain_reading says; the 50% value-added safe harbor applies to the processing "
+    "share when the report date is in its window; unknown origin never qualifies",
 )
 P_30D_IMPRACTICABLE = _param(
     "audit.30d_impracticable_to_trace_elements",
@@ -309,6 +312,17 @@ class PlantSubject(_Model):
     facility: Identifier
     year: Year
     battery_model: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+    #: part of the year (the minimums start on 18 August): cells made on these days, both included
+    period_start: date | None = None
+    period_end: date | None = None
+
+    @model_validator(mode="after")
+    def _period(self) -> PlantSubject:
+        start = self.period_start or date(self.year, 1, 1)
+        end = self.period_end or date(self.year, 12, 31)
+        if start.year != self.year or end.year != self.year or end < start:
+            raise AuditError("subject.period_end", f"the period {start}..{end} must lie within {self.year}")
+        return self
 
 
 class _Claim(_Model):
@@ -348,6 +362,14 @@ class Claim45XFile(_Claim):
     sale_year: Year
     production_year: Year | None = None
     first_module_sale: Flag = True
+    #: first day of the taxable year of the sale (default: the calendar year of the sale)
+    taxable_year_start: date | None = None
+    #: claimant-attested: is the taxpayer a specified foreign entity or a foreign-influenced entity?
+    prohibited_foreign_entity_taxpayer: Flag | None = None
+    #: claimant-attested (45X(d)(4)): the component went into another eligible component of the taxpayer
+    integrated: Flag = False
+    integrated_same_facility: Flag | None = None
+    integrated_us_primary_share: Decimal | None = None
     ASSERTABLE: ClassVar[dict[str, Direction]] = {
         "credit_usd": "max",
         "capacity_kwh": "max",
@@ -405,7 +427,9 @@ class ClaimDomesticContentFile(_Claim):
 
     kind: Literal["48e", "45y"]
     subject: ProjectSubject
-    construction_year: Year
+    #: the day construction began (48E's percentage changes on 2025-06-16); or only its year
+    construction_start: date | None = None
+    construction_year: Year | None = None
     steel_iron_us_share: Decimal | None = None
     prevailing_wage: Flag = False
     offshore_wind: Flag = False
@@ -415,6 +439,14 @@ class ClaimDomesticContentFile(_Claim):
     def _base_credit(self) -> ClaimDomesticContentFile:
         if self.base_credit_usd is not None and self.kind == "48e":
             raise AuditError("base_credit_usd", "applies to 45y claims; a 48E bonus is in rate points")
+        if self.construction_start is None and self.construction_year is None:
+            raise AuditError("construction_start", "missing: the date construction began (YYYY-MM-DD)")
+        if (
+            self.construction_start is not None
+            and self.construction_year is not None
+            and self.construction_start.year != self.construction_year
+        ):
+            raise AuditError("construction_year", "disagrees with construction_start: give one of them")
         return self
 
     def assertable(self) -> dict[str, Direction]:
@@ -428,6 +460,9 @@ class ClaimDomesticContentFile(_Claim):
         }
 
     def as_of(self) -> date:
+        if self.construction_start is not None:
+            return self.construction_start
+        assert self.construction_year is not None
         return date(self.construction_year, 12, 31)
 
 
@@ -446,7 +481,7 @@ class ClaimEuRecycledFile(_Claim):
     }
 
     def as_of(self) -> date:
-        return date(self.subject.year, 12, 31)
+        return self.subject.period_end or date(self.subject.year, 12, 31)
 
 
 Claim = Claim45XFile | ClaimMacrFile | Claim30DFile | ClaimDomesticContentFile | ClaimEuRecycledFile
@@ -752,7 +787,7 @@ class AuditResult:
                 if r.threshold is not None:
                     shown += f" (needs {_show(r.threshold)}){year}"
             elif r.value is not None or r.threshold is not None:
-                shown = f": {_show(r.value)} {r.comparison.value} {_show(r.threshold)}{year}"
+                shown = f": {_show(r.value, r.threshold)} {r.comparison.value} {_show(r.threshold)}{year}"
             conf = f" [{r.confidence}]"
             lines.append(f"  {'  ' * depth}{mark} {r.name}{shown}{conf}")
             for c in r.children:
@@ -774,10 +809,15 @@ class AuditResult:
         return lines
 
 
-def _show(value: Decimal | str | None) -> str:
-    """A number as a person reads it: thousands separated, fractions to 6 places."""
+def _show(value: Decimal | str | None, threshold: Decimal | str | None = None) -> str:
+    """A number as a person reads it: thousands separated, fractions to 6 places; exact when rounding
+    would put it on or across its threshold (a failing 0.5999996 never reads 0.6, review B9)."""
     if value is None:
         return "-"
+    if isinstance(value, Decimal) and isinstance(threshold, Decimal):
+        shown = value.quantize(QTY) if abs(value) < 1000 else value.quantize(MONEY)
+        if (value > threshold) - (value < threshold) != (shown > threshold) - (shown < threshold):
+            return _fmt(value)
     if isinstance(value, Decimal):
         if value == value.to_integral_value():
             return f"{value:,.0f}"
@@ -836,6 +876,7 @@ class _View:
         self._batches: dict[str, BatchState] = {}
         self._events: dict[str, DecodedEvent] = {}
         self._prov: dict[str, Provenance] = {}
+        self._certs: dict[str, tuple[str, SupplierCertified]] | None = None
 
     def batch(self, batch_id: str, field: str) -> BatchState:
         b = self._batches.get(batch_id)
@@ -953,6 +994,18 @@ class _View:
             self._batches.setdefault(b.batch_id, b)
         return out
 
+    def certifications(self) -> dict[str, tuple[str, SupplierCertified]]:
+        """Supplier certifications by the batch they cover (read once per audit)."""
+        if self._certs is None:
+            certs: dict[str, tuple[str, SupplierCertified]] = {}
+            for _seq, d in self.events_of_kind(Kind.SUPPLIER_CERTIFIED):
+                ev = d.event
+                if isinstance(ev, SupplierCertified):
+                    for covered in ev.batch_ids:
+                        certs[covered] = (d.event_id, ev)  # in seq order: the latest certification wins
+            self._certs = certs
+        return self._certs
+
     def ledger_ref(self) -> LedgerRef:
         with self.led.engine.connect() as conn:
             last = conn.execute(
@@ -962,6 +1015,12 @@ class _View:
         size = 0 if last is None else int(last.seq) + 1
         head = "" if last is None else bytes(last.entry_hash).hex()
         return LedgerRef(self.led.origin, size, head, None if ck is None else int(ck.size))
+
+
+def _pack_param(pack: RulePack, path: str) -> ParameterUse:
+    """A pack parameter as the audit relied on it (for the finding's parameter list)."""
+    p = pack.lookup(path)
+    return ParameterUse(name=path, value=p.shown(), citation=p.citation, confidence=p.confidence, note=p.note)
 
 
 # -- the audit --------------------------------------------------------------------------------------
@@ -976,6 +1035,8 @@ class _Work:
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     subjects: list[BatchState] = field(default_factory=list)
+    #: checks of ledger facts the rule engine does not make, added to the finding's requirements
+    ledger_checks: list[Requirement] = field(default_factory=list)
 
     def fact(
         self, name: str, value: FactValue, unit: str = "", batch: str | None = None, how: str = ""
@@ -1015,9 +1076,21 @@ def audit(ledger: Ledger, claim: Claim, *, pack: RulePack | None = None) -> Audi
             base = _audit_eu_recycled(w, claim)
     except TaxRuleError as exc:
         raise AuditError("", f"the rule engine refused the ledger's figures: {exc.diagnostics()}") from None
-    asserted = [
-        _asserted_requirement(claim, key, value, base.amounts) for key, value in claim.asserted.items()
-    ]
+    if any(not r.passed for r in w.ledger_checks) and base.status != "not_applicable":
+        # a failed ledger check takes the credit away, as a failed rule requirement does
+        zeroed = {k: Decimal(0) for k in base.amounts if k.endswith("credit_usd")}
+        base = base.model_copy(update={"amounts": {**base.amounts, **zeroed}})
+    if base.status == "not_applicable":
+        asserted: list[Requirement] = []
+        if claim.asserted:
+            w.notes.append(
+                "asserted amounts not checked: the rule is not in force for the claim's dates "
+                f"({', '.join(claim.asserted)})"
+            )
+    else:
+        asserted = [
+            _asserted_requirement(claim, key, value, base.amounts) for key, value in claim.asserted.items()
+        ]
     # every subject's provenance ancestry (and the subject events themselves) is relied on
     for b in w.subjects:
         w.events.append(b.event_id)
@@ -1027,7 +1100,7 @@ def audit(ledger: Ledger, claim: Claim, *, pack: RulePack | None = None) -> Audi
     _warn_corrections(w, {e.event_id for e in refs})
     finding = _rebuild(
         base,
-        requirements=[*base.requirements, *asserted],
+        requirements=[*base.requirements, *w.ledger_checks, *asserted],
         parameters=[*base.parameters_used, *w.params.values()],
         events=[e.event_id for e in refs],
         warnings=[*base.warnings, *w.warnings],
@@ -1060,11 +1133,12 @@ def _rebuild(
     notes: Sequence[str] | None = None,
     inputs: Mapping[str, str] | None = None,
 ) -> Finding:
-    """The finding with more requirements or facts; status follows: a failed requirement fails it,
-    otherwise a rule not in force stays not_applicable."""
+    """The finding with more requirements or facts; status follows: a rule not in force stays
+    not_applicable (its own failed in-force test is the reason, not a failure of the claim), otherwise
+    a failed requirement fails it."""
     failed = any(not r.passed for r in requirements)
     status: Status
-    if base.status == "not_applicable" and not failed:
+    if base.status == "not_applicable":
         status = "not_applicable"
     elif requirements and not failed:
         status = "pass"
@@ -1283,7 +1357,8 @@ def _audit_45x(w: _Work, claim: Claim45XFile) -> Finding:
             amounts = {key: first_finding.amounts[key], **amounts}
     all_na = all(f.status == "not_applicable" for _, f in per_batch)
     params = [p for _, f in per_batch for p in f.parameters_used]
-    base = first_finding.model_copy(update={"status": "not_applicable" if all_na else first_finding.status})
+    # the status follows from the requirements unless every batch is outside the rule (not_applicable)
+    base = first_finding.model_copy(update={"status": "not_applicable" if all_na else "fail"})
     return _rebuild(
         base,
         requirements=requirements,
@@ -1326,6 +1401,58 @@ def _45x_common_checks(w: _Work, claim: Claim45XFile, b: BatchState) -> tuple[li
             )
         )
     return checks, ledger_year
+
+
+class _PfeFacts(TypedDict):
+    taxable_year_start: date | None
+    prohibited_foreign_entity_taxpayer: bool | None
+    material_assistance: Finding | None
+    integrated: bool
+    integrated_same_facility: bool | None
+    integrated_us_primary_share: Decimal | None
+
+
+def _45x_pfe_facts(w: _Work, claim: Claim45XFile, b: BatchState) -> _PfeFacts:
+    """The prohibited-foreign-entity facts of one 45X batch (review B5): the claim's taxable year and
+    taxpayer status, and the MACR of the batch computed from the ledger when the rules reach the sale
+    (linked into the 45X finding; when an input has no value the condition stays unconfirmed)."""
+    cutoff = w.pack.macr.applies_to_taxable_years_beginning_after.value
+    start = claim.taxable_year_start or date(claim.sale_year, 1, 1)
+    facts = _PfeFacts(
+        taxable_year_start=claim.taxable_year_start,
+        prohibited_foreign_entity_taxpayer=claim.prohibited_foreign_entity_taxpayer,
+        material_assistance=None,
+        integrated=claim.integrated,
+        integrated_same_facility=claim.integrated_same_facility,
+        integrated_us_primary_share=claim.integrated_us_primary_share,
+    )
+    if start <= cutoff:
+        return facts
+    try:
+        total, pfe, used = _macr_costs(w, [b], ["subject.batches"])
+    except _NoCost as exc:
+        w.warnings.append(f"material assistance cost ratio of {b.batch_id} not computed: {exc.args[1]}")
+        return facts
+    if total <= 0:
+        return facts
+    linked = evaluate_macr(
+        w.pack,
+        category=MacrCategory.CRITICAL_MINERAL
+        if claim.component is Component.CRITICAL_MINERAL
+        else MacrCategory.BATTERY_COMPONENT,
+        total_direct_material_cost=total,
+        pfe_cost=pfe,
+        sale_year=claim.sale_year,
+        taxable_year_start=claim.taxable_year_start,
+        certifications=used,
+        events=[b.event_id],
+    )
+    facts["material_assistance"] = linked
+    w.notes.append(
+        f"{b.batch_id}: material assistance cost ratio {_fmt(linked.amounts['macr'].quantize(SHARE))} "
+        "computed from the ledger (linked MACR finding)"
+    )
+    return facts
 
 
 def _finish_batch(finding: Finding, checks: list[Requirement], credit: Decimal) -> tuple[Finding, Decimal]:
@@ -1430,6 +1557,7 @@ def _45x_capacity(w: _Work, claim: Claim45XFile, b: BatchState) -> tuple[Finding
             first_module_sale=first_sale if component is not Component.CELL else True,
             unit_id=bid,
             events=(b.event_id,),
+            **_45x_pfe_facts(w, claim, b),
         ),
     )
     amounts: dict[str, Decimal] = {"units": units, "capacity_kwh": out.kwh}
@@ -1535,6 +1663,7 @@ def _45x_cost(w: _Work, claim: Claim45XFile, b: BatchState) -> tuple[Finding, di
             cost_items=tuple(items),
             unit_id=bid,
             events=(b.event_id,),
+            **_45x_pfe_facts(w, claim, b),
         ),
     )
     amounts: dict[str, Decimal] = {
@@ -1549,29 +1678,32 @@ def _45x_cost(w: _Work, claim: Claim45XFile, b: BatchState) -> tuple[Finding, di
 
 
 # -- 45X MACR ----------------------------------------------------------------------------------------
-def _audit_macr(w: _Work, claim: ClaimMacrFile) -> Finding:
-    w.use(P_ALLOCATION, P_MACR_PFE)
-    certs: dict[str, tuple[str, SupplierCertified]] = {}
-    for _seq, d in w.view.events_of_kind(Kind.SUPPLIER_CERTIFIED):
-        ev = d.event
-        if isinstance(ev, SupplierCertified):
-            for covered in ev.batch_ids:
-                certs[covered] = (d.event_id, ev)  # in seq order: the latest certification wins
+class _NoCost(Exception):
+    """An input without value_usd: the MACR cannot be computed from the ledger."""
+
+
+def _macr_costs(
+    w: _Work, batches: Sequence[BatchState], fields: Sequence[str]
+) -> tuple[Decimal, Decimal, list[SupplierCertification]]:
+    """(total direct material cost, PFE cost, certifications relied on) of the batches' inputs, under
+    the pack's macr.pfe_cost_attribution reading. Raises _NoCost naming an input without a value."""
+    attribution = _pack_param(w.pack, "macr.pfe_cost_attribution")
+    w.use(P_ALLOCATION, P_MACR_PFE, attribution)
+    look_through = attribution.value == "look_through"
+    certs = w.view.certifications()
     total = Decimal(0)
     pfe = Decimal(0)
     used: list[SupplierCertification] = []
-    for i, bid in enumerate(claim.subject.batches):
-        b = w.subject(bid, f"subject.batches[{i}]")
+    for b, field_name in zip(batches, fields, strict=True):
+        bid = b.batch_id
         inputs = w.view.inputs(b)
         if not inputs:
-            raise AuditError(
-                f"subject.batches[{i}]", f"{bid} consumed no ledger inputs: it has no direct material cost"
-            )
+            raise _NoCost(field_name, f"{bid} consumed no ledger inputs: it has no direct material cost")
         share = w.view.value_share(b)
         for p, kg in inputs:
             if p.value_usd is None or p.kg <= 0:
-                raise AuditError(
-                    f"subject.batches[{i}]",
+                raise _NoCost(
+                    field_name,
                     f"input {p.batch_id} of {bid} has no value_usd: the material assistance cost ratio "
                     "needs the cost of every input",
                 )
@@ -1609,6 +1741,11 @@ def _audit_macr(w: _Work, claim: ClaimMacrFile) -> Finding:
                 )
             elif p.pfe:
                 part, basis = cost, "bought from a prohibited foreign entity: whole cost"
+            elif not look_through:
+                part, basis = (
+                    Decimal(0),
+                    "not bought from a prohibited foreign entity (supplier-level attribution)",
+                )
             else:
                 flagged = sum((v for k, v in p.value.items() if k[3]), 0.0)
                 part = Decimal(repr(flagged)) * fraction
@@ -1621,6 +1758,15 @@ def _audit_macr(w: _Work, claim: ClaimMacrFile) -> Finding:
     total, pfe = total.quantize(MONEY), min(pfe.quantize(MONEY), total.quantize(MONEY))
     w.fact("total_direct_material_cost_usd", total, "USD", None, "sum over the inputs consumed")
     w.fact("total_pfe_cost_usd", pfe, "USD", None, "sum over the inputs consumed")
+    return total, pfe, used
+
+
+def _audit_macr(w: _Work, claim: ClaimMacrFile) -> Finding:
+    batches = [w.subject(bid, f"subject.batches[{i}]") for i, bid in enumerate(claim.subject.batches)]
+    try:
+        total, pfe, used = _macr_costs(w, batches, [f"subject.batches[{i}]" for i in range(len(batches))])
+    except _NoCost as exc:
+        raise AuditError(*exc.args) from None
     return evaluate_macr(
         w.pack,
         category=claim.category,
@@ -1678,13 +1824,143 @@ def _refined_value(nodes: Mapping[str, BatchNode], target: str) -> dict[Element,
     return value.get(target, {})
 
 
-def _origin_text(o: Origin) -> str:
-    source, country, consumer, proc, feoc = o
+ProcessingStep = tuple[str, float]
+"""(country of a batch.processed step, USD it added per kg of contained element)."""
+Chain = tuple[str, str, str, tuple[ProcessingStep, ...], bool]
+"""(source, country, consumer, processing steps in order, feoc_touched): an origin that keeps every
+processing step (review B4), where the provenance index keeps only the last processing country."""
+_EPS = 1e-12
+
+
+def _added_per_kg(n: BatchNode, nodes: Mapping[str, BatchNode]) -> float:
+    """USD the producing step of `n` added per kg of contained element (its value added split by
+    contained mass, as P_30D_MINERAL_VALUE splits value); 0 when a value is not recorded."""
+    if n.value_usd is None:
+        return 0.0
+    consumed = 0.0
+    for parent, kg in n.inputs:
+        p = nodes.get(parent)
+        if p is not None and p.value_usd is not None and p.kg > 0:
+            consumed += p.value_usd * kg / p.kg
+    total_out = n.event_value_out if n.event_value_out is not None else n.value_usd
+    share = n.value_usd / total_out if total_out > 0 else 0.0
+    added = max(0.0, (total_out - consumed) * share)
+    mass = sum(n.contained.get(el, 0.0) for el in ELEMENTS)
+    return added / mass if mass > 0 else 0.0
+
+
+def processing_chains(nodes: Mapping[str, BatchNode], target: str) -> dict[Element, dict[Chain, float]]:
+    """Contained kg of each element of `target` by chain, keeping every processing step's country and
+    value added (review B4). The same mass balance as `ledger.provenance.node_mass` (parents' mass in
+    proportion to kg consumed, scaled to the output's share of the event's production, a missing
+    parent unknown), with the processing steps appended instead of overwritten."""
+    unknown: Chain = ("unknown", "", "", (), False)
+    mass: dict[str, dict[Element, dict[Chain, float]]] = {}
+    for bid in post_order(nodes, target)[0]:
+        n = nodes[bid]
+        stage = STAGE_OF_KIND.get(n.kind)
+        here: dict[Element, dict[Chain, float]] = {}
+        step = (n.country, _added_per_kg(n, nodes)) if stage == Stage.PROCESSING else None
+        for el in ELEMENTS:
+            own = n.contained.get(el, 0.0)
+            if own <= 0:
+                here[el] = {}
+                continue
+            if stage == Stage.EXTRACTION:
+                here[el] = {("mined", n.country, "", (), n.feoc): own}
+                continue
+            supplied: dict[Chain, float] = {}
+            missing_kg = 0.0
+            for parent, kg in sorted(n.inputs):
+                p = nodes.get(parent)
+                if p is None or parent not in mass:
+                    missing_kg += kg
+                    continue
+                if p.kg <= 0:
+                    continue
+                for k, v in mass[parent][el].items():
+                    supplied[k] = supplied.get(k, 0.0) + v * kg / p.kg
+            input_kg = sum(kg for _, kg in n.inputs) + sum(f.kg for f in n.external_feed)
+            unknown_fraction = missing_kg / input_kg if input_kg > 0 else 0.0
+            for feed in n.external_feed:
+                c = feed.contained.get(el, 0.0)
+                if c > 0:
+                    key: Chain = ("recycled", n.country, feed.consumer, (), n.feoc)
+                    supplied[key] = supplied.get(key, 0.0) + c
+            relabelled: dict[Chain, float] = {}
+            for k, v in supplied.items():
+                src, country, consumer, steps, feoc = k
+                if src == "unknown":
+                    new = unknown
+                elif stage == Stage.RECYCLING:
+                    new = (
+                        k
+                        if src == "recycled" and country == n.country and not steps
+                        else (
+                            "recycled",
+                            n.country,
+                            consumer if src == "recycled" else (n.feed_consumer or "post"),
+                            (),
+                            n.feoc,
+                        )
+                    )
+                elif step is not None:
+                    new = (src, country, consumer, (*steps, step), feoc or n.feoc)
+                else:
+                    new = (src, country, consumer, steps, feoc or n.feoc)
+                relabelled[new] = relabelled.get(new, 0.0) + v
+            total = sum(relabelled.values())
+            produced = max(n.event_produced.get(el, own), own)
+            if total <= _EPS:
+                here[el] = {unknown: own}
+                continue
+            known = min(1.0, total / produced) * (1.0 - unknown_fraction)
+            out = {k: v * own * known / total for k, v in relabelled.items()}
+            if known < 1.0:
+                out[unknown] = out.get(unknown, 0.0) + own * (1.0 - known)
+            here[el] = {k: v for k, v in out.items() if v > _EPS}
+        mass[bid] = here
+    return mass.get(target, {})
+
+
+def processing_share(pack: RulePack, steps: Sequence[ProcessingStep], day: date) -> float | None:
+    """Share of a chain's processing value added in the US or an FTA country (None: no processing).
+    Steps without a recorded value added weigh equally among themselves."""
+    if not steps:
+        return None
+    total = sum(v for _c, v in steps)
+    weights = [v for _c, v in steps] if total > 0 else [1.0] * len(steps)
+    good = sum(
+        w
+        for (country, _v), w in zip(steps, weights, strict=True)
+        if qualifying_location(pack, SupplyStep.PROCESSING, country, day)
+    )
+    return good / sum(weights)
+
+
+def qualifying_part(
+    extraction: bool | None, processing: float | None, recycling: bool | None, reading: str
+) -> float:
+    """The part of a chain's value that is traced qualifying value (cv30d.traced_chain_reading, review
+    Q4): whole if extracted in the US/FTA or recycled in North America; otherwise by its processing
+    steps, whole only if all were in the US/FTA ("whole_chain") or in proportion to the value they
+    added there ("value_added")."""
+    if extraction or recycling:
+        return 1.0
+    if processing is None:
+        return 0.0
+    if reading == "whole_chain":
+        return 1.0 if processing >= 1.0 - _EPS else 0.0
+    return processing
+
+
+def _chain_text(c: Chain) -> str:
+    source, country, consumer, steps, feoc = c
     if source == "unknown":
         return "unknown origin"
     parts = [f"{source} {country}" + (f" ({consumer}-consumer)" if consumer else "")]
-    if proc:
-        parts.append(f"processed {proc}")
+    if steps:
+        parts.append("processed " + " > ".join(country for country, _v in steps))
     if feoc:
         parts.append("FEOC-touched")
     return ", ".join(parts)
@@ -1698,14 +1974,27 @@ def _audit_30d(w: _Work, claim: Claim30DFile) -> Finding:
             "subject.batches[0]",
             f"{bid} is a {b.kind.value} batch; a 30D claim needs a packs.assembled batch",
         )
-    if b.time.date() > claim.placed_in_service:
-        w.warnings.append(
-            f"{bid} was assembled {b.time.date()}, after placed_in_service {claim.placed_in_service}"
+    w.ledger_checks.append(
+        _check(
+            f"{bid} assembled on or before the vehicle was placed in service",
+            b.time.date() <= claim.placed_in_service,
+            value=b.time.date().isoformat(),
+            threshold=f"<= {claim.placed_in_service}",
+            note="a vehicle cannot have been placed in service with a battery pack assembled later",
         )
+    )
     prov = w.view.provenance(bid)
     pack = w.pack
     na = pack.geography.north_america
     day = claim.placed_in_service
+    incremental = _pack_param(pack, "cv30d.component_incremental_value")
+    w.use(incremental)
+    if incremental.value != "steps_only":
+        raise AuditError(
+            "pack",
+            f"cv30d.component_incremental_value {incremental.value!r} is not implemented by the audit "
+            "(only steps_only); use a pack with steps_only",
+        )
     w.use(P_30D_COMPONENT_STAGES, P_30D_FEOC_COMPONENT_STAGES, P_30D_MINERAL_VALUE, P_30D_CHAINS)
     # 1. battery components: incremental value of cell and module steps, by country
     na_value = 0.0
@@ -1746,6 +2035,10 @@ def _audit_30d(w: _Work, claim: Claim30DFile) -> Finding:
     # 2. critical minerals: per element and origin, valued at the last refining step
     nodes = w.view.led.ancestor_nodes(bid)
     values = _refined_value(nodes, bid)
+    traced = processing_chains(nodes, bid)
+    reading_param = _pack_param(pack, "cv30d.traced_chain_reading")
+    reading = reading_param.value
+    w.use(reading_param)
     chains: list[MineralChain] = []
     feoc_elements: set[Element] = set()
     for el, split in prov.elements.items():
@@ -1765,31 +2058,42 @@ def _audit_30d(w: _Work, claim: Claim30DFile) -> Finding:
                 f"{el.value}: no refined value recorded in the chain; left out of the critical-mineral value"
             )
         qualifying_kg = 0.0
-        for origin, kg in sorted(split.origins.items()):
+        for origin, kg in split.origins.items():
             if origin[4] and kg > 0:
                 feoc_elements.add(el)
-            source, country, _consumer, proc, _feoc = origin
+        for chain, kg in sorted(traced.get(el, {}).items()):
+            source, country, _consumer, steps, _feoc = chain
             extraction = (
                 None if source != "mined" else qualifying_location(pack, SupplyStep.EXTRACTION, country, day)
             )
-            processing = None if not proc else qualifying_location(pack, SupplyStep.PROCESSING, proc, day)
             recycling = (
                 None
                 if source != "recycled"
                 else qualifying_location(pack, SupplyStep.RECYCLING, country, day)
             )
-            qualifies = bool(extraction or processing or recycling)
-            if qualifies:
-                qualifying_kg += kg
+            processing = processing_share(pack, steps, day)
+            part = qualifying_part(extraction, processing, recycling, reading)
+            qualifying_kg += kg * part
             chain_value = _dec(el_value * kg / split.contained_kg, MONEY)
             if el_value > 0:
                 chains.append(
                     MineralChain(
-                        chain_id=f"{el.value}: {_origin_text(origin)}",
+                        chain_id=f"{el.value}: {_chain_text(chain)}",
                         total_value_usd=chain_value,
-                        traced_qualifying_value_usd=chain_value if qualifies else Decimal(0),
+                        traced_qualifying_value_usd=min(chain_value, _dec(float(chain_value) * part, MONEY)),
+                        extraction_value_added_share=None if extraction is None else Decimal(int(extraction)),
+                        processing_value_added_share=None
+                        if processing is None
+                        else min(Decimal(1), _dec(processing, SHARE)),
+                        recycling_value_added_share=None if recycling is None else Decimal(int(recycling)),
                     )
                 )
+                if len(steps) > 1:
+                    w.notes.append(
+                        f"{el.value}: chain {_chain_text(chain)}: "
+                        f"{_fmt(_dec(processing or 0.0, SHARE))} of its processing value added in the US or "
+                        "FTA countries"
+                    )
         w.fact(
             f"{el.value}_qualifying_share",
             min(Decimal(1), _dec(qualifying_kg / split.contained_kg, SHARE)),
@@ -1849,6 +2153,7 @@ def _audit_domestic_content(w: _Work, claim: ClaimDomesticContentFile) -> Findin
     return evaluate_domestic_content(
         w.pack,
         construction_year=claim.construction_year,
+        construction_start=claim.construction_start,
         credit=CleanElectricityCredit.INVESTMENT_48E
         if claim.kind == "48e"
         else CleanElectricityCredit.PRODUCTION_45Y,
@@ -1877,7 +2182,10 @@ def _audit_eu_recycled(w: _Work, claim: ClaimEuRecycledFile) -> Finding:
     w.use(P_EU_SCOPE)
     found: list[BatchState] = []
     for b in w.view.plant_batches(s.facility, Kind.CELLS_PRODUCED):
-        if b.time.year != s.year or w.view.output(b).kwh is None:
+        made = b.time.date()
+        if made.year != s.year or w.view.output(b).kwh is None:
+            continue
+        if (s.period_start and made < s.period_start) or (s.period_end and made > s.period_end):
             continue
         if s.battery_model is not None and b.material != s.battery_model:
             continue
@@ -1922,5 +2230,7 @@ def _audit_eu_recycled(w: _Work, claim: ClaimEuRecycledFile) -> Finding:
         battery_model=models,
         year=s.year,
         contents=contents,
+        period_start=s.period_start,
+        period_end=s.period_end,
         events=[b.event_id for b in found],
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import ROUND_HALF_UP, Decimal, localcontext
 from typing import TypedDict
 
 from ledger.taxrules.errors import InputError
@@ -20,6 +20,9 @@ from ledger.taxrules.findings import (
 from ledger.taxrules.pack import ParamLog
 
 CENT = Decimal("0.01")
+#: no claim input is this large (the ledger's own quantities stop at 10^12); larger is a typing mistake,
+#: refused before any arithmetic could leave the decimal context (review B6)
+MAX_MAGNITUDE = Decimal(10) ** 15
 #: years outside this range are typing mistakes, not tax years
 YEAR_RANGE = (1900, 2200)
 
@@ -27,6 +30,8 @@ YEAR_RANGE = (1900, 2200)
 def finite(name: str, value: Decimal) -> Decimal:
     if not isinstance(value, Decimal) or not value.is_finite():
         raise InputError(name, f"must be a finite decimal number, got {value!r}")
+    if abs(value) > MAX_MAGNITUDE:
+        raise InputError(name, f"is {value}, above the largest accepted value 1e15: check the units")
     return value
 
 
@@ -57,7 +62,9 @@ def year(name: str, value: int) -> int:
 
 def usd(value: Decimal) -> Decimal:
     """Round a dollar amount to cents, half up (the credit amounts reported)."""
-    return value.quantize(CENT, rounding=ROUND_HALF_UP)
+    with localcontext() as ctx:
+        ctx.prec = max(ctx.prec, value.adjusted() + 4)
+        return value.quantize(CENT, rounding=ROUND_HALF_UP)
 
 
 class Cited(TypedDict):
@@ -71,7 +78,7 @@ def cited(log: ParamLog, path: str) -> Cited:
     """Citation and confidence of the pack parameter at `path` (looked up, not recorded as read):
     `Threshold(..., **cited(log, path))`."""
     param = log.param(path)
-    return Cited(citation=param.citation, confidence=param.confidence)
+    return Cited(citation=param.citation, confidence=log.confidence(path))
 
 
 @dataclass

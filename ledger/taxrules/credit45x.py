@@ -2,7 +2,16 @@
 
 Sources: 26 USC 45X(b)(1)(J)-(M) (rates), 45X(b)(3) (phase-out; critical minerals as amended by
 P.L. 119-21), 45X(b)(4) (capacity-to-power ratio), 45X(c)(5)-(6) (definitions), 26 CFR 1.45X-3 and
-1.45X-4 (production costs, worked examples). Every number comes from the rule pack.
+1.45X-4 (production costs, worked examples), 45X(c)(1)(C) and 45X(d)(4) as amended by P.L. 119-21
+(prohibited foreign entities, integrated components). Every number comes from the rule pack.
+
+From taxable years beginning after 2025-07-04 a finding carries the prohibited-foreign-entity
+conditions: the taxpayer is neither a specified nor a foreign-influenced entity, and the material
+assistance cost ratio meets the threshold for the sale year (a MACR finding from `macr.evaluate_macr`,
+linked, decides). A condition the inputs do not establish is a named UNCONFIRMED requirement: assumed
+met so the credit is shown, with confidence "?", a warning, and an `unconfirmed.*` entry among the
+finding's "?" parameters. Without a taxable year
+start, a calendar taxable year is assumed (and a warning says so).
 """
 
 from __future__ import annotations
@@ -10,13 +19,14 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import date
 from decimal import Decimal
 from enum import StrEnum
 
 from ledger.taxrules._common import FindingContext, cited, fraction, non_negative, positive, usd, year
 from ledger.taxrules.errors import InputError
 from ledger.taxrules.findings import ClaimKind, Comparison, CustodyModel, Finding, Requirement
-from ledger.taxrules.pack import ParamLog, RulePack
+from ledger.taxrules.pack import ParamLog, RulePack, YearSchedule
 from ledger.taxrules.policy import AllOf, Condition, Policy, Threshold
 
 
@@ -88,6 +98,17 @@ class Claim45X:
     first_module_sale: bool = True
     unit_id: str | None = None
     events: tuple[str, ...] = ()
+    #: first day of the taxpayer's taxable year of the sale (None: the calendar year of the sale)
+    taxable_year_start: date | None = None
+    #: a 45X MACR finding (`macr.evaluate_macr`) for this component; None: not established
+    material_assistance: Finding | None = None
+    #: the taxpayer is a specified foreign entity or a foreign-influenced entity; None: not stated
+    prohibited_foreign_entity_taxpayer: bool | None = None
+    #: the component was integrated into another eligible component of the taxpayer (45X(d)(4))
+    integrated: bool = False
+    integrated_same_facility: bool | None = None
+    #: share of the secondary component's direct material costs from US-made primary components
+    integrated_us_primary_share: Decimal | None = None
 
 
 def _norm_form(form: str) -> str:
@@ -147,7 +168,9 @@ def _production_cost(log: ParamLog, component: Component, items: Sequence[CostIt
 
 def production_cost_of(pack: RulePack, component: Component, items: Sequence[CostItem]) -> ProductionCost:
     """Production cost that earns the 10% credit (26 CFR 1.45X-3): purchased eligible components are
-    never counted twice; for electrode active materials, unrefined raw material is not counted."""
+    never counted twice; which kinds are excluded is the pack's (`eam_cost_excluded_kinds`,
+    `critical_mineral_cost_excluded_kinds`): material that was not an eligible component when acquired,
+    unrefined material included, counts (1.45X-3(e)(2)(iv)(A)(1))."""
     return _production_cost(ParamLog(pack), component, items)
 
 
@@ -206,6 +229,27 @@ def _validate(claim: Claim45X) -> None:
         positive("energy_density_wh_per_l", claim.energy_density_wh_per_l)
     if not claim.first_module_sale and c not in MODULES:
         raise InputError("first_module_sale", f"applies to modules, not {c.value}")
+    if claim.integrated_us_primary_share is not None:
+        fraction("integrated_us_primary_share", claim.integrated_us_primary_share)
+    if not claim.integrated and (
+        claim.integrated_us_primary_share is not None or claim.integrated_same_facility is not None
+    ):
+        raise InputError("integrated", "the integrated-component facts apply only to an integrated component")
+    ma = claim.material_assistance
+    if ma is not None and ma.claim_kind is not ClaimKind.MACR_45X:
+        raise InputError("material_assistance", f"must be a 45X MACR finding, got {ma.claim_kind.value}")
+
+
+def taxable_year_of(
+    claim_start: date | None, sale_year: int, warnings: list[str], what: str = "sale"
+) -> date:
+    """The taxable year start: as given, or the calendar year of the sale (with a warning)."""
+    if claim_start is not None:
+        return claim_start
+    warnings.append(
+        f"taxable year start not given: the calendar year of the {what} ({sale_year}-01-01) is assumed"
+    )
+    return date(sale_year, 1, 1)
 
 
 def credit_45x(
@@ -275,6 +319,21 @@ def credit_45x(
     if factor is None:
         ctx.notes.append(f"rule pack has no phase-out step for {phase_what} {phase_year}: 45X not in force")
         return ctx.finish([in_force], {"credit_usd": Decimal(0)}, applicable=False)
+    if c is Component.CRITICAL_MINERAL and log.flag("credit45x.critical_mineral_sale_year_phase_out"):
+        # review Q1, literal reading: the sale-year phase-out applies to critical minerals too
+        if claim.sale_year is None:
+            raise InputError(
+                "sale_year",
+                "is required for critical minerals under credit45x.critical_mineral_sale_year_phase_out",
+            )
+        sale_path = "credit45x.component_phase_out_by_sale_year"
+        sale_factor = log.by_year(sale_path, claim.sale_year, "sale year")
+        if sale_factor is not None and sale_factor < factor:
+            ctx.notes.append(
+                f"critical_mineral_sale_year_phase_out (?): the sale-year factor {sale_factor} for "
+                f"{claim.sale_year} is lower than the production-year factor {factor} and applies"
+            )
+            factor, phase_path, phase_year, phase_what = sale_factor, sale_path, claim.sale_year, "sale year"
     phase_req = Threshold[Claim45X](
         f"phase-out factor for {phase_what} {phase_year} above zero",
         lambda _: factor,
@@ -323,10 +382,172 @@ def credit_45x(
         }
         gross = rate * eligible
     requirements.append(phase_req)
+    requirements += _foreign_entity_requirements(log, claim, ctx.warnings, ctx.notes, ctx.events)
 
     passed_all = all(r.passed for r in requirements)
     amounts["credit_usd"] = usd(gross * factor) if passed_all else Decimal(0)
     return ctx.finish(requirements, amounts)
+
+
+def _foreign_entity_requirements(
+    log: ParamLog, claim: Claim45X, warnings: list[str], notes: list[str], events: list[str]
+) -> list[Requirement]:
+    """P.L. 119-21 conditions for taxable years beginning after its enactment (45X(c)(1)(C), (d)(4))."""
+    sale_year = claim.sale_year if claim.sale_year is not None else claim.production_year
+    assert sale_year is not None
+    out: list[Requirement] = []
+    macr_path = "macr.applies_to_taxable_years_beginning_after"
+    cutoff = log.pack.macr.applies_to_taxable_years_beginning_after
+    start = claim.taxable_year_start
+    if start is None and sale_year > cutoff.value.year - 1:
+        start = taxable_year_of(None, sale_year, warnings)
+    if start is None or start <= cutoff.value:
+        if claim.material_assistance is not None or claim.prohibited_foreign_entity_taxpayer is not None:
+            notes.append(
+                f"prohibited-foreign-entity rules apply to taxable years beginning after {cutoff.value}"
+            )
+        return out
+    # 1. the taxpayer: neither a specified foreign entity nor a foreign-influenced entity
+    bar_path = "macr.prohibited_taxpayer_bar_taxable_years_beginning_after"
+    if start > log.day(bar_path):
+        stated = claim.prohibited_foreign_entity_taxpayer
+        name = "taxpayer is neither a specified foreign entity nor a foreign-influenced entity"
+        if stated is None:
+            out.append(_unconfirmed(log, name, "not stated", "neither", "taxpayer_not_prohibited", warnings))
+        else:
+            out.append(
+                Condition[Claim45X](
+                    name,
+                    lambda cl: cl.prohibited_foreign_entity_taxpayer is False,
+                    **cited(log, bar_path),
+                    show=lambda cl: (
+                        "prohibited foreign entity" if cl.prohibited_foreign_entity_taxpayer else "neither"
+                    ),
+                    threshold="neither",
+                ).evaluate(claim)
+            )
+    # 2. no material assistance from a prohibited foreign entity: the MACR finding, linked
+    log.day(macr_path)
+    category = "critical-mineral" if claim.component is Component.CRITICAL_MINERAL else "battery-component"
+    path = f"macr.{category.replace('-', '_')}_threshold_by_sale_year"
+    ma = claim.material_assistance
+    if ma is not None:
+        events.extend(ma.events)
+        for p in ma.parameters_used:
+            log.record_use(p)
+        if ma.status == "not_applicable":
+            notes.append("material assistance: the linked MACR finding is not applicable (see its notes)")
+        else:
+            threshold = ma.amounts.get("threshold")
+            out.append(
+                Requirement(
+                    name=f"no material assistance from a prohibited foreign entity (MACR {category})",
+                    passed=ma.passed,
+                    value=ma.amounts.get("macr"),
+                    threshold=threshold,
+                    threshold_year=sale_year,
+                    comparison=Comparison.GE,
+                    citation=log.param(path).citation,
+                    confidence=min(
+                        (r.confidence for r in ma.requirements), key=("?", "S", "P").index, default="?"
+                    ),
+                    note="linked MACR finding: " + ma.status,
+                )
+            )
+    else:
+        out += _unestablished_macr(log, path, category, sale_year, notes, warnings)
+    # 3. integrated components (taxable years beginning after 2026-12-31)
+    if claim.integrated:
+        rule_path = "credit45x.integrated_component_rule_taxable_years_beginning_after"
+        if start > log.day(rule_path):
+            share_path = "credit45x.integrated_component_us_primary_share"
+            minimum = log.amount(share_path)
+            out.append(
+                AllOf[Claim45X](
+                    Condition(
+                        "primary and secondary component made in the same facility",
+                        lambda cl: cl.integrated_same_facility is True,
+                        **cited(log, rule_path),
+                        show=lambda cl: {None: "not stated", True: "yes", False: "no"}[
+                            cl.integrated_same_facility
+                        ],
+                    ),
+                    Threshold(
+                        "secondary component's direct material cost from US-made primary components",
+                        lambda cl: cl.integrated_us_primary_share,
+                        minimum,
+                        comparison=Comparison.GE,
+                        **cited(log, share_path),
+                    ),
+                    name="integrated component counts as sold (45X(d)(4))",
+                ).evaluate(claim)
+            )
+    return out
+
+
+def _unconfirmed(
+    log: ParamLog,
+    name: str,
+    value: str,
+    threshold: Decimal | str,
+    key: str,
+    warnings: list[str],
+    year: int | None = None,
+) -> Requirement:
+    """A P.L. 119-21 condition nobody established: assumed met so the credit is shown, but named, with
+    confidence "?", as an unconfirmed input in the finding's parameters and in a warning."""
+    log.user_supplied(
+        f"unconfirmed.{key}",
+        "assumed met",
+        citation="P.L. 119-21 (45X(c)(1)(C)); not established by the inputs",
+        note=f"{name}: {value}; give it to confirm or refute",
+    )
+    warnings.append(f"UNCONFIRMED: {name} ({value}); assumed met, give it to confirm")
+    return Requirement(
+        name=name,
+        passed=True,
+        value=value,
+        threshold=threshold,
+        threshold_year=year,
+        comparison=Comparison.IS_TRUE if isinstance(threshold, str) else Comparison.GE,
+        citation="P.L. 119-21 (45X(c)(1)(C)); not established by the inputs",
+        confidence="?",
+        note="UNCONFIRMED: assumed met, not established; the credit depends on it",
+    )
+
+
+def _unestablished_macr(
+    log: ParamLog, path: str, category: str, sale_year: int, notes: list[str], warnings: list[str]
+) -> list[Requirement]:
+    """The material-assistance condition when no MACR finding is linked: a named unconfirmed
+    requirement, unless the sale year has no threshold or a zero one."""
+    threshold = _macr_threshold(log, path, sale_year)
+    if threshold is None:
+        notes.append(
+            f"no {category} MACR threshold for sale year {sale_year}: material assistance not tested"
+        )
+    elif threshold == 0 and log.flag("macr.equality_passes"):
+        notes.append(f"{category} MACR threshold for {sale_year} is 0: any ratio meets it")
+    else:
+        name = f"no material assistance from a prohibited foreign entity (MACR {category})"
+        return [
+            _unconfirmed(log, name, "not established", threshold, "material_assistance", warnings, sale_year)
+        ]
+    return []
+
+
+def _macr_threshold(log: ParamLog, path: str, sale_year: int) -> Decimal | None:
+    """The MACR threshold for a sale year, under the pack's reading of the table's first step (Q2)."""
+    threshold = log.by_year(path, sale_year, "sale year")
+    if (
+        threshold is None
+        and path.startswith("macr.battery_component")
+        and log.flag("macr.battery_component_first_step_covers_earlier_sales")
+    ):
+        p = log.param(path)
+        assert isinstance(p, YearSchedule)
+        threshold = p.value[0].value
+    return threshold
 
 
 def _definition_policies(log: ParamLog, claim: Claim45X, warnings: list[str]) -> list[Policy[Claim45X]]:

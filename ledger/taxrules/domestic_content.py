@@ -1,15 +1,17 @@
 """48E / 45Y domestic content bonus.
 
-Sources: 26 USC 48E(a)(3)(B) and 45Y(g)(11) (bonus and adjusted percentages), 49 CFR 661.5 (steel and
-iron), IRS Notices 2024-41 and 2025-08 (elective safe-harbor cost tables: user-supplied here, none
-shipped as fact). The adjusted percentage is keyed by the year construction begins; offshore wind has
-its own five-step schedule (see the pack notes).
+Sources: 26 USC 48E(a)(3)(B) and 45Y(g)(11) (bonus and adjusted percentages), 26 CFR 1.48E-1(b)(6)(i),
+49 CFR 661.5 (steel and iron), IRS Notices 2024-41 and 2025-08 (elective safe-harbor cost tables:
+user-supplied here, none shipped as fact). 48E and 45Y each have their own schedule keyed by the DATE
+construction begins (48E changes on 2025-06-16); offshore wind has its own schedules (see the pack).
+Steel and iron not checked is a requirement not met: no bonus on an unchecked half of the test.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import date
 from decimal import Decimal
 from enum import StrEnum
 
@@ -50,6 +52,59 @@ def safe_harbor_percentage(table: Mapping[str, Decimal], us_components: Collecti
     return sum((table[name] for name in set(us_components)), Decimal(0))
 
 
+def _schedule_path(credit: CleanElectricityCredit, offshore_wind: bool) -> str:
+    suffix = "48e" if credit is CleanElectricityCredit.INVESTMENT_48E else "45y"
+    prefix = "offshore_wind_adjusted_percentage" if offshore_wind else "adjusted_percentage"
+    return f"domestic_content.{prefix}_{suffix}"
+
+
+def construction_start_of(
+    construction_start: date | None, construction_year: int | None
+) -> tuple[date, bool]:
+    """(the day construction began, whether it is exact): `construction_year` alone is a shorthand
+    for the year, resolved by `adjusted_percentage` to the strictest day of that year."""
+    if construction_start is not None:
+        if construction_year is not None and construction_year != construction_start.year:
+            raise InputError(
+                "construction_year",
+                f"{construction_year} disagrees with construction_start {construction_start}",
+            )
+        return construction_start, True
+    if construction_year is None:
+        raise InputError("construction_start", "give the date construction began (or its year)")
+    year("construction_year", construction_year)
+    return date(construction_year, 1, 1), False
+
+
+def adjusted_percentage(
+    log: ParamLog, path: str, start: date, exact: bool, notes: list[str]
+) -> tuple[Decimal, date]:
+    """The adjusted percentage for construction begun on `start` and the step's day. With only a year
+    (`exact` false) and a step change inside that year, the strictest value of the year applies and
+    a note says so: a year never earns more than the dates in it would."""
+    day = start
+    if not exact:
+        candidates = [start] + [s.start for s in log.date_steps(path) if s.start.year == start.year]
+        best: tuple[Decimal, date] | None = None
+        for d in candidates:
+            step = log.date_step(path, d)
+            if step is not None and (best is None or step.value > best[0]):
+                best = (step.value, d)
+        if best is not None:
+            day = best[1]
+        if len(candidates) > 1:
+            changes = ", ".join(s.isoformat() for s in candidates[1:] if s != date(start.year, 1, 1))
+            if changes:
+                notes.append(
+                    f"construction start date not given: the percentage changes on {changes} within "
+                    f"{start.year}; the strictest value of the year is applied (give the start date)"
+                )
+    value = log.by_date(path, day, "construction start")
+    if value is None:
+        raise InputError("construction_start", f"rule pack has no adjusted percentage for {day}")
+    return value, day
+
+
 @dataclass(frozen=True)
 class _Subject:
     percentage: Decimal
@@ -59,7 +114,8 @@ class _Subject:
 def evaluate_domestic_content(
     pack: RulePack,
     *,
-    construction_year: int,
+    construction_year: int | None = None,
+    construction_start: date | None = None,
     credit: CleanElectricityCredit = CleanElectricityCredit.INVESTMENT_48E,
     domestic_cost: Decimal | None = None,
     total_cost: Decimal | None = None,
@@ -76,9 +132,10 @@ def evaluate_domestic_content(
 
     Give either `domestic_cost` and `total_cost`, or a user `safe_harbor_table` (component -> share)
     with the components made in the US. The bonus: 48E +2 points on the rate, or +10 points with
-    prevailing wage; 45Y +10% of the credit (with `base_credit_usd`, in dollars too).
+    prevailing wage; 45Y +10% of the credit (with `base_credit_usd`, in dollars too). Construction
+    start: the date (`construction_start`), or the year as a shorthand (strictest day of the year).
     """
-    year("construction_year", construction_year)
+    start, exact = construction_start_of(construction_start, construction_year)
     log = ParamLog(pack)
     kind = (
         ClaimKind.DOMESTIC_CONTENT_48E
@@ -117,29 +174,21 @@ def evaluate_domestic_content(
     subject = _Subject(percentage, steel_iron_us_share)
 
     requirements: list[Requirement] = []
-    if steel_iron_us_share is None:
-        ctx.warnings.append(
-            "steel and iron share not given: the 100% US steel and iron requirement was not checked"
-        )
-    else:
-        steel_path = "domestic_content.steel_iron_us_share"
-        requirements.append(
-            Threshold[_Subject](
-                "steel and iron manufactured in the US (share)",
-                lambda s: s.steel_iron_us_share,
-                log.amount(steel_path),
-                comparison=Comparison.GE,
-                **cited(log, steel_path),
-            ).evaluate(subject)
-        )
-    path = (
-        "domestic_content.offshore_wind_adjusted_percentage_by_construction_year"
-        if offshore_wind
-        else "domestic_content.adjusted_percentage_by_construction_year"
+    steel_path = "domestic_content.steel_iron_us_share"
+    requirements.append(
+        Threshold[_Subject](
+            "steel and iron manufactured in the US (share)",
+            lambda s: s.steel_iron_us_share,
+            log.amount(steel_path),
+            comparison=Comparison.GE,
+            **cited(log, steel_path),
+            note="not given: the 100% US steel and iron requirement is unmet until it is checked"
+            if steel_iron_us_share is None
+            else "",
+        ).evaluate(subject)
     )
-    threshold = log.by_year(path, construction_year, "construction start year")
-    if threshold is None:
-        raise InputError("construction_year", f"rule pack has no adjusted percentage for {construction_year}")
+    path = _schedule_path(credit, offshore_wind)
+    threshold, _day = adjusted_percentage(log, path, start, exact, ctx.notes)
     requirements.append(
         Threshold[_Subject](
             f"manufactured products: {method}",
@@ -147,8 +196,8 @@ def evaluate_domestic_content(
             threshold,
             comparison=Comparison.GE,
             **cited(log, path),
-            threshold_year=construction_year,
-            note="offshore wind schedule" if offshore_wind else "",
+            threshold_year=start.year,
+            note=f"{credit.value} {'offshore wind ' if offshore_wind else ''}schedule",
         ).evaluate(subject)
     )
     requirements.append(ctx.custody_requirement())
@@ -181,7 +230,8 @@ def evaluate_domestic_content(
     ctx.inputs.update(
         {
             "credit": credit,
-            "construction_year": construction_year,
+            "construction_year": start.year,
+            "construction_start": start if exact else None,
             "domestic_cost": domestic_cost,
             "total_cost": total_cost,
             "us_components": ", ".join(sorted(us_components)) or None,

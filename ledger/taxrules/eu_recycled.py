@@ -1,7 +1,7 @@
 """EU Battery Regulation (EU) 2023/1542 recycled content, and its Battery Pass export.
 
 Sources: Regulation (EU) 2023/1542 Art. 8 (recycled content per battery model, year and plant; minimum
-shares of cobalt, lithium and nickel from 2031 and 2036, from the rule pack); DIN DKE SPEC 99100 and
+shares of cobalt, lead, lithium and nickel from 18 August 2031 and 18 August 2036, from the rule pack); DIN DKE SPEC 99100 and
 the Battery Pass data model, Circularity 1.2.0 `recycledContent`: a list of
 `{recycledMaterial, preConsumerShare, postConsumerShare}` with shares in percent (0-100).
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import date
 from decimal import Decimal
 from enum import StrEnum
 
@@ -98,13 +99,23 @@ def evaluate_recycled_content(
     battery_model: str,
     year: int,
     contents: Sequence[RecycledContent],
+    period_start: date | None = None,
+    period_end: date | None = None,
     events: Sequence[str] = (),
     custody_model: CustodyModel = CustodyModel.MASS_BALANCE,
 ) -> Finding:
     """Check each material's pre- plus post-consumer share against the minimum in force for the year
     (Regulation (EU) 2023/1542 Art. 8(2)-(3)). Materials not given are taken as absent from the active
-    materials. A year with no minimum in force gives not_applicable (the shares are still reported)."""
+    materials. A year with no minimum in force gives not_applicable (the shares are still reported).
+
+    The minimums start on 18 August: the one in force at the end of the period (default the calendar
+    year) applies, and a note says when a minimum starts inside the period (production before it is
+    not subject; audit the part of the year before it separately to see that)."""
     check_year("year", year)
+    start = period_start or date(year, 1, 1)
+    end = period_end or date(year, 12, 31)
+    if start.year != year or end.year != year or end < start:
+        raise InputError("period_end", f"the period {start}..{end} must lie within {year}, start first")
     if not plant_id or not battery_model:
         raise InputError(
             "plant_id", "plant_id and battery_model are required (Art. 8 is per model and plant)"
@@ -116,7 +127,13 @@ def evaluate_recycled_content(
         log,
         custody_model,
         events=list(events),
-        inputs={"plant_id": plant_id, "battery_model": battery_model, "year": year},
+        inputs={
+            "plant_id": plant_id,
+            "battery_model": battery_model,
+            "year": year,
+            "period_start": period_start,
+            "period_end": period_end,
+        },
     )
     log.text("eu_recycled.battery_pass_model")
     requirements: list[Requirement] = []
@@ -130,9 +147,16 @@ def evaluate_recycled_content(
         if c.material.value not in minimums:
             ctx.notes.append(f"rule pack has no minimum recycled share for {c.material.value}")
             continue
-        minimum = log.by_year(path, year, "year")
+        minimum = log.by_date(path, end, "period end")
+        starting = [st for st in log.date_steps(path) if start < st.start <= end]
+        for st in starting:
+            ctx.notes.append(
+                f"{c.material.value}: the minimum {st.value} applies from {st.start}, inside the period "
+                f"{start}..{end}; the figures cover the whole period (audit {start}..{st.start.fromordinal(st.start.toordinal() - 1)} "
+                "separately for production before it)"
+            )
         if minimum is None:
-            ctx.notes.append(f"no minimum recycled share for {c.material.value} in force in {year}")
+            ctx.notes.append(f"no minimum recycled share for {c.material.value} in force on {end}")
             continue
         requirements.append(
             Threshold[RecycledContent](
@@ -141,7 +165,7 @@ def evaluate_recycled_content(
                 minimum,
                 comparison=Comparison.GE,
                 **cited(log, path),
-                threshold_year=year,
+                threshold_year=end.year,
             ).evaluate(c)
         )
     if not contents:

@@ -74,7 +74,8 @@ def evaluate_macr(
     """Test the MACR against the threshold for the sale year (26 USC 7701(a)(52); P.L. 119-21).
 
     Before the rule applies (taxable year beginning on or before 2025-07-04, or a sale year without a
-    threshold in the pack) the finding is not_applicable and says why.
+    threshold in the pack) the finding is not_applicable and says why. Without `taxable_year_start` the
+    calendar year of the sale is assumed (a warning says so), for both categories alike.
     """
     year("sale_year", sale_year)
     for v in (total_direct_material_cost, pfe_cost):
@@ -115,29 +116,43 @@ def evaluate_macr(
     start_path = "macr.applies_to_taxable_years_beginning_after"
     cutoff = log.day(start_path)
     if taxable_year_start is None:
-        ctx.warnings.append(f"taxable year start not given: assumed to begin after {cutoff}")
-    else:
-        applies = Condition[_Subject](
-            "taxable year begins after the MACR effective date",
-            lambda s: s.taxable_year_start is not None and s.taxable_year_start > cutoff,
-            **cited(log, start_path),
-            show=lambda s: str(s.taxable_year_start),
-            threshold=f"> {cutoff}",
-        ).evaluate(subject)
-        requirements.append(applies)
-        if not applies.passed:
-            ctx.notes.append(f"MACR does not apply to taxable years beginning on or before {cutoff}")
-            return ctx.finish(requirements, amounts, applicable=False)
+        ctx.warnings.append(
+            f"taxable year start not given: the calendar year of the sale ({sale_year}-01-01) is assumed"
+        )
+        subject = _Subject(ratio, date(sale_year, 1, 1))
+    applies = Condition[_Subject](
+        "taxable year begins after the MACR effective date",
+        lambda s: s.taxable_year_start is not None and s.taxable_year_start > cutoff,
+        **cited(log, start_path),
+        show=lambda s: str(s.taxable_year_start),
+        threshold=f"> {cutoff}",
+    ).evaluate(subject)
+    requirements.append(applies)
+    if not applies.passed:
+        ctx.notes.append(f"MACR does not apply to taxable years beginning on or before {cutoff}")
+        return ctx.finish(requirements, amounts, applicable=False)
 
     # 2. Threshold for the sale year.
     path = _THRESHOLD_PATH[category]
     threshold = log.by_year(path, sale_year, "sale year")
+    # review Q2: does the table's first step cover earlier sales ("sold before 2027")?
+    if (
+        threshold is None
+        and category is MacrCategory.BATTERY_COMPONENT
+        and log.flag("macr.battery_component_first_step_covers_earlier_sales")
+    ):
+        threshold = pack.macr.battery_component_threshold_by_sale_year.value[0].value
+        ctx.notes.append(
+            f"battery_component_first_step_covers_earlier_sales (?): the first step {threshold} "
+            f"applies to sale year {sale_year}"
+        )
     if threshold is None:
         ctx.notes.append(
             f"rule pack has no {category.value} MACR threshold for sale year {sale_year}: not applicable"
         )
         return ctx.finish(requirements, amounts, applicable=False)
     amounts["threshold"] = threshold
+    log.text("macr.binding_contract_exclusion")
     equality_passes = log.flag("macr.equality_passes")
     p_eq = log.param("macr.equality_passes")
     requirements.append(

@@ -13,6 +13,10 @@ Every parameter is an object with `value`, `citation`, `confidence` ("P" read in
 - year schedule: `[{"from_year": 2030, "value": "0.75"}, ...]` steps, increasing; the first step may have
   `"from_year": null` (all earlier years). A year before the first step has no value (rule not in force).
 - date schedule: `[{"start": "2024-01-01", "value": "0.50"}, ...]`, same idea at day resolution.
+- a step of either schedule may carry its own `"confidence"` when it is less (or more) sure than the
+  schedule (e.g. one year of a ramp unconfirmed); a finding that reads that step uses its mark.
+- a text parameter that selects a reading of an open question accepts only the named readings
+  (`PFE_ATTRIBUTIONS`, `TRACED_CHAIN_READINGS`, `COMPONENT_VALUE_READINGS`).
 - fraction table: `{"nickel": "0.99", ...}`; forms table: `{"nickel": ["sulphate"], ...}`
 - country list: `[{"code": "JP", "name": "Japan", "start": "2023-03-28", "end": null}, ...]`
 
@@ -37,6 +41,11 @@ from ledger.taxrules.findings import Confidence, ParameterUse
 
 DEFAULT_PACK = "us-eu-2026.json"
 PACK_FORMAT = 1
+
+#: readings of the open questions that a user pack can switch (review Q3, Q4, Q6)
+PFE_ATTRIBUTIONS = ("look_through", "supplier")
+TRACED_CHAIN_READINGS = ("whole_chain", "value_added")
+COMPONENT_VALUE_READINGS = ("steps_only", "with_constituents")
 
 Unit = Literal["fraction", "usd", "usd_per_kwh", "wh", "kwh", "wh_per_l", "ratio"]
 
@@ -133,6 +142,8 @@ class TextList(Param):
 class YearStep(_Frozen):
     from_year: int | None
     value: Decimal
+    #: a step may be less sure than its schedule (e.g. one year of a ramp is unconfirmed)
+    confidence: Confidence | None = None
 
     @field_validator("value")
     @classmethod
@@ -162,12 +173,16 @@ class YearSchedule(Param):
         return found
 
     def shown(self) -> str:
-        return ", ".join(f"{s.from_year or '...'}+: {s.value}" for s in self.value)
+        return ", ".join(
+            f"{s.from_year or '...'}+: {s.value}" + (f" [{s.confidence}]" if s.confidence else "")
+            for s in self.value
+        )
 
 
 class DateStep(_Frozen):
     start: date
     value: Decimal
+    confidence: Confidence | None = None
 
     @field_validator("value")
     @classmethod
@@ -193,7 +208,9 @@ class DateSchedule(Param):
         return found
 
     def shown(self) -> str:
-        return ", ".join(f"{s.start}+: {s.value}" for s in self.value)
+        return ", ".join(
+            f"{s.start}+: {s.value}" + (f" [{s.confidence}]" if s.confidence else "") for s in self.value
+        )
 
 
 class FractionTable(Param):
@@ -258,25 +275,41 @@ class Credit45X(_Frozen):
     first_module_sale_only: Flag
     component_phase_out_by_sale_year: YearSchedule
     critical_mineral_phase_out_by_production_year: YearSchedule
+    critical_mineral_sale_year_phase_out: Flag
     critical_mineral_min_purity: FractionTable
     critical_mineral_forms: FormsTable
     eam_cost_excluded_kinds: TextList
     critical_mineral_cost_excluded_kinds: TextList
     one_credit_per_material: Flag
+    integrated_component_rule_taxable_years_beginning_after: Day
+    integrated_component_us_primary_share: Amount
 
 
 class Macr(_Frozen):
     applies_to_taxable_years_beginning_after: Day
     battery_component_threshold_by_sale_year: YearSchedule
+    battery_component_first_step_covers_earlier_sales: Flag
     critical_mineral_threshold_by_sale_year: YearSchedule
     equality_passes: Flag
+    binding_contract_exclusion: Text
+    pfe_cost_attribution: Text
+    prohibited_taxpayer_bar_taxable_years_beginning_after: Day
     supplier_certification: Text
+
+    @field_validator("pfe_cost_attribution")
+    @classmethod
+    def _attribution(cls, v: Text) -> Text:
+        if v.value not in PFE_ATTRIBUTIONS:
+            raise ValueError(f"value must be one of {', '.join(PFE_ATTRIBUTIONS)}, got {v.value!r}")
+        return v
 
 
 class DomesticContent(_Frozen):
     steel_iron_us_share: Amount
-    adjusted_percentage_by_construction_year: YearSchedule
-    offshore_wind_adjusted_percentage_by_construction_year: YearSchedule
+    adjusted_percentage_45y: DateSchedule
+    offshore_wind_adjusted_percentage_45y: DateSchedule
+    adjusted_percentage_48e: DateSchedule
+    offshore_wind_adjusted_percentage_48e: DateSchedule
     bonus_48e_base_points: Amount
     bonus_48e_prevailing_wage_points: Amount
     bonus_45y_credit_increase: Amount
@@ -293,8 +326,24 @@ class CleanVehicle30D(_Frozen):
     feoc_battery_components_from: Day
     feoc_critical_minerals_from: Day
     impracticable_to_trace_until: Day
+    traced_chain_reading: Text
+    component_incremental_value: Text
     traced_value_formula: Text
     value_added_safe_harbor_share: Amount
+
+    @field_validator("traced_chain_reading")
+    @classmethod
+    def _chain_reading(cls, v: Text) -> Text:
+        if v.value not in TRACED_CHAIN_READINGS:
+            raise ValueError(f"value must be one of {', '.join(TRACED_CHAIN_READINGS)}, got {v.value!r}")
+        return v
+
+    @field_validator("component_incremental_value")
+    @classmethod
+    def _incremental(cls, v: Text) -> Text:
+        if v.value not in COMPONENT_VALUE_READINGS:
+            raise ValueError(f"value must be one of {', '.join(COMPONENT_VALUE_READINGS)}, got {v.value!r}")
+        return v
 
 
 class Geography(_Frozen):
@@ -309,7 +358,7 @@ class Custody(_Frozen):
 
 
 class EuRecycled(_Frozen):
-    minimum_share: dict[str, YearSchedule]
+    minimum_share: dict[str, DateSchedule]
     battery_pass_model: Text
 
 
@@ -422,8 +471,11 @@ class ParamLog:
     def __init__(self, pack: RulePack) -> None:
         self.pack = pack
         self._used: dict[tuple[str, str], ParameterUse] = {}
+        self._confidence: dict[str, Confidence] = {}
 
-    def _record(self, path: str, param: Param, value: str, applies_to: str = "") -> None:
+    def _record(
+        self, path: str, param: Param, value: str, applies_to: str = "", confidence: Confidence | None = None
+    ) -> None:
         note = param.note
         if param.effective is not None:
             note = "; ".join(x for x in (note, f"effective {param.effective.describe()}") if x)
@@ -432,9 +484,15 @@ class ParamLog:
             value=value,
             applies_to=applies_to,
             citation=param.citation,
-            confidence=param.confidence,
+            confidence=confidence or param.confidence,
             note=note,
         )
+        self._confidence[path] = confidence or param.confidence
+
+    def confidence(self, path: str) -> Confidence:
+        """The confidence of the parameter at `path` as last read: a schedule step's own mark when it
+        has one, otherwise the parameter's."""
+        return self._confidence.get(path) or self.pack.lookup(path).confidence
 
     def _get(self, path: str, kind: type[Param]) -> Any:
         param = self.pack.lookup(path)
@@ -495,20 +553,36 @@ class ParamLog:
         """The schedule's value for `year`; None (recorded as such) if the year precedes the schedule."""
         p: YearSchedule = self._get(path, YearSchedule)
         step = p.at(year)
-        self._record(path, p, "none" if step is None else str(step.value), f"{what} {year}")
+        shown = "none" if step is None else str(step.value)
+        self._record(path, p, shown, f"{what} {year}", None if step is None else step.confidence)
         return None if step is None else step.value
 
     def by_date(self, path: str, day: date, what: str = "date") -> Decimal | None:
         p: DateSchedule = self._get(path, DateSchedule)
         step = p.at(day)
-        self._record(path, p, "none" if step is None else str(step.value), f"{what} {day.isoformat()}")
+        shown = "none" if step is None else str(step.value)
+        self._record(path, p, shown, f"{what} {day.isoformat()}", None if step is None else step.confidence)
         return None if step is None else step.value
+
+    def date_step(self, path: str, day: date) -> DateStep | None:
+        """The step of a date schedule in force on `day`, without recording a read."""
+        p: DateSchedule = self._get(path, DateSchedule)
+        return p.at(day)
+
+    def date_steps(self, path: str) -> tuple[DateStep, ...]:
+        """All steps of a date schedule, without recording a read."""
+        p: DateSchedule = self._get(path, DateSchedule)
+        return p.value
 
     def user_supplied(self, name: str, value: str, *, citation: str, note: str) -> None:
         """Record an input the user supplied in place of pack data (always confidence "?")."""
         self._used[(name, "")] = ParameterUse(
             name=name, value=value, citation=citation, confidence="?", note=note
         )
+
+    def record_use(self, use: ParameterUse) -> None:
+        """Record a parameter another finding relied on (a linked finding's parameters)."""
+        self._used.setdefault((use.name, use.applies_to), use)
 
     def used(self) -> list[ParameterUse]:
         return list(self._used.values())

@@ -42,6 +42,8 @@ def assert_error(result: Result, fragment: str) -> None:
 
 
 # ---- 45x --------------------------------------------------------------------------------------------
+#: the P.L. 119-21 conditions met (MACR 1, the taxpayer neither SFE nor FIE): the other rules alone
+CLEAN = ["--total-direct-cost", "100", "--pfe-cost", "0", "--not-prohibited-foreign-entity-taxpayer"]
 
 
 def test_45x_cell(tmp_path: Path) -> None:
@@ -55,6 +57,7 @@ def test_45x_cell(tmp_path: Path) -> None:
         "0.5",
         "--sale-year",
         "2030",
+        *CLEAN,
     )
     assert data["credit_usd"] == Decimal("1312.5")  # 35 x 50 kWh x 0.75
     assert data["rate"] == 35
@@ -74,17 +77,124 @@ def test_45x_cell(tmp_path: Path) -> None:
             ["--component", "electrode-active-material", "--production-cost", "1000", "--sale-year", "2032"],
             25,
         ),
-        (["--component", "critical-mineral", "--production-cost", "1000", "--production-year", "2031"], 75),
+        (
+            [
+                "--component",
+                "critical-mineral",
+                "--production-cost",
+                "1000",
+                "--production-year",
+                "2031",
+                "--sale-year",
+                "2031",
+            ],
+            75,
+        ),
         (["--component", "cell", "--capacity-kwh", "1", "--sale-year", "2033"], 0),
     ],
 )
 def test_45x_components(args: list[str], credit: int) -> None:
-    assert as_json("45x", *args)["credit_usd"] == credit
+    assert as_json("45x", *args, *CLEAN)["credit_usd"] == credit
 
 
 def test_45x_json_integer_credit_is_a_number() -> None:
-    result = invoke("45x", "--component", "cell", "--capacity-kwh", "100", "--sale-year", "2026", "--json")
+    result = invoke(
+        "45x", "--component", "cell", "--capacity-kwh", "100", "--sale-year", "2026", *CLEAN, "--json"
+    )
     assert '"credit_usd": 3500,' in result.stdout
+
+
+def test_review_b5_repro_2027_sale_carries_the_foreign_entity_conditions() -> None:
+    data = as_json("45x", "--component", "cell", "--capacity-kwh", "1", "--sale-year", "2027")
+    # before: pass, $35, nothing about prohibited foreign entities. Now the two P.L. 119-21 conditions
+    # are there, unconfirmed (assumed met, confidence "?"), named as "?" inputs and in warnings
+    assert data["status"] == "pass" and data["credit_usd"] == 35
+    names = {r["name"]: r for r in data["requirements"]}
+    macr = names["no material assistance from a prohibited foreign entity (MACR battery-component)"]
+    assert macr["value"] == "not established" and macr["confidence"] == "?" and "UNCONFIRMED" in macr["note"]
+    assert macr["threshold"] == Decimal("0.65") and macr["threshold_year"] == 2027
+    taxpayer = names["taxpayer is neither a specified foreign entity nor a foreign-influenced entity"]
+    assert taxpayer["value"] == "not stated" and taxpayer["confidence"] == "?"
+    assert {"unconfirmed.material_assistance", "unconfirmed.taxpayer_not_prohibited"} <= set(
+        data["unconfirmed_parameters"]
+    )
+    assert sum("UNCONFIRMED" in w for w in data["warnings"]) == 2
+    assert any("calendar year" in w for w in data["warnings"])
+    # a taxpayer that is a prohibited foreign entity gets nothing
+    barred = as_json(
+        "45x",
+        "--component",
+        "cell",
+        "--capacity-kwh",
+        "1",
+        "--sale-year",
+        "2027",
+        "--prohibited-foreign-entity-taxpayer",
+    )
+    assert barred["status"] == "fail" and barred["credit_usd"] == 0
+    # with the costs and the taxpayer's status: the linked MACR decides
+    ok = as_json("45x", "--component", "cell", "--capacity-kwh", "1", "--sale-year", "2027", *CLEAN)
+    assert ok["status"] == "pass" and ok["credit_usd"] == 35 and ok["macr"] == 1
+    low = as_json(
+        "45x",
+        "--component",
+        "cell",
+        "--capacity-kwh",
+        "1",
+        "--sale-year",
+        "2027",
+        "--total-direct-cost",
+        "100",
+        "--pfe-cost",
+        "36",
+        "--not-prohibited-foreign-entity-taxpayer",
+    )
+    assert low["status"] == "fail" and low["macr"] == Decimal("0.64") and low["credit_usd"] == 0
+    # a fiscal year that began before 2025-07-05: the rules do not reach the sale
+    early = as_json(
+        "45x",
+        "--component",
+        "cell",
+        "--capacity-kwh",
+        "1",
+        "--sale-year",
+        "2026",
+        "--taxable-year-start",
+        "2025-07-01",
+    )
+    assert early["status"] == "pass" and early["credit_usd"] == 35
+
+
+def test_review_b6_repro_huge_capacity_is_a_usage_error() -> None:
+    assert_error(
+        invoke("45x", "--component", "cell", "--capacity-kwh", "1e20", "--sale-year", "2026", "--json"),
+        "--capacity-kwh: is 1E+20, above the largest accepted value",
+    )
+    # just below the bound a finding is made, to the cent
+    data = as_json("45x", "--component", "cell", "--capacity-kwh", "1e15", "--sale-year", "2026", *CLEAN)
+    assert data["credit_usd"] == Decimal(35) * 10**15
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["macr", "--category", "solar", "--total-direct-cost", "3", "--pfe-cost", "1", "--sale-year", "2026"],
+        ["45x", "--component", "widget", "--capacity-kwh", "1", "--sale-year", "2026"],
+        ["45x", "--capacity-kwh", "1", "--sale-year", "2026"],
+    ],
+)
+def test_review_b7_usage_errors_exit_2_through_the_real_entry_point(args: list[str]) -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", "from batteryledger.cli import main; main()", "credits", *args, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stdout == "" and "Traceback" not in done.stderr
 
 
 @pytest.mark.parametrize(
@@ -126,7 +236,7 @@ def test_45x_bad_input(args: list[str], fragment: str) -> None:
 
 
 def test_45x_table_output() -> None:
-    result = invoke("45x", "--component", "cell", "--capacity-kwh", "100", "--sale-year", "2026")
+    result = invoke("45x", "--component", "cell", "--capacity-kwh", "100", "--sale-year", "2026", *CLEAN)
     assert result.exit_code == 0
     assert "3500" in result.stdout
     assert "credit_usd" in result.stdout
@@ -218,11 +328,88 @@ def test_domestic_content(domestic: str, year: str, offshore: bool, threshold: D
         "100",
         "--construction-year",
         year,
+        "--steel-iron-us-share",
+        "1",
     ]
     data = as_json(*args, *(["--offshore-wind"] if offshore else []))
     assert data["percentage"] == Decimal(domestic) / 100
     assert data["threshold"] == threshold
     assert data["passes"] is passes
+    assert data["credit"] == "45y" and data["bonus_credit_fraction_45y"] == (Decimal("0.1") if passes else 0)
+    assert data["bonus_rate_points_48e"] is None  # the 48E key stays, empty for 45Y
+
+
+DC = ["domestic-content", "--domestic-cost", "42", "--total-cost", "100", "--steel-iron-us-share", "1"]
+
+
+def test_review_b1_repro_48e_schedule_by_start_date() -> None:
+    # 45Y (the default): 45% for construction begun in 2025
+    data = as_json(*DC, "--construction-year", "2025")
+    assert (data["credit"], data["threshold"], data["passes"]) == ("45y", Decimal("0.45"), False)
+    # 48E begun 2025-03-01: 40% (before 2025-06-16), so 42% passes with +2 points
+    data = as_json(*DC, "--construction-start", "2025-03-01", "--credit", "48e")
+    assert (data["threshold"], data["passes"], data["bonus_rate_points_48e"]) == (
+        Decimal("0.4"),
+        True,
+        Decimal("0.02"),
+    )
+    assert data["construction_start"] == "2025-03-01" and data["construction_year"] == 2025
+    data = as_json(*DC, "--construction-start", "2025-06-16", "--credit", "48e")
+    assert (data["threshold"], data["passes"]) == (Decimal("0.45"), False)
+    # the year alone for 48E in 2025: the strictest value, and a note asking for the date
+    data = as_json(*DC, "--construction-year", "2025", "--credit", "48e")
+    assert data["threshold"] == Decimal("0.45") and any("2025-06-16" in n for n in data["notes"])
+    assert_error(
+        invoke(*DC, "--construction-year", "2025", "--credit", "48x"), "--credit: '48x' is not a credit"
+    )
+    assert_error(invoke(*DC[:-2], "--json"), "--construction-start: give the date construction began")
+
+
+def test_review_b12_repro_no_bonus_without_steel_and_iron() -> None:
+    data = as_json(
+        "domestic-content",
+        "--domestic-cost",
+        "45",
+        "--total-cost",
+        "100",
+        "--construction-year",
+        "2026",
+        "--credit",
+        "48e",
+    )
+    assert data["status"] == "fail" and data["bonus_rate_points_48e"] == 0
+    steel = data["requirements"][0]
+    assert steel["name"].startswith("steel and iron") and steel["passed"] is False and steel["value"] is None
+
+
+def test_review_b9_repro_rounding_never_hides_a_failure() -> None:
+    data = as_json(
+        "macr",
+        "--category",
+        "battery-component",
+        "--total-direct-cost",
+        "1000000",
+        "--pfe-cost",
+        "400000.4",
+        "--sale-year",
+        "2026",
+    )
+    assert data["passes"] is False and data["threshold"] == Decimal("0.6")
+    assert data["macr"] == Decimal("0.5999996")
+    assert data["requirements"][1]["value"] == Decimal("0.5999996")
+    # away from the threshold the usual 6 places
+    data = as_json(
+        "macr",
+        "--category",
+        "battery-component",
+        "--total-direct-cost",
+        "3",
+        "--pfe-cost",
+        "1",
+        "--sale-year",
+        "2026",
+    )
+    assert data["macr"] == Decimal("0.666667")
 
 
 def test_domestic_content_contradiction() -> None:
@@ -379,3 +566,14 @@ def test_usage_errors_exit_2_without_traceback(args: list[str]) -> None:
     assert result.stdout == ""
     assert "Traceback" not in result.stderr
     assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_integrated_component_rule_from_the_command_line() -> None:
+    base = ["45x", "--component", "cell", "--capacity-kwh", "1", "--sale-year", "2027", *CLEAN]
+    ok = as_json(*base, "--integrated", "--integrated-same-facility", "--integrated-us-primary-share", "0.65")
+    assert ok["status"] == "pass"
+    low = as_json(
+        *base, "--integrated", "--integrated-same-facility", "--integrated-us-primary-share", "0.64"
+    )
+    assert low["status"] == "fail" and low["credit_usd"] == 0
+    assert_error(invoke(*base, "--integrated-us-primary-share", "0.7", "--json"), "--integrated: ")

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import date
 from decimal import Decimal as D
 from pathlib import Path
 from typing import Any
@@ -19,29 +20,55 @@ from ledger.taxrules.credit45x import (
     purchase_cost_kind,
 )
 from ledger.taxrules.errors import InputError
+from ledger.taxrules.macr import MacrCategory, evaluate_macr
 from ledger.taxrules.pack import RulePack, load_pack
 
 from .conftest import param
 
 
+def clean(component: Component, **kw: Any) -> Claim45X:
+    """A claim whose taxpayer and material assistance meet the P.L. 119-21 conditions (a MACR of 1, a
+    taxpayer neither SFE nor FIE, a calendar taxable year), so the other rules are tested alone."""
+    sale = kw.get("sale_year") or kw.get("production_year")
+    if isinstance(sale, int) and 2026 <= sale <= 2200:
+        category = (
+            MacrCategory.CRITICAL_MINERAL
+            if component is Component.CRITICAL_MINERAL
+            else MacrCategory.BATTERY_COMPONENT
+        )
+        start = date(sale, 1, 1)
+        defaults: dict[str, Any] = {"taxable_year_start": start, "prohibited_foreign_entity_taxpayer": False}
+        if "material_assistance" not in kw:
+            defaults["material_assistance"] = evaluate_macr(
+                load_pack(),
+                category=category,
+                total_direct_material_cost=D(100),
+                pfe_cost=D(0),
+                sale_year=sale,
+                taxable_year_start=kw.get("taxable_year_start", start),
+            )
+        kw = defaults | kw
+    return Claim45X(component, **kw)
+
+
 def cell(**kw: Any) -> Claim45X:
     defaults: dict[str, Any] = {"sale_year": 2026, "capacity_kwh": D(1)}
-    return Claim45X(Component.CELL, **(defaults | kw))
+    return clean(Component.CELL, **(defaults | kw))
 
 
 def module(**kw: Any) -> Claim45X:
     defaults: dict[str, Any] = {"sale_year": 2026, "capacity_kwh": D(10)}
-    return Claim45X(Component.MODULE, **(defaults | kw))
+    return clean(Component.MODULE, **(defaults | kw))
 
 
 def mineral(**kw: Any) -> Claim45X:
     defaults: dict[str, Any] = {"production_year": 2026, "production_cost": D(1000)}
-    return Claim45X(Component.CRITICAL_MINERAL, **(defaults | kw))
+    return clean(Component.CRITICAL_MINERAL, **(defaults | kw))
 
 
 def eam(**kw: Any) -> Claim45X:
     defaults: dict[str, Any] = {"sale_year": 2026, "production_cost": D(1000)}
-    return Claim45X(Component.ELECTRODE_ACTIVE_MATERIAL, **(defaults | kw))
+    return clean(Component.ELECTRODE_ACTIVE_MATERIAL, **(defaults | kw))
 
 
 # ---- rates ------------------------------------------------------------------------------------------
@@ -52,7 +79,7 @@ def eam(**kw: Any) -> Claim45X:
     [
         (cell(capacity_kwh=D(100)), D("3500")),
         (module(capacity_kwh=D(10)), D("100")),
-        (Claim45X(Component.MODULE_WITHOUT_CELLS, sale_year=2026, capacity_kwh=D(10)), D("450")),
+        (clean(Component.MODULE_WITHOUT_CELLS, sale_year=2026, capacity_kwh=D(10)), D("450")),
         (eam(), D("100")),
         (mineral(), D("100")),
     ],
@@ -230,7 +257,9 @@ def test_example_nickel_at_90_percent_is_included(pack: RulePack) -> None:
     assert f.amounts["eligible_production_cost_usd"] == D(1000)
 
 
-def test_example_cam_counts_refined_inputs_but_not_unrefined_source(pack: RulePack) -> None:
+def test_example_cam_counts_unrefined_material_that_was_not_an_eligible_component(pack: RulePack) -> None:
+    # review B2: 1.45X-3(e)(2)(iv)(A)(1) counts every direct material cost except material that was an
+    # eligible component when acquired; unrefined C was not one, so its 150 counts (Example 2)
     items = (
         CostItem("CAM synthesis", D(300), CostKind.OWN_PRODUCTION),
         CostItem("refined A", D(200), CostKind.CONSTITUENT_MATERIAL),
@@ -238,9 +267,34 @@ def test_example_cam_counts_refined_inputs_but_not_unrefined_source(pack: RulePa
         CostItem("unrefined C (source of A)", D(150), CostKind.UNREFINED_MATERIAL),
     )
     f = credit_45x(pack, eam(production_cost=None, cost_items=items))
-    assert f.amounts["eligible_production_cost_usd"] == D(600)
-    assert f.amounts["excluded_cost_usd"] == D(150)
-    assert any("unrefined C" in n for n in f.notes)
+    assert f.amounts["eligible_production_cost_usd"] == D(750)
+    assert f.amounts["excluded_cost_usd"] == D(0)
+    assert f.amounts["credit_usd"] == D("75.00")
+
+
+def test_review_b2_repro_raw_concentrate_counts(pack: RulePack) -> None:
+    f = credit_45x(
+        pack,
+        eam(
+            production_cost=None,
+            cost_items=(
+                CostItem("own", D(50), CostKind.OWN_PRODUCTION),
+                CostItem("raw concentrate, not an eligible component", D(100), CostKind.UNREFINED_MATERIAL),
+            ),
+        ),
+    )
+    assert f.amounts["eligible_production_cost_usd"] == D(150) and f.amounts["credit_usd"] == D("15.00")
+
+
+def test_only_eligible_components_are_excluded_from_eam_cost(pack: RulePack) -> None:
+    # nickel bought at 99% is an applicable critical mineral (excluded); the same nickel at 90% is not
+    items = (
+        CostItem("own", D(50), CostKind.OWN_PRODUCTION),
+        CostItem("nickel 99%", D(100), purchase_cost_kind(pack, "nickel", purity=D("0.99"))),
+        CostItem("nickel 90%", D(70), purchase_cost_kind(pack, "nickel", purity=D("0.90"))),
+    )
+    f = credit_45x(pack, eam(production_cost=None, cost_items=items))
+    assert f.amounts["excluded_cost_usd"] == D(100) and f.amounts["eligible_production_cost_usd"] == D(120)
 
 
 def test_example_lithium_carbonate_earns_one_credit(pack: RulePack) -> None:
@@ -353,3 +407,101 @@ def test_finding_records_parameters_and_custody(pack: RulePack) -> None:
     assert f.events == ("ev-1",)
     for u in f.parameters_used:
         pack.lookup(u.name)  # every recorded name resolves in the pack
+
+
+# ---- P.L. 119-21: prohibited foreign entities, integrated components, Q1 ------------------------------
+
+
+def test_q1_critical_mineral_sold_after_2029_both_readings(
+    pack: RulePack, user_pack: Callable[..., Path]
+) -> None:
+    claim = mineral(production_year=2030, sale_year=2031)
+    # default reading: the production-year phase-out only; produced 2030 -> 100%
+    f = credit_45x(pack, claim)
+    assert f.amounts["phase_out_factor"] == 1 and f.amounts["credit_usd"] == D(100)
+    assert "credit45x.critical_mineral_sale_year_phase_out" in {p.name for p in f.unconfirmed_parameters()}
+    # literal reading: the sale-year phase-out (2031: 50%) applies too, the lower factor wins
+    literal = load_pack(user_pack({"credit45x": {"critical_mineral_sale_year_phase_out": param(True)}}))
+    g = credit_45x(literal, claim)
+    assert g.amounts["phase_out_factor"] == D("0.50") and g.amounts["credit_usd"] == D(50)
+    assert any("sale-year factor" in n for n in g.notes)
+    with pytest.raises(InputError) as err:
+        credit_45x(literal, mineral(production_year=2030, sale_year=None, material_assistance=None))
+    assert err.value.field == "sale_year"
+
+
+def test_pfe_conditions_only_for_taxable_years_beginning_after_enactment(pack: RulePack) -> None:
+    bare = Claim45X(Component.CELL, sale_year=2026, capacity_kwh=D(1), taxable_year_start=date(2025, 7, 4))
+    assert credit_45x(pack, bare).passed  # a fiscal year that began on 2025-07-04
+    later = Claim45X(Component.CELL, sale_year=2026, capacity_kwh=D(1), taxable_year_start=date(2025, 7, 5))
+    f = credit_45x(pack, later)
+    unconfirmed = {r.name for r in f.requirements if r.confidence == "?" and "UNCONFIRMED" in r.note}
+    assert unconfirmed == {
+        "taxpayer is neither a specified foreign entity nor a foreign-influenced entity",
+        "no material assistance from a prohibited foreign entity (MACR battery-component)",
+    }
+    assert f.passed and {"unconfirmed.material_assistance", "unconfirmed.taxpayer_not_prohibited"} <= {
+        p.name for p in f.unconfirmed_parameters()
+    }
+    assert not {"unconfirmed.material_assistance"} & {p.name for p in credit_45x(pack, bare).parameters_used}
+    # a 2025 sale with no taxable year given: a calendar year is assumed, the rules do not reach it
+    f2025 = credit_45x(pack, Claim45X(Component.CELL, sale_year=2025, capacity_kwh=D(1)))
+    assert f2025.passed and any("calendar year" in w for w in f2025.warnings)
+
+
+def test_prohibited_taxpayer_is_barred(pack: RulePack) -> None:
+    f = credit_45x(pack, cell(prohibited_foreign_entity_taxpayer=True))
+    assert f.status == "fail" and f.amounts["credit_usd"] == 0
+
+
+@pytest.mark.parametrize(("pfe", "ok"), [("40", True), ("40.0001", False)])
+def test_linked_macr_decides_material_assistance(pack: RulePack, pfe: str, ok: bool) -> None:
+    ma = evaluate_macr(
+        pack,
+        category=MacrCategory.BATTERY_COMPONENT,
+        total_direct_material_cost=D(100),
+        pfe_cost=D(pfe),
+        sale_year=2026,
+        taxable_year_start=date(2026, 1, 1),
+    )
+    f = credit_45x(pack, cell(material_assistance=ma))
+    req = next(r for r in f.requirements if r.name.startswith("no material assistance"))
+    assert req.passed is ok and req.threshold == D("0.60") and f.passed is ok
+    assert "macr.equality_passes" in {p.name for p in f.unconfirmed_parameters()}  # carried over
+
+
+def test_critical_mineral_zero_threshold_needs_no_macr(pack: RulePack) -> None:
+    f = credit_45x(pack, mineral(production_year=2028, material_assistance=None))
+    assert f.passed and any("threshold for 2028 is 0" in n for n in f.notes)
+
+
+@pytest.mark.parametrize(
+    ("start", "same", "share", "ok"),
+    [
+        (date(2027, 1, 1), True, D("0.65"), True),
+        (date(2027, 1, 1), True, D("0.6499"), False),
+        (date(2027, 1, 1), False, D("0.9"), False),
+        (date(2027, 1, 1), None, D("0.9"), False),
+        (date(2026, 12, 31), False, None, True),  # the rule starts with taxable years after 2026-12-31
+    ],
+)
+def test_integrated_component_65_percent_rule(
+    pack: RulePack, start: date, same: bool | None, share: D | None, ok: bool
+) -> None:
+    ma = evaluate_macr(
+        pack,
+        category=MacrCategory.BATTERY_COMPONENT,
+        total_direct_material_cost=D(100),
+        pfe_cost=D(0),
+        sale_year=2027,
+        taxable_year_start=start,
+    )
+    claim = cell(
+        sale_year=2027,
+        taxable_year_start=start,
+        material_assistance=ma,
+        integrated=True,
+        integrated_same_facility=same,
+        integrated_us_primary_share=share,
+    )
+    assert credit_45x(pack, claim).passed is ok

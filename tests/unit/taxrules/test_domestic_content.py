@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import date
 from decimal import Decimal as D
 from pathlib import Path
 from typing import Any
@@ -20,10 +21,9 @@ from ledger.taxrules.pack import RulePack, load_pack
 from .conftest import param
 
 
-def run(pack: RulePack, pct: str, year: int, **kw: Any) -> Finding:
-    return evaluate_domestic_content(
-        pack, construction_year=year, domestic_cost=D(pct) * 1000, total_cost=D(1000), **kw
-    )
+def run(pack: RulePack, pct: str, year: int | None, **kw: Any) -> Finding:
+    kw = {"steel_iron_us_share": D(1), "construction_year": year} | kw
+    return evaluate_domestic_content(pack, domestic_cost=D(pct) * 1000, total_cost=D(1000), **kw)
 
 
 GENERAL = [(2020, "0.40"), (2024, "0.40"), (2025, "0.45"), (2026, "0.50"), (2027, "0.55"), (2035, "0.55")]
@@ -59,8 +59,88 @@ def test_steel_and_iron_all_us(pack: RulePack, share: str, ok: bool) -> None:
     assert f.passed is ok
 
 
-def test_steel_not_given_is_flagged(pack: RulePack) -> None:
-    assert any("steel and iron" in w for w in run(pack, "0.9", 2026).warnings)
+def test_steel_not_given_is_an_unmet_requirement(pack: RulePack) -> None:
+    # review B12: no bonus while steel and iron are unchecked
+    for credit in CleanElectricityCredit:
+        f = run(pack, "0.9", 2026, steel_iron_us_share=None, credit=credit)
+        steel = f.requirements[0]
+        assert steel.name.startswith("steel and iron") and not steel.passed and "not given" in steel.note
+        assert f.status == "fail"
+        assert (
+            f.amounts.get("bonus_rate_points", D(0)) == 0
+            and f.amounts.get("bonus_credit_fraction", D(0)) == 0
+        )
+
+
+# review B1: 48E and 45Y have their own date-keyed schedules
+E48 = CleanElectricityCredit.INVESTMENT_48E
+Y45 = CleanElectricityCredit.PRODUCTION_45Y
+
+
+@pytest.mark.parametrize(
+    ("credit", "start", "threshold", "offshore"),
+    [
+        (E48, date(2024, 12, 31), "0.40", "0.20"),
+        (E48, date(2025, 3, 1), "0.40", "0.20"),
+        (E48, date(2025, 6, 15), "0.40", "0.20"),
+        (E48, date(2025, 6, 16), "0.45", "0.275"),
+        (E48, date(2025, 12, 31), "0.45", "0.275"),
+        (E48, date(2026, 1, 1), "0.50", "0.35"),
+        (E48, date(2027, 1, 1), "0.55", "0.45"),
+        (E48, date(2028, 1, 1), "0.55", "0.55"),
+        (Y45, date(2024, 12, 31), "0.40", "0.20"),
+        (Y45, date(2025, 1, 1), "0.45", "0.275"),
+        (Y45, date(2025, 3, 1), "0.45", "0.275"),
+        (Y45, date(2026, 12, 31), "0.50", "0.35"),
+        (Y45, date(2027, 1, 1), "0.55", "0.45"),
+    ],
+)
+def test_schedule_by_construction_start_date(
+    pack: RulePack, credit: CleanElectricityCredit, start: date, threshold: str, offshore: str
+) -> None:
+    for wind, expected in ((False, threshold), (True, offshore)):
+        f = evaluate_domestic_content(
+            pack,
+            construction_start=start,
+            credit=credit,
+            domestic_cost=D(expected) * 1000,
+            total_cost=D(1000),
+            steel_iron_us_share=D(1),
+            offshore_wind=wind,
+        )
+        assert f.amounts["threshold"] == D(expected), (credit, start, wind)
+        assert f.passed  # equal to the percentage passes ("not less than")
+
+
+def test_review_b1_48e_begun_in_march_2025_passes_at_42_percent(pack: RulePack) -> None:
+    f = run(pack, "0.42", None, construction_start=date(2025, 3, 1), credit=E48)
+    assert f.amounts["threshold"] == D("0.40") and f.passed
+    # the pre-P.L. 119-21 40% step is read in the primary text: confidence P on that step
+    assert f.requirements[1].confidence == "P"
+
+
+def test_48e_year_only_takes_the_strictest_value_of_the_year_and_says_so(pack: RulePack) -> None:
+    f = run(pack, "0.42", 2025, credit=E48)
+    assert f.amounts["threshold"] == D("0.45") and not f.passed
+    assert any("2025-06-16" in n and "start date" in n for n in f.notes)
+    assert f.requirements[1].confidence == "S"
+
+
+def test_48e_offshore_2027_step_is_unconfirmed(pack: RulePack) -> None:
+    f = run(pack, "0.5", 2027, credit=E48, offshore_wind=True)
+    assert f.requirements[1].confidence == "?"
+    assert any(
+        p.name == "domestic_content.offshore_wind_adjusted_percentage_48e" for p in f.unconfirmed_parameters()
+    )
+
+
+def test_construction_year_and_start_must_agree(pack: RulePack) -> None:
+    with pytest.raises(InputError) as err:
+        run(pack, "0.5", 2026, construction_start=date(2025, 3, 1))
+    assert err.value.field == "construction_year"
+    with pytest.raises(InputError) as err:
+        run(pack, "0.5", None)
+    assert err.value.field == "construction_start"
 
 
 @pytest.mark.parametrize(("wage", "points"), [(False, D("0.02")), (True, D("0.10"))])
@@ -89,7 +169,11 @@ def test_45y_failing_gets_no_bonus(pack: RulePack) -> None:
 def test_safe_harbor_table_is_user_supplied_and_named(pack: RulePack) -> None:
     table = {"cells": D("0.40"), "inverter": D("0.25"), "enclosure": D("0.35")}
     f = evaluate_domestic_content(
-        pack, construction_year=2026, safe_harbor_table=table, us_components=["cells", "enclosure"]
+        pack,
+        construction_year=2026,
+        safe_harbor_table=table,
+        us_components=["cells", "enclosure"],
+        steel_iron_us_share=D(1),
     )
     assert f.amounts["domestic_cost_percentage"] == D("0.75")
     assert f.passed
@@ -135,8 +219,7 @@ def test_percentage_formula() -> None:
 
 
 def test_user_pack_threshold_changes_result(user_pack: Callable[..., Path]) -> None:
-    schedule = [{"from_year": None, "value": "0.30"}]
-    pack = load_pack(
-        user_pack({"domestic_content": {"adjusted_percentage_by_construction_year": param(schedule)}})
-    )
+    schedule = [{"start": "1900-01-01", "value": "0.30"}]
+    pack = load_pack(user_pack({"domestic_content": {"adjusted_percentage_48e": param(schedule)}}))
     assert run(pack, "0.30", 2027).passed
+    assert not run(pack, "0.30", 2027, credit=Y45).passed

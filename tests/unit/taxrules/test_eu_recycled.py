@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import date
 from decimal import Decimal as D
 from pathlib import Path
 
@@ -71,10 +72,68 @@ def test_one_failing_material_fails_the_plant_year(pack: RulePack) -> None:
     assert [r.passed for r in f.requirements] == [True, False]
 
 
-def test_lead_without_a_minimum_in_the_pack_is_noted(pack: RulePack) -> None:
-    f = run(pack, 2031, RecycledContent(PB, D("0.5"), D("0.3")), RecycledContent(CO, D("0.2"), D(0)))
-    assert f.passed
-    assert any("no minimum recycled share for lead" in n for n in f.notes)
+@pytest.mark.parametrize(
+    ("year", "share", "ok"), [(2031, "0.85", True), (2036, "0.849", False), (2036, "0.85", True)]
+)
+def test_lead_minimum_85_percent(pack: RulePack, year: int, share: str, ok: bool) -> None:
+    # review B10: Art. 8(2)(b), 8(3)(b)
+    f = run(pack, year, RecycledContent(PB, D(share), D(0)))
+    [req] = f.requirements
+    assert req.threshold == D("0.85") and f.passed is ok
+
+
+def test_review_b10_repro_lead_at_10_percent_fails_2036(pack: RulePack) -> None:
+    f = run(
+        pack,
+        2036,
+        RecycledContent(CO, D("0.26"), D(0)),
+        RecycledContent(LI, D("0.12"), D(0)),
+        RecycledContent(NI, D("0.15"), D(0)),
+        RecycledContent(PB, D("0.10"), D(0)),
+    )
+    assert f.status == "fail"
+
+
+def test_minimums_start_on_18_august(pack: RulePack) -> None:
+    # review B11: production up to 17 August 2031 is not subject to the 2031 minimum
+    before = evaluate_recycled_content(
+        pack,
+        plant_id="p",
+        battery_model="m",
+        year=2031,
+        contents=[RecycledContent(CO, D("0.01"), D(0))],
+        period_end=date(2031, 8, 17),
+    )
+    assert before.status == "not_applicable"
+    after = evaluate_recycled_content(
+        pack,
+        plant_id="p",
+        battery_model="m",
+        year=2031,
+        contents=[RecycledContent(CO, D("0.01"), D(0))],
+        period_start=date(2031, 8, 18),
+    )
+    assert after.status == "fail" and not any("inside the period" in n for n in after.notes)
+    # the whole calendar year: the minimum in force at its end applies, and a note says where it starts
+    year = run(pack, 2031, RecycledContent(CO, D("0.01"), D(0)))
+    assert year.status == "fail" and any("2031-08-18" in n and "inside the period" in n for n in year.notes)
+    # 2036: the 2031 minimum until 17 August, the higher one from 18 August
+    mid = evaluate_recycled_content(
+        pack,
+        plant_id="p",
+        battery_model="m",
+        year=2036,
+        contents=[RecycledContent(CO, D("0.20"), D(0))],
+        period_end=date(2036, 8, 17),
+    )
+    assert mid.passed and mid.requirements[0].threshold == D("0.16")
+
+
+def test_period_must_lie_in_the_year(pack: RulePack) -> None:
+    with pytest.raises(InputError):
+        evaluate_recycled_content(
+            pack, plant_id="p", battery_model="m", year=2031, contents=[], period_end=date(2032, 1, 1)
+        )
 
 
 def test_shares_from_masses() -> None:
@@ -111,8 +170,10 @@ def test_bad_contents(pack: RulePack, contents: tuple[RecycledContent, ...]) -> 
 
 
 def test_user_pack_minimum_changes_result(user_pack: Callable[..., Path]) -> None:
-    schedule = [{"from_year": 2028, "value": "0.10"}]
+    schedule = [{"start": "2028-01-01", "value": "0.10"}]
     override = {"eu_recycled": {"minimum_share": {"cobalt": param(schedule)}}}
     pack = load_pack(user_pack(override))
     assert run(pack, 2028, RecycledContent(CO, D("0.1"), D(0))).passed
-    assert pack.eu_recycled.minimum_share["nickel"].value[0].from_year == 2031  # merged, not replaced
+    assert pack.eu_recycled.minimum_share["nickel"].value[0].start == date(
+        2031, 8, 18
+    )  # merged, not replaced

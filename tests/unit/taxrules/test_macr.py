@@ -80,15 +80,45 @@ def test_critical_mineral_thresholds(
 
 @pytest.mark.parametrize("sale_year", [2025, 2026, 2029])
 def test_critical_minerals_zero_threshold_through_2029(pack: RulePack, sale_year: int) -> None:
-    f = run(pack, CM, "0", sale_year)
+    f = run(pack, CM, "0", sale_year, taxable_year_start=date(2025, 7, 5))
     assert f.amounts["threshold"] == 0
     assert f.passed
 
 
 def test_battery_components_before_2026_have_no_threshold(pack: RulePack) -> None:
-    f = run(pack, BC, "0.1", 2025)
+    f = run(pack, BC, "0.1", 2025, taxable_year_start=date(2025, 8, 1))
     assert f.status == "not_applicable"
     assert any("no battery-component MACR threshold for sale year 2025" in n for n in f.notes)
+    assert "macr.battery_component_first_step_covers_earlier_sales" in {
+        p.name for p in f.unconfirmed_parameters()
+    }
+
+
+def test_q2_other_reading_first_step_covers_earlier_sales(user_pack: Callable[..., Path]) -> None:
+    pack = load_pack(user_pack({"macr": {"battery_component_first_step_covers_earlier_sales": param(True)}}))
+    f = run(pack, BC, "0.59", 2025, taxable_year_start=date(2025, 8, 1))
+    assert f.amounts["threshold"] == D("0.60") and f.status == "fail"
+    assert run(pack, BC, "0.60", 2025, taxable_year_start=date(2025, 8, 1)).passed
+
+
+@pytest.mark.parametrize(("category", "sale_year"), [(CM, 1990), (CM, 2025), (BC, 2025), (CM, 2024)])
+def test_without_a_taxable_year_a_calendar_year_is_assumed_for_both_categories(
+    pack: RulePack, category: MacrCategory, sale_year: int
+) -> None:
+    # review B8: a critical mineral sold in 1990 or 2025 is outside the rule, as a battery component is
+    f = run(pack, category, "0", sale_year)
+    assert f.status == "not_applicable"
+    assert any("calendar year of the sale" in w for w in f.warnings)
+
+
+def test_review_b8_repro_critical_mineral_sold_1990(pack: RulePack) -> None:
+    f = evaluate_macr(pack, category=CM, total_direct_material_cost=D(100), pfe_cost=D(100), sale_year=1990)
+    assert f.status == "not_applicable"
+
+
+def test_binding_contract_exclusion_is_named(pack: RulePack) -> None:
+    f = run(pack, BC, "0.9", 2026)
+    assert "macr.binding_contract_exclusion" in {p.name for p in f.unconfirmed_parameters()}
 
 
 @pytest.mark.parametrize(

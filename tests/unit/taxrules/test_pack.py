@@ -43,7 +43,8 @@ def _all_params(pack: RulePack) -> dict[str, Param]:
 def test_default_pack_has_identity_and_dates(pack: RulePack) -> None:
     assert pack.pack_id == "us-eu-battery-rules"
     assert pack.version
-    assert pack.as_of == date(2026, 3, 1)
+    assert pack.as_of == date(2026, 12, 2)
+    assert pack.version == "2026.2.0"
     assert load_pack() is pack  # cached
 
 
@@ -115,9 +116,62 @@ def test_year_schedule_lookup_boundaries(pack: RulePack) -> None:
 
 
 def test_open_start_schedule_covers_early_years(pack: RulePack) -> None:
-    sched = pack.domestic_content.adjusted_percentage_by_construction_year
-    step = sched.at(1990)
-    assert step is not None and step.value == Decimal("0.40")
+    sched = pack.domestic_content.adjusted_percentage_48e
+    step = sched.at(date(1990, 1, 1))
+    assert step is not None and step.value == Decimal("0.40") and step.confidence == "P"
+
+
+@pytest.mark.parametrize(
+    ("path", "cited"),
+    [
+        # review C1-C5: the corrected citations
+        ("geography.fta_countries", "26 CFR 1.30D-2(b)(13)"),
+        ("credit45x.module_capacity_limited_to_cells", "26 CFR 1.45X-3(e)(4)(ii)(A)"),
+        ("credit45x.first_module_sale_only", "26 CFR 1.45X-3(e)(4)(i)(A)"),
+        ("domestic_content.adjusted_percentage_45y", "26 USC 45Y(g)(11)(C)"),
+        ("domestic_content.adjusted_percentage_48e", "26 CFR 1.48E-1(b)(6)(i)"),
+        ("credit45x.critical_mineral_cost_excluded_kinds", "26 CFR 1.45X-4(c)(3)(i)"),
+        ("credit45x.eam_cost_excluded_kinds", "26 CFR 1.45X-3(e)(2)(iv)(A)(1)"),
+    ],
+)
+def test_corrected_citations(pack: RulePack, path: str, cited: str) -> None:
+    citation = pack.lookup(path).citation
+    assert cited in citation
+    assert "Notice 2023-29" not in citation and "worked example" not in citation
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "credit45x.critical_mineral_sale_year_phase_out",  # Q1
+        "macr.battery_component_first_step_covers_earlier_sales",  # Q2
+        "macr.binding_contract_exclusion",  # Q2
+        "macr.pfe_cost_attribution",  # Q3
+        "cv30d.traced_chain_reading",  # Q4
+        "cv30d.component_incremental_value",  # Q6
+    ],
+)
+def test_open_questions_are_unconfirmed_parameters_with_both_readings(pack: RulePack, path: str) -> None:
+    p = pack.lookup(path)
+    assert p.confidence == "?" and "UNCONFIRMED" in p.note and "Reading" in p.note
+    # Q5: one step of the 48E offshore schedule
+    step = pack.domestic_content.offshore_wind_adjusted_percentage_48e.at(date(2027, 1, 1))
+    assert step is not None and step.confidence == "?"
+
+
+@pytest.mark.parametrize(
+    ("section", "name", "value"),
+    [
+        ("macr", "pfe_cost_attribution", "tiers"),
+        ("cv30d", "traced_chain_reading", "proportional"),
+        ("cv30d", "component_incremental_value", "all"),
+    ],
+)
+def test_a_reading_outside_the_named_ones_is_refused(
+    user_pack: Callable[..., Path], section: str, name: str, value: str
+) -> None:
+    with pytest.raises(PackError, match=f"{section}.{name}"):
+        load_pack(user_pack({section: {name: param(value)}}))
 
 
 def test_lookup_of_unknown_path_and_section(pack: RulePack) -> None:
