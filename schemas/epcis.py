@@ -47,6 +47,7 @@ BIZSTEP_NS = NS + "bizstep/"
 BATCH_URN = "urn:batteryledger:batch:"
 FACILITY_URN = "urn:batteryledger:facility:"
 EVENT_URN = "urn:batteryledger:event:"
+EPC_INSTANCE = "urn:epc:id:"
 NOTE_EVENT_ID = "epcis:eventID="
 NOTE_ERROR_DECLARATION = "epcis:errorDeclaration="
 GS1_CONTEXT = "https://ref.gs1.org/standards/epcis/epcis-context.jsonld"
@@ -915,6 +916,18 @@ def _q(batch_id: str, kg: Any) -> dict[str, Any]:
     return {"epcClass": batch_uri(batch_id), "quantity": Decimal(str(kg)), "uom": "KGM"}
 
 
+def _put(
+    ev: dict[str, Any], items: Iterable[tuple[str, Any]], qname: str, ename: str, epc_kg: dict[str, str]
+) -> None:
+    """Lots go to the quantity list; serialised items (urn:epc:id:...) to the EPC list, mass in bl:epc_kg."""
+    for bid, kg in items:
+        if bid.startswith(EPC_INSTANCE):
+            ev.setdefault(ename, []).append(bid)
+            epc_kg[bid] = str(kg)
+        else:
+            ev.setdefault(qname, []).append(_q(bid, kg))
+
+
 def _bl(name: str) -> str:
     return f"{PREFIX}:{name}"
 
@@ -960,9 +973,23 @@ def to_epcis_event(
         ev["type"] = "TransformationEvent"
         process = obj.get("process", "refining") if kind == Kind.BATCH_PROCESSED else None
         ev["bizStep"] = BIZSTEP_NS + BIZSTEP_OF[(kind, process)]
-        if obj.get("inputs"):
-            ev["inputQuantityList"] = [_q(i["batch_id"], i["kg"]) for i in obj["inputs"]]
-        ev["outputQuantityList"] = [_q(o["batch_id"], o["kg"]) for o in obj["outputs"]]
+        epc_kg: dict[str, str] = {}
+        _put(
+            ev,
+            ((i["batch_id"], i["kg"]) for i in obj.get("inputs") or []),
+            "inputQuantityList",
+            "inputEPCList",
+            epc_kg,
+        )
+        _put(
+            ev,
+            ((o["batch_id"], o["kg"]) for o in obj["outputs"]),
+            "outputQuantityList",
+            "outputEPCList",
+            epc_kg,
+        )
+        if epc_kg:
+            ev[_bl("epc_kg")] = epc_kg
         ev["readPoint"] = {"id": here}
         ev["bizLocation"] = {"id": here}
         lots: dict[str, Any] = {}
@@ -987,7 +1014,10 @@ def to_epcis_event(
         ev["action"] = "OBSERVE"
         ev["bizStep"] = "shipping" if kind == Kind.BATCH_SHIPPED else "receiving"
         ev["disposition"] = "in_transit" if kind == Kind.BATCH_SHIPPED else "in_progress"
-        ev["quantityList"] = [_q(obj["batch_id"], obj["kg"])]
+        epc_kg = {}
+        _put(ev, [(str(obj["batch_id"]), obj["kg"])], "quantityList", "epcList", epc_kg)
+        if epc_kg:
+            ev[_bl("epc_kg")] = epc_kg
         ev["readPoint"] = {"id": here}
         ev["bizLocation"] = {"id": here}
         if kind == Kind.BATCH_SHIPPED:
