@@ -102,7 +102,7 @@ def test_profiled_transformation_example_maps_by_the_location_kind() -> None:
     [m] = map_document(doc, registry(), validator=gs1_validator()).mapped
     ev = m.event
     assert ev["kind"] == "material.produced"  # generic CBV commissioning at a location registered for it
-    assert ev["facility_id"] == "plant-de-example"
+    assert ev["facility_id"] == "cam-de-example"
     assert [(i["batch_id"], i["kg"]) for i in ev["inputs"]] == [
         ("urn:epc:class:lgtin:4012345.011111.4444", "10"),
         ("urn:epc:class:lgtin:0614141.077777.987", "30"),
