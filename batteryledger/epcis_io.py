@@ -43,10 +43,25 @@ def gs1_schema() -> dict[str, Any]:
 
 @cache
 def gs1_validator() -> Any:
-    """Draft-07 validator of the GS1 EPCIS 2.0 JSON Schema (with the format checks jsonschema can do)."""
-    from jsonschema import Draft7Validator
+    """Draft-07 validator of the GS1 EPCIS 2.0 JSON Schema, formats checked (uri: RFC 3986, date-time).
 
-    return Draft7Validator(gs1_schema(), format_checker=Draft7Validator.FORMAT_CHECKER)
+    One allowance: a JSON-LD blank node id (``"_:document1"``, as in GS1's own examples) passes as a
+    ``uri``; RFC 3986 alone would refuse the standard's examples.
+    """
+    from jsonschema import Draft7Validator, FormatChecker
+    from rfc3986_validator import validate_rfc3986
+
+    checker = FormatChecker()
+    for name in ("date-time", "date", "time", "regex"):
+        checker.checkers[name] = Draft7Validator.FORMAT_CHECKER.checkers[name]
+
+    @checker.checks("uri")
+    def _uri(value: object) -> bool:
+        if not isinstance(value, str):
+            return True
+        return value.startswith("_:") or bool(validate_rfc3986(value, rule="URI"))
+
+    return Draft7Validator(gs1_schema(), format_checker=checker)
 
 
 def read_document(path: Path) -> Any:

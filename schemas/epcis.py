@@ -1023,11 +1023,6 @@ def to_epcis_event(
         _put(ev, [(str(obj["batch_id"]), obj["kg"])], "quantityList", "epcList", epc_kg)
         if epc_kg:
             ev[_bl("epc_kg")] = epc_kg
-        if not obj.get("inputs"):
-            # GS1's schema: a TransformationEvent with outputs only (extraction, recycling of outside
-            # feed) needs a transformationID; ours names the event
-            unsigned = {k: v for k, v in obj.items() if k != "sig"}
-            ev["transformationID"] = ev.get("eventID") or EVENT_URN + unsigned_event_id(unsigned)
         ev["readPoint"] = {"id": here}
         ev["bizLocation"] = {"id": here}
         if kind == Kind.BATCH_SHIPPED:

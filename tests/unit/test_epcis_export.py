@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 
 from batteryledger.api import create_app
 from batteryledger.cli import app
-from batteryledger.epcis_io import export_lineage
+from batteryledger.epcis_io import export_lineage, gs1_validator
 from batteryledger.sample import DemoChain, demo_chain
 from ledger.core import Ledger
 from schemas.epcis import LocationRegistry, dumps, map_document, parse_json
@@ -37,7 +37,10 @@ GS1 = Draft7Validator(
 
 
 def assert_gs1_valid(doc: Any) -> Any:
-    """Validate the export as a consumer reads it: from its JSON text."""
+    """Validate the export as a consumer reads it: from its JSON text; formats (uri, date-time) checked."""
+    assert {"uri", "date-time"} <= set(GS1.format_checker.checkers), (
+        "rfc3986-validator / rfc3339-validator missing"
+    )
     parsed = parse_json(dumps(doc))
     errors = sorted(GS1.iter_errors(parsed), key=lambda e: list(e.absolute_path))
     assert not errors, [(list(e.absolute_path), e.message[:200]) for e in errors[:5]]
@@ -63,7 +66,7 @@ def instant(t: str) -> datetime:
 
 
 def append_mapped(kit: LedgerKit, doc: Any, key: Any) -> list[Any]:
-    result = map_document(doc, registry(), validator=GS1)
+    result = map_document(doc, registry(), validator=gs1_validator())
     assert not result.errors, [e.diagnostics() for e in result.errors]
     for m in result.mapped:
         kit.ok(m.event, key)
@@ -104,7 +107,7 @@ def test_round_trip_of_the_standard_object_event_example(bl_kit: LedgerKit) -> N
     assert ev["bl:entry"] == seq
     assert ev["bl:inclusion_proof"] == f"/v1/proofs/inclusion?seq={seq}"
     # importing the export again gives the very same ledger event (same bytes, same id)
-    again = map_document(exported, registry(), validator=GS1)
+    again = map_document(exported, registry(), validator=gs1_validator())
     assert not again.errors
     [same] = [m for m in again.mapped if m.epcis_event_id == original["eventID"]]
     assert same.event == mapped.event
@@ -164,7 +167,7 @@ def test_round_trip_of_the_standard_transformation_event_example(bl_kit: LedgerK
             assert Decimal(got["value_usd"]) == Decimal(lot["value_usd"])
     # the generic CBV step at a location registered for material.produced comes back as our own step
     assert ev["bizStep"] == "https://ns.batteryledger.org/epcis/bizstep/material_producing"
-    again = map_document(exported, registry(), validator=GS1)
+    again = map_document(exported, registry(), validator=gs1_validator())
     assert not again.errors
     [same] = [m for m in again.mapped if m.epcis_event_id == original["eventID"]]
     assert same.event == mapped.event
@@ -192,7 +195,7 @@ def test_an_error_declaration_round_trips_as_a_correction(bl_kit: LedgerKit) -> 
     [decl] = [e for e in exported["epcisBody"]["eventList"] if "errorDeclaration" in e]
     assert decl["errorDeclaration"]["reason"] == "did_not_occur"
     assert decl["bl:event_id"] == correction.event_id
-    again = map_document(exported, registry(), validator=GS1)
+    again = map_document(exported, registry(), validator=gs1_validator())
     assert correction.event in [m.event for m in again.mapped]
 
 
@@ -233,7 +236,7 @@ def test_lineage_exports_are_valid_and_tie_to_the_ledger(
     assert {"batch.extracted", "packs.assembled"} <= kinds if batch == "US-PACK-002" else True
     # the export imports again (no registry needed: locations are urn:batteryledger:facility:<id>) into
     # the same events the ledger holds, apart from the note that now keeps the EPCIS eventID
-    again = map_document(doc, LocationRegistry(), validator=GS1)
+    again = map_document(doc, LocationRegistry(), validator=gs1_validator())
     assert not again.errors, [e.diagnostics() for e in again.errors]
     for m, e in zip(again.mapped, events, strict=True):
         ledger_obj = {k: v for k, v in json.loads(native[e["bl:event_id"]].raw).items() if k != "sig"}
