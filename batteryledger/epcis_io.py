@@ -55,12 +55,12 @@ def gs1_validator() -> Any:
     for name in ("date-time", "date", "time", "regex"):
         checker.checkers[name] = Draft7Validator.FORMAT_CHECKER.checkers[name]
 
-    @checker.checks("uri")
     def _uri(value: object) -> bool:
         if not isinstance(value, str):
             return True
         return value.startswith("_:") or bool(validate_rfc3986(value, rule="URI"))
 
+    checker.checkers["uri"] = (_uri, ())
     return Draft7Validator(gs1_schema(), format_checker=checker)
 
 
