@@ -146,6 +146,8 @@ def publish(
         result = _mapped(file, locations, facility, skip_bad)
         signing_key = load_private_key(key)
         ledger = Ledger(store) if wait else None
+        # events already in the ledger (a re-published document): the ledger treats them as no-ops
+        known = ledger.entry_data([m.event_id for m in result.mapped]) if ledger is not None else {}
         settings = Settings(broker=broker, topic_suffix=topic_suffix)
         sent: list[tuple[int, str, Any]] = []
         try:
@@ -170,6 +172,8 @@ def publish(
             status, what = "undecided", f"not decided within {timeout:g} s"
         elif d[0] == "appended":
             status, what = "accepted", f"entry {d[1]}"
+            if r.event_id in known:
+                status, what = "unchanged", f"already entry {d[1]} (re-published: a no-op)"
         elif d[0] == "parked":
             status, what = "waiting", "for its input batches"
         else:
@@ -177,7 +181,7 @@ def publish(
         counts[status] = counts.get(status, 0) + 1
         print(f"event {index} {epcis_id or '(no eventID)'} -> {(r.event_id or '?')[:16]} {status} {what}")
     print(", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
-    if set(counts) - {"accepted"}:
+    if set(counts) - {"accepted", "unchanged"}:
         raise typer.Exit(EXIT_NOT_ACCEPTED)
 
 

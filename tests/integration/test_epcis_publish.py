@@ -145,6 +145,7 @@ def test_the_demo_chain_from_epcis_documents_gives_the_native_provenance(epcis_r
     before = rig.entries()
     r = rig.publish(docs[0])
     assert r.exit_code == 0, (r.stdout, r.stderr)
+    assert "re-published: a no-op" in r.stdout and "accepted" not in r.stdout
     assert rig.entries() == before
 
     # a document with one bad event publishes nothing ...

@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from batteryledger.cli import app
@@ -137,6 +139,21 @@ def test_mass_units_convert_exactly_to_kg(quantity: str, uom: str, kg: str) -> N
     ev["quantityList"][0].update(quantity=parse_json(quantity), uom=uom)
     [m] = map_document(doc_of(ev), registry(), validator=gs1_validator()).mapped
     assert m.event["kg"] == kg
+
+
+@given(
+    st.decimals(min_value=0, max_value=10**6, places=3, allow_nan=False, allow_infinity=False),
+    st.sampled_from(["KGM", "TNE", "GRM"]),
+)
+def test_unit_conversion_is_exact_for_any_quantity(quantity: Any, uom: str) -> None:
+    from decimal import Decimal
+
+    from schemas.epcis import MASS_UNITS, kg_of
+
+    q = parse_json(str(quantity))  # as a document carries it: a JSON number, read exactly
+    kg = kg_of({"epcClass": "urn:epc:class:lgtin:1.2.3", "quantity": q, "uom": uom}, 0, "quantityList[0]")
+    assert Decimal(kg) == Decimal(str(quantity)) * MASS_UNITS[uom]
+    assert "E" not in kg and (kg == "0" or not kg.endswith(".")) and not kg.startswith("-")
 
 
 def test_the_epcis_event_id_is_kept_so_equal_events_stay_distinct_and_a_remap_is_identical() -> None:
