@@ -372,3 +372,24 @@ def test_the_examples_map_to_the_native_chain_apart_from_the_note() -> None:
     native = [{k: v for k, v in json.loads(e.raw).items() if k != "sig"} for e in chain.chain_events]
     assert [{k: v for k, v in m.items() if k != "note"} for m in mapped] == native
     assert all(m["note"].startswith("epcis:eventID=urn:uuid:") for m in mapped)
+
+
+def test_a_query_document_from_an_epcis_repository_maps_too() -> None:
+    doc = load("Example_9.6.2-ObjectEvent.jsonld")
+    query = {
+        "@context": doc["@context"],
+        "type": "EPCISQueryDocument",
+        "schemaVersion": "2.0",
+        "creationDate": "2005-07-11T11:30:47.0Z",
+        "epcisBody": {
+            "queryResults": {
+                "queryName": "SimpleEventQuery",
+                "resultsBody": {"eventList": doc["epcisBody"]["eventList"]},
+            }
+        },
+    }
+    [m] = map_document(query, registry(), validator=gs1_validator()).mapped
+    assert m.event["kind"] == "batch.received"
+    query["epcisBody"]["queryResults"]["resultsBody"]["eventList"][0]["quantityList"][0]["uom"] = "kg"
+    err = one_error(query)
+    assert (err.index, err.field) == (0, "quantityList[0].uom")
