@@ -23,13 +23,14 @@ from batteryledger.sample import demo_chain
 from schemas.epcis import (
     NS,
     EpcisError,
+    Location,
     LocationRegistry,
     dumps,
     map_document,
     parse_json,
     unsigned_event_id,
 )
-from schemas.events import parse_event
+from schemas.events import Kind, parse_event
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets" / "epcis"
 LOCATIONS = ASSETS / "locations-examples.json"
@@ -393,3 +394,30 @@ def test_a_query_document_from_an_epcis_repository_maps_too() -> None:
     query["epcisBody"]["queryResults"]["resultsBody"]["eventList"][0]["quantityList"][0]["uom"] = "kg"
     err = one_error(query)
     assert (err.index, err.field) == (0, "quantityList[0].uom")
+
+
+def test_commissioning_is_an_extraction_only_at_a_mine_and_generic_steps_need_a_registered_kind() -> None:
+    ev = received()
+    ev.update(action="ADD", bizStep="commissioning")
+    for k in ("sourceList", "destinationList"):
+        ev.pop(k)
+    ev["ilmd"] = {"bl:lots": {ev["quantityList"][0]["epcClass"]: {"material": "spodumene_concentrate"}}}
+    err = one_error(doc_of(ev))  # dc-us-example is no mine
+    assert (err.index, err.field) == (0, "bizStep") and "only at a mine" in err.message
+    mine = registry()
+    mine.locations["urn:epc:id:sgln:0614141.00888.0"] = Location(
+        "mine-us-example", "US", Kind.BATCH_EXTRACTED
+    )
+    [m] = map_document(doc_of(ev), mine, validator=gs1_validator()).mapped
+    assert m.event["kind"] == "batch.extracted" and m.event["facility_id"] == "mine-us-example"
+    assert m.event["outputs"] == [
+        {
+            "batch_id": "urn:epc:class:lgtin:4012345.012345.998877",
+            "material": "spodumene_concentrate",
+            "kg": "200",
+        }
+    ]
+    doc = load("profiled/Example_9.6.4-TransformationEvent.jsonld")
+    plain = LocationRegistry({"urn:epc:id:sgln:4012345.00001.0": Location("cam-de-example")})
+    err = one_error(doc, plain)
+    assert (err.index, err.field) == (0, "bizStep") and "does not say what is made" in err.message
