@@ -556,6 +556,7 @@ def create_app(store_url: str) -> FastAPI:
     app.state.reader = reader
     app.router.add_event_handler("shutdown", reader.close)
     _install_error_handlers(app)
+    app.include_router(__import__("batteryledger.api_epcis", fromlist=["router"]).router)  # EPCIS, issue 13
 
     def known_batch(batch_id: str) -> Any:
         _check_batch_id(batch_id)
