@@ -20,6 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from batteryledger.keyfiles import load_key, passphrase_from_env
+from batteryledger.views import fta_countries
 from ledger.core import Incoming, Ledger, verify_ledger
 from ledger.store import StoreError
 from schemas.events import SPEC, Kind
@@ -355,42 +356,6 @@ def _zero() -> Any:
 
 
 # -- queries -------------------------------------------------------------------------------------
-def fta_countries() -> list[str]:
-    """FTA countries for the former 30D test, from the default rule pack."""
-    try:
-        from ledger.taxrules.pack import load_pack
-
-        pack = load_pack(None)
-        countries = pack.fta_countries() if hasattr(pack, "fta_countries") else None
-        if countries:
-            return sorted(countries)
-    except Exception:
-        pass
-    return [
-        "AU",
-        "BH",
-        "CA",
-        "CL",
-        "CO",
-        "CR",
-        "DO",
-        "SV",
-        "GT",
-        "HN",
-        "IL",
-        "JO",
-        "KR",
-        "MX",
-        "MA",
-        "NI",
-        "OM",
-        "PA",
-        "PE",
-        "SG",
-        "JP",
-    ]
-
-
 SHARE_COLUMNS = [
     ("us_extracted", "US extr."),
     ("us_processed", "US proc."),

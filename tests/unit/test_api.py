@@ -32,7 +32,7 @@ from batteryledger.api import (
     provenance_breakdown,
 )
 from batteryledger.cli import app as cli_app
-from batteryledger.cli import fta_countries
+from batteryledger.views import fta_countries
 from batteryledger.sample import DemoChain, demo_chain
 from ledger import chain, merkle
 from ledger.checkpoint import Checkpoint, open_note
