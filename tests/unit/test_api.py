@@ -32,8 +32,8 @@ from batteryledger.api import (
     provenance_breakdown,
 )
 from batteryledger.cli import app as cli_app
-from batteryledger.views import fta_countries
 from batteryledger.sample import DemoChain, demo_chain
+from batteryledger.views import fta_countries
 from ledger import chain, merkle
 from ledger.checkpoint import Checkpoint, open_note
 from ledger.core import Incoming, Ledger
