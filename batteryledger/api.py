@@ -20,6 +20,7 @@ import hashlib
 import json
 import logging
 import re
+import tempfile
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import event, func, select
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import OperationalError
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from batteryledger import views
@@ -61,6 +63,8 @@ DEFAULT_LINEAGE_DEPTH = 50
 MAX_LINEAGE_DEPTH = 10_000
 MAX_LINEAGE_EDGES = 10_000
 # Rejections are listed newest first, a page at a time (`before` = the last id of the previous page).
+MAX_CLAIM_BYTES = 64 * 1024
+EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples" / "claims"
 DEFAULT_REJECTIONS_LIMIT = 50
 MAX_REJECTIONS_LIMIT = 1_000
 
@@ -263,6 +267,8 @@ class RejectionDetail(Rejection):
     raw_base64: str = Field(description="The original bytes, exactly as received.")
     raw_size: int
     raw_sha256: str
+    raw_text: str | None = Field(description="The bytes as UTF-8 text, when they are UTF-8.")
+    raw_json: Any = Field(description="The bytes parsed as JSON, when they are JSON.")
 
 
 class InclusionProof(BaseModel):
@@ -508,6 +514,31 @@ BatchIdParam = Annotated[str, PathParam(description="Batch id (may contain '/', 
 _BATCH_ID = re.compile(ID_PATTERN)
 
 
+def _utf8(raw: bytes) -> str | None:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+def _json_or_none(raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return None
+
+
+def _examples() -> list[Path]:
+    return sorted(EXAMPLES_DIR.glob("*.yaml")) if EXAMPLES_DIR.is_dir() else []
+
+
+def _claim_title(path: Path) -> str:
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.startswith("title:"):
+            return line.split(":", 1)[1].strip()
+    return path.stem
+
+
 def _safe_name(batch_id: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", batch_id)
 
@@ -535,6 +566,7 @@ def create_app(store_url: str, *, routers: Iterable[APIRouter] = ()) -> FastAPI:
     auditor = APIRouter()  # entries, proofs, audits: what an auditor verifies
     operator = APIRouter()  # rejections: the ledger operator's and facilities' forensics
     ops = APIRouter()  # health and the web page
+    bundles = APIRouter()  # evidence bundles (auditor audience; routed before the batch catch-all)
 
     app = FastAPI(
         title="batteryledger",
@@ -912,6 +944,107 @@ def create_app(store_url: str, *, routers: Iterable[APIRouter] = ()) -> FastAPI:
             raw_base64=base64.b64encode(raw).decode(),
             raw_size=len(raw),
             raw_sha256=hashlib.sha256(raw).hexdigest(),
+            raw_text=_utf8(raw),
+            raw_json=_json_or_none(raw),
+        )
+
+    # -- audits and evidence -----------------------------------------------------------------------
+    @auditor.get(f"{API_PREFIX}/audits/examples", tags=["audits"])
+    def audit_examples() -> dict[str, Any]:
+        """Example claim files (examples/claims) that this server can audit."""
+        return {"examples": [{"name": p.name, "title": _claim_title(p)} for p in _examples()]}
+
+    @auditor.get(
+        f"{API_PREFIX}/audits/examples/{{name}}",
+        tags=["audits"],
+        response_class=PlainTextResponse,
+        responses={200: {"content": {"text/yaml": {}}}, 404: PROBLEMS[404]},
+    )
+    def audit_example(name: str) -> PlainTextResponse:
+        """One example claim, as text (YAML)."""
+        found = {p.name: p for p in _examples()}.get(name)
+        if found is None:
+            raise not_found(f"no example claim {name!r}; see {API_PREFIX}/audits/examples")
+        return PlainTextResponse(found.read_text(encoding="utf-8"), media_type="text/yaml; charset=utf-8")
+
+    @auditor.post(
+        f"{API_PREFIX}/audits",
+        tags=["audits"],
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"text/yaml": {"schema": {"type": "string"}}, "application/json": {}},
+            }
+        },
+        responses={
+            200: {"description": "The finding (JSON), or the HTML report with format=html."},
+            **PROBLEMS,
+        },
+    )
+    async def run_audit(
+        request: Request, format: Annotated[str, Query(pattern="^(json|html)$")] = "json"
+    ) -> Response:
+        """Audit a claim (the request body: a claim file, YAML or JSON) against the ledger; nothing is stored."""
+        body = await request.body()
+        if len(body) > MAX_CLAIM_BYTES:
+            raise bad_parameter(f"the claim is {len(body)} bytes; at most {MAX_CLAIM_BYTES}")
+        try:
+            claim = body.decode("utf-8")
+        except UnicodeDecodeError:
+            raise bad_parameter("the claim is not UTF-8 text") from None
+        if not claim.strip():
+            raise bad_parameter("send the claim file (YAML or JSON) as the request body")
+        return await run_in_threadpool(_audit, claim, format)
+
+    def _audit(claim: str, format: str) -> Response:
+        from batteryledger.cli_audit import render_html
+        from ledger.audit import AuditError, audit, load_claim
+        from ledger.taxrules.errors import TaxRuleError
+        from ledger.taxrules.findings import dumps_json
+
+        reader.sync()
+        with tempfile.TemporaryDirectory(prefix="batteryledger-claim-") as tmp:
+            path = Path(tmp) / "claim.yaml"
+            path.write_text(claim, encoding="utf-8")
+            try:
+                parsed = load_claim(path)
+                with reader._lock:
+                    result = audit(reader.ledger, parsed)
+            except (AuditError, TaxRuleError) as exc:
+                diag = getattr(exc, "diagnostics", None)
+                text = diag() if callable(diag) else str(exc)
+                raise bad_parameter(text.replace(str(path), "claim")) from None
+        if format == "html":
+            links = [Path(f"{API_PREFIX}/batches/{b}/bundle") for b in result.subject_batches]
+            return Response(render_html(result, links), media_type="text/html; charset=utf-8")
+        data = result.to_json_obj()
+        data["bundle_urls"] = [f"{API_PREFIX}/batches/{b}/bundle" for b in result.subject_batches]
+        return Response(dumps_json(data), media_type="application/json")
+
+    @bundles.get(
+        f"{API_PREFIX}/batches/{{batch_id:path}}/bundle",
+        tags=["audits"],
+        responses={
+            200: {"description": "Evidence bundle (batteryledger verify-bundle checks it)."},
+            **PROBLEMS,
+        },
+    )
+    def bundle(batch_id: BatchIdParam) -> Response:
+        """The evidence bundle of a batch: its events, registry events, inclusion proofs, provenance."""
+        known_batch(batch_id)
+        from ledger.bundle_verify import dumps_bundle
+        from ledger.proofs import ProofsError, make_bundle
+
+        reader.sync()
+        try:
+            with reader._lock:
+                data = make_bundle(reader.ledger, batch_id)
+        except ProofsError as exc:
+            raise ApiProblem(409, "Conflict", exc.diagnostics()) from None
+        return Response(
+            dumps_bundle(data),
+            media_type="application/json",
+            headers={"Content-Disposition": f'attachment; filename="{_safe_name(batch_id)}-bundle.json"'},
         )
 
     # -- health and the web page -------------------------------------------------------------------
@@ -930,7 +1063,7 @@ def create_app(store_url: str, *, routers: Iterable[APIRouter] = ()) -> FastAPI:
         return resp
 
     _add_docs(ops)
-    for router in (public, auditor, operator, ops, *routers):
+    for router in (bundles, public, auditor, operator, ops, *routers):
         app.include_router(router)
     app.mount("/static", StaticFiles(directory=WEB_DIR), name="static")
     return app
