@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import json
 import logging
 import re
@@ -797,8 +798,9 @@ def create_app(store_url: str, *, routers: Iterable[APIRouter] = ()) -> FastAPI:
         known_batch(batch_id)
         import segno
 
-        svg = segno.make(_permalink(request, batch_id), error="m").svg_inline(scale=4, border=2)
-        return Response(svg, media_type="image/svg+xml")
+        buf = io.BytesIO()
+        segno.make(_permalink(request, batch_id), error="m").save(buf, kind="svg", scale=4, border=2)
+        return Response(buf.getvalue(), media_type="image/svg+xml")
 
     @public.get(f"{API_PREFIX}/batches/{{batch_id:path}}/passport", tags=["batches"], responses=PROBLEMS)
     def passport(request: Request, batch_id: BatchIdParam) -> dict[str, Any]:
@@ -1079,10 +1081,10 @@ __all__ = ["BREAKDOWN_CATEGORIES", "LedgerReader", "create_app", "provenance_bre
 
 
 def _add_docs(router: APIRouter) -> None:
-    """Swagger UI at /v1/docs from the swagger-ui-bundle package's files: no CDN, works offline."""
-    import swagger_ui_bundle
+    """Swagger UI 5 at /v1/docs from the files the fastapi-offline package ships: no CDN, works offline."""
+    import fastapi_offline
 
-    assets = Path(swagger_ui_bundle.swagger_ui_path)
+    assets = Path(fastapi_offline.__file__).resolve().parent / "static"
 
     @router.get(f"{API_PREFIX}/docs", include_in_schema=False)
     def docs() -> Response:

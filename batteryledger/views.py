@@ -280,7 +280,7 @@ def flow_graph(led: Ledger, batch_id: str, *, direction: str = "up", depth: int 
     }
 
 
-NODE_W, COL_GAP, ROW_GAP, MIN_H, MAX_H = 170, 90, 26, 22, 90
+NODE_W, COL_GAP, ROW_GAP, MIN_H, MAX_H = 160, 64, 22, 22, 84
 
 
 def _layout(nodes: dict[str, dict[str, Any]], edges: list[dict[str, Any]]) -> None:
