@@ -165,6 +165,8 @@ class OriginRow(BaseModel):
     label: str = Field(
         description='In words, e.g. "Mined in Australia (AU), processed in United States (US)".'
     )
+    origin_text: str = Field(description='The first half of the label, e.g. "Mined in Australia (AU)".')
+    processing_text: str = Field(description='e.g. "Processed in United States (US)", "not processed since".')
 
 
 class ElementBreakdown(BaseModel):

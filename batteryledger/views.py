@@ -56,8 +56,8 @@ BREAKDOWN_CATEGORIES: tuple[tuple[str, str, str], ...] = (
     ("recycled", "Recycled, unspecified", "recycled feed without a pre/post-consumer declaration"),
     (
         "other",
-        "Mined and processed elsewhere",
-        "known origin outside the US, FTA countries and North America",
+        "Other known origin",
+        "mined (and, if so, processed) outside the US, FTA countries and North America",
     ),
     ("feoc", "FEOC-touched", "a foreign entity of concern took part in some step"),
     ("unknown", "Unknown origin", "origin not shown by the ledger (missing parents, unexplained mass)"),
@@ -167,6 +167,14 @@ def provenance_breakdown(
                     "share": round(float(o["kg"]) / total, 9) if total else 0.0,
                     "category": c,
                     "label": origin_label(o),
+                    "origin_text": origin_label(
+                        {**o, "processing_country": None, "feoc_touched": False}
+                    ).split(",")[0],
+                    "processing_text": (
+                        f"Processed in {country_name(o['processing_country'])}"
+                        if o.get("processing_country")
+                        else ("unknown" if o["source"] == "unknown" else "not processed since")
+                    ),
                 }
             )
         elements[el] = {

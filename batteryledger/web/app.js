@@ -118,10 +118,6 @@
     return a;
   }
 
-  function countryText(code) {
-    return code || "unknown";
-  }
-
   // -- screens ------------------------------------------------------------------------------------
   function showScreen(name) {
     for (const s of ["batch", "audit", "rejections"]) $("screen-" + s).hidden = s !== name;
@@ -294,8 +290,12 @@
     const missing = bd.missing_parents.length
       ? " Parents not in the ledger (their share counts as unknown): " + bd.missing_parents.join(", ") + "."
       : "";
-    $("provenance-meta").textContent =
-      "Computed over " + bd.ancestors + " ancestor batches. FTA countries (rule pack): " + bd.fta_countries.join(", ") + "." + missing;
+    const basis = bd.ancestors === 0 ? "No ancestor batches: the origin is this batch's own step. "
+      : "Computed over " + bd.ancestors + " ancestor batches. ";
+    const recycled = bd.kind === "batch.recycled"
+      ? " Recycling resets the origin: what this recycler recovered counts as recycled in its country; where it was mined before end of life no longer counts."
+      : "";
+    $("provenance-meta").textContent = basis + "FTA countries (rule pack): " + bd.fta_countries.join(", ") + "." + missing + recycled;
     $("provenance-json").href = API + batchPath(bd.batch_id) + "/provenance";
 
     const box = $("provenance");
@@ -321,16 +321,14 @@
         bar.append(seg);
       }
       const rows = e.origins.map((o) => {
-        const where = o.source === "mined" ? "Mined in " + countryText(o.mined_in)
-          : o.source === "recycled" ? "Recycled in " + countryText(o.recycled_in) + (o.consumer ? " (" + o.consumer + "-consumer)" : "")
-          : "Unknown";
+        const where = o.origin_text;
         const facilities = [...o.source_facilities, ...o.processing_facilities.filter((f) => !o.source_facilities.includes(f))];
         return {
           where, processed: o.processed_in || "", facilities: facilities.join(", "), feoc: o.feoc_touched ? 1 : 0,
           kg: o.kg, share: o.share,
           _cells: [
             el("span", {}, el("span", { class: "swatch seg-" + o.category, "aria-hidden": "true" }), where),
-            o.processed_in ? "Processed in " + o.processed_in : (o.source === "unknown" ? "unknown" : "not processed since"),
+            o.processing_text,
             facilities.join(", ") || "—",
             o.feoc_touched ? el("strong", { class: "feoc-mark", text: "FEOC" }) : "no",
             kg(o.kg),
@@ -551,7 +549,12 @@
       const [facts, breakdown, timeline] = await Promise.all([api(path), api(path + "/provenance/breakdown"), api(path + "/events")]);
       if (current !== batchId) return;
       renderFacts(facts);
+      breakdown.kind = facts.kind;
       renderProvenance(breakdown);
+      if (!new URLSearchParams(window.location.search).get("direction")) {
+        // a mine lot has nothing upstream: show where it went instead
+        $("lineage-form").elements.direction.value = facts.stage === "extraction" ? "down" : "up";
+      }
       renderTimeline(timeline);
       for (const id of BATCH_SECTIONS) $(id).hidden = false;
       const hasPassport = ["cells.produced", "modules.assembled", "packs.assembled"].includes(facts.kind);
@@ -622,6 +625,13 @@
     }
   }
 
+  function show(v) {
+    if (v === null || v === undefined) return "";
+    if (Array.isArray(v)) return v.join(", ");
+    if (typeof v === "boolean") return v ? "yes" : "no";
+    return String(v);
+  }
+
   function renderFinding(r, report) {
     const status = $("audit-status");
     status.textContent = (r.claim && r.claim.title ? r.claim.title + ": " : "") + r.status.replace("_", " ").toUpperCase();
@@ -629,11 +639,13 @@
     const body = $("audit-requirements").tBodies[0];
     body.replaceChildren();
     const walk = (req, depth) => {
+      const name = el("td", { text: req.name });
+      name.style.paddingLeft = 0.4 + depth * 1.2 + "rem"; // CSSOM, allowed by the page's CSP
       body.append(el("tr", { "data-passed": String(req.passed) },
-        el("td", { style: "padding-left:" + (0.4 + depth * 1.2) + "rem", text: req.name }),
+        name,
         el("td", { class: req.passed ? "pass" : "fail", text: req.passed === null ? "n/a" : req.passed ? "pass" : "fail" }),
-        el("td", { class: "num", text: req.computed === null || req.computed === undefined ? "" : String(req.computed) }),
-        el("td", { class: "num", text: req.threshold === null || req.threshold === undefined ? "" : String(req.threshold) })));
+        el("td", { class: "num", text: show(req.value) }),
+        el("td", { class: "num", text: (req.comparison && req.threshold !== null ? req.comparison + " " : "") + show(req.threshold) + (req.threshold_year ? " (" + req.threshold_year + ")" : "") })));
       for (const c of req.children || []) walk(c, depth + 1);
     };
     for (const req of r.requirements || []) walk(req, 0);
