@@ -485,9 +485,12 @@
   }
 
   // -- the passport ---------------------------------------------------------------------------------
-  function fieldValue(f) {
+  function fieldValue(f, name) {
     if (f === undefined || f === null) return "—";
     let v = f.value;
+    if (v && name === "manufacturerIdentification") return (v.legalEntity || "unregistered") + " (facility " + v.facilityId + ")";
+    if (v && name === "manufacturingPlace") return v.country + " · facility " + v.facilityId;
+    if (v && name === "criticalRawMaterials") return v.map((m) => m.material + " " + kg(m.mass)).join("; ");
     if (v === null || v === undefined) return "not recorded in the ledger";
     if (Array.isArray(v)) return v.map((x) => (typeof x === "object" ? Object.values(x).join(" ") : String(x))).join("; ");
     if (typeof v === "object") v = Object.entries(v).map(([k, x]) => k + ": " + x).join(", ");
@@ -522,7 +525,7 @@
     const table = el("table", { class: "passport-table" });
     const body = el("tbody");
     for (const [name, label, f] of rows) {
-      body.append(el("tr", { "data-field": name }, el("th", { scope: "row" }, label, el("div", { class: "muted small", text: name })), el("td", { text: fieldValue(f) }), el("td", {}, entryLinks(f))));
+      body.append(el("tr", { "data-field": name }, el("th", { scope: "row" }, label, el("div", { class: "muted small", text: name })), el("td", { text: fieldValue(f, name) }), el("td", {}, entryLinks(f))));
     }
     for (const r of p.circularity.recycledContent) {
       const text = r.preConsumerShare.value === null ? "not tracked" : "pre-consumer " + r.preConsumerShare.value.toFixed(1) + "% · post-consumer " + r.postConsumerShare.value.toFixed(1) + "%";
