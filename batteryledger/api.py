@@ -1001,7 +1001,7 @@ def create_app(store_url: str, *, routers: Iterable[APIRouter] = ()) -> FastAPI:
         return await run_in_threadpool(_audit, claim, format)
 
     def _audit(claim: str, format: str) -> Response:
-        from batteryledger.cli_audit import render_html
+        from batteryledger.cli_audit import event_facts, render_html
         from ledger.audit import AuditError, audit, load_claim
         from ledger.taxrules.errors import TaxRuleError
         from ledger.taxrules.findings import dumps_json
@@ -1019,8 +1019,11 @@ def create_app(store_url: str, *, routers: Iterable[APIRouter] = ()) -> FastAPI:
                 text = diag() if callable(diag) else str(exc)
                 raise bad_parameter(text.replace(str(path), "claim")) from None
         if format == "html":
-            links = [Path(f"{API_PREFIX}/batches/{b}/bundle") for b in result.subject_batches]
-            return Response(render_html(result, links), media_type="text/html; charset=utf-8")
+            links = [f"{API_PREFIX}/batches/{b}/bundle" for b in result.subject_batches]
+            with reader._lock:
+                facts = event_facts(reader.ledger, [e.event_id for e in result.events])
+            page = render_html(result, links, events=facts, operator_vkey=reader.ledger.operator_vkey)
+            return Response(page, media_type="text/html; charset=utf-8")
         data = result.to_json_obj()
         data["bundle_urls"] = [f"{API_PREFIX}/batches/{b}/bundle" for b in result.subject_batches]
         return Response(dumps_json(data), media_type="application/json")
