@@ -264,9 +264,9 @@ def _conf(c: str) -> str:
 
 
 CHART_LABELS: dict[str, str] = {
-    "us": "US",
-    "us_or_fta": "US or FTA",
-    "north_america": "North America",
+    "us": "US, any step",
+    "us_or_fta": "US/FTA, any step",
+    "north_america": "N. America, any step",
     "recycled": "recycled",
     "feoc_touched": "FEOC-touched",
     "unknown": "unknown",
@@ -275,7 +275,7 @@ CHART_LABELS: dict[str, str] = {
 
 def share_chart_svg(shares: dict[str, dict[str, Decimal]]) -> str:
     """Grouped horizontal bars, one group per element, one bar per SHARE_LABELS entry (0-100%)."""
-    label_w, bar_w, value_w = 110, 360, 56
+    label_w, bar_w, value_w = 130, 360, 56
     bar_h, gap, group_gap, head_h = 12, 3, 14, 16
     width = label_w + bar_w + value_w
     group_h = head_h + len(SHARE_LABELS) * (bar_h + gap) + group_gap

@@ -60,9 +60,12 @@ def encode_cursor(batch_id: str) -> str:
 
 def decode_cursor(cursor: str) -> str:
     try:
-        return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        text = base64.b64decode(cursor + "=" * (-len(cursor) % 4), altchars=b"-_", validate=True).decode()
     except (binascii.Error, UnicodeDecodeError, ValueError):
         raise QueryError(f"cursor {cursor[:40]!r} is not one this server gave out") from None
+    if not text:
+        raise QueryError(f"cursor {cursor[:40]!r} is not one this server gave out")
+    return text
 
 
 def _utc_naive(t: datetime) -> datetime:
