@@ -62,7 +62,7 @@ PartitionsOpt = Annotated[
 
 
 def _fail(message: str, code: int = 1) -> NoReturn:
-    err_console.print(f"error: {message}", markup=False, highlight=False)
+    err_console.print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
