@@ -55,12 +55,12 @@ FTA_FALLBACK = (
     "PA", "PE", "SG", "JP",
 )  # fmt: skip
 SHARE_ROWS = (
-    ("US extracted", "us_extracted"),
-    ("US processed", "us_processed"),
-    ("FTA or US extracted", "fta_or_us_extracted"),
-    ("FTA or US processed", "fta_or_us_processed"),
-    ("North America extracted", "north_america_extracted"),
-    ("North America processed", "north_america_processed"),
+    ("mined in the US", "us_extracted"),
+    ("processed in the US", "us_processed"),
+    ("mined in US or FTA country", "fta_or_us_extracted"),
+    ("processed in US/FTA country", "fta_or_us_processed"),
+    ("mined in North America", "north_america_extracted"),
+    ("processed in North America", "north_america_processed"),
     ("recycled, pre-consumer", "recycled_pre_consumer"),
     ("recycled, post-consumer", "recycled_post_consumer"),
     ("FEOC-touched", "feoc_touched"),
