@@ -16,8 +16,11 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, date, datetime
 from typing import Any
 
+from sqlalchemy import select
+
 from ledger.core import Ledger
 from ledger.queries import batches_by_id
+from ledger.store import FACILITIES
 from schemas.events import ELEMENTS, STAGE_OF_KIND, Kind, Stage
 
 US = "US"
@@ -401,11 +404,7 @@ def passport(
     event = json.loads(made[b.event_id][1]) if b.event_id in made else {}
     out: dict[str, Any] = next((o for o in event.get("outputs", []) if o.get("batch_id") == batch_id), {})
     fac = led.registry.facilities.get(b.facility_id)
-    from ledger.store import FACILITIES
-
     with led.engine.connect() as conn:
-        from sqlalchemy import select
-
         reg_seq = conn.execute(
             select(FACILITIES.c.seq).where(FACILITIES.c.facility_id == b.facility_id)
         ).scalar()
