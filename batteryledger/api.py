@@ -120,6 +120,13 @@ class BatchFacts(BaseModel):
     contained_kg: dict[str, str]
     value_usd: str | None
     custody: Custody
+    external_feed: list[dict[str, Any]] = Field(
+        description="Recycling only: feed from outside the ledger (end-of-life packs, scrap bought in), "
+        "as the recycler declared it (description, consumer pre/post, kg, contained_kg, origin_country)."
+    )
+    external_feed_share: float | None = Field(
+        description="Recycling only: outside feed kg / (outside feed kg + ledger inputs kg)."
+    )
     extra: dict[str, str] = Field(description="Kind-specific facts as the store keeps them.")
 
 
@@ -868,6 +875,12 @@ def create_app(store_url: str, *, routers: Iterable[APIRouter] = ()) -> FastAPI:
         """What the ledger holds about a batch: who made it, where, how much, what is left, who holds it."""
         b = known_batch(batch_id)
         kind = Kind(b.kind)
+        feeds = json.loads(b.extra.get("external_feed", "[]"))
+        feed_share = None
+        if feeds:
+            outside = sum(float(f["kg"]) for f in feeds)
+            inputs = sum(float(e["kg"]) for e in reader.ledger.lineage(batch_id, direction="up", depth=1))
+            feed_share = round(outside / (outside + inputs), 9) if outside + inputs > 0 else None
         return BatchFacts(
             batch_id=b.batch_id,
             seq=b.seq,
@@ -886,6 +899,8 @@ def create_app(store_url: str, *, routers: Iterable[APIRouter] = ()) -> FastAPI:
             contained_kg={el.value: str(v) for el, v in b.contained.items()},
             value_usd=None if b.value_usd is None else str(b.value_usd),
             custody=_decode_custody(b.custody_json()),
+            external_feed=feeds,
+            external_feed_share=feed_share,
             extra={str(k): str(v) for k, v in b.extra.items()},
         )
 

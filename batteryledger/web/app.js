@@ -223,18 +223,13 @@
     ];
     const transit = Object.entries(b.custody.in_transit).filter(([, q]) => Number(q) > 0);
     if (transit.length) rows.push(["In transit to", transit.map(([f, q]) => f + ": " + kg(q)).join(", ")]);
-    if (b.extra.external_feed) {
-      try {
-        const feeds = JSON.parse(b.extra.external_feed);
-        rows.push([
-          "Outside feed",
-          feeds
-            .map((f) => kg(f.kg) + " " + f.description + " (" + (f.consumer === "pre" ? "pre" : "post") + "-consumer" + (f.origin_country ? ", from " + f.origin_country : "") + ")")
-            .join("; "),
-        ]);
-      } catch (_) {
-        /* shown as stored */
-      }
+    if (b.external_feed.length) {
+      rows.push([
+        "Outside feed",
+        b.external_feed
+          .map((f) => kg(f.kg) + " " + f.description + " (" + (f.consumer === "pre" ? "pre" : "post") + "-consumer" + (f.origin_country ? ", from " + f.origin_country : "") + ")")
+          .join("; ") + (b.external_feed_share === null ? "" : " — " + pct(b.external_feed_share) + " of its feed"),
+      ]);
     }
     for (const [k, v] of rows) dl.append(el("dt", { text: k }), el("dd", { text: v }));
   }

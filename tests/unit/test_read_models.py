@@ -312,3 +312,13 @@ def test_no_import_circle_between_the_faces() -> None:
         assert (
             "from batteryledger.cli import" not in text and "from batteryledger import cli\n" not in text
         ), name
+
+
+def test_a_recyclers_outside_feed_is_a_fact_of_its_batch(client: TestClient) -> None:
+    b = client.get("/v1/batches/CA-BM-001").json()
+    [feed] = b["external_feed"]
+    assert feed["kg"] == "9000" and feed["consumer"] == "post" and "end-of-life" in feed["description"]
+    inputs = sum(float(e["kg"]) for e in client.get("/v1/batches/CA-BM-001/lineage?depth=1").json()["edges"])
+    assert inputs == 2000  # the cell plant's production scrap
+    assert b["external_feed_share"] == pytest.approx(9000 / (9000 + inputs))
+    assert client.get(f"/v1/batches/{PACK}").json()["external_feed"] == []
