@@ -9,6 +9,12 @@ stays the single writer, and the API may run while it appends. Before a request 
 ledger's size or registry, the app reads the head (one indexed row); only when the head has moved does
 it fold the new registry entries into its in-memory registry.
 
+Endpoints sit in routers by audience (public: batches, provenance, passport, registry; auditor: entries,
+proofs, audits, bundles; operator: rejections; ops: health, docs, the page) so that a per-router
+dependency (authentication, roles) can be attached later; `create_app(url, routers=[...])` is the one
+entry point and includes further routers (EPCIS export, mirror feed) after these. The views come from
+the read models in `batteryledger.views` and `ledger.queries`, which the CLI uses too.
+
 Errors are RFC 9457 problem documents (`application/problem+json`): 404 names the unknown batch, entry
 or rejection, 422 names the bad parameter; nothing answers with a stack trace.
 """
