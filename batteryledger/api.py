@@ -9,6 +9,12 @@ stays the single writer, and the API may run while it appends. Before a request 
 ledger's size or registry, the app reads the head (one indexed row); only when the head has moved does
 it fold the new registry entries into its in-memory registry.
 
+Endpoints sit in routers by audience (public: batches, provenance, passport, registry; auditor: entries,
+proofs, audits, bundles; operator: rejections; ops: health, docs, the page) so that a per-router
+dependency (authentication, roles) can be attached later; `create_app(url, routers=[...])` is the one
+entry point and includes further routers (EPCIS export, mirror feed) after these. The views come from
+the read models in `batteryledger.views` and `ledger.queries`, which the CLI uses too.
+
 Errors are RFC 9457 problem documents (`application/problem+json`): 404 names the unknown batch, entry
 or rejection, 422 names the bad parameter; nothing answers with a stack trace.
 """
@@ -17,18 +23,20 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import json
 import logging
 import re
+import tempfile
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import FastAPI, Query, Request
+from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
@@ -37,9 +45,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import event, func, select
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import OperationalError
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ledger import chain, tree
+from batteryledger import views
+from batteryledger.views import BREAKDOWN_CATEGORIES, provenance_breakdown
+from ledger import chain, queries, tree
 from ledger.core import Ledger
 from ledger.merkle import ProofError
 from ledger.store import CHECKPOINTS, ENTRIES, REJECTIONS, StoreError, fetch_nodes, normalise_url
@@ -59,26 +70,10 @@ DEFAULT_LINEAGE_DEPTH = 50
 MAX_LINEAGE_DEPTH = 10_000
 MAX_LINEAGE_EDGES = 10_000
 # Rejections are listed newest first, a page at a time (`before` = the last id of the previous page).
+MAX_CLAIM_BYTES = 64 * 1024
+EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples" / "claims"
 DEFAULT_REJECTIONS_LIMIT = 50
 MAX_REJECTIONS_LIMIT = 1_000
-
-US = "US"
-NORTH_AMERICA = ("US", "CA", "MX")
-
-# The page's stacked bars need a partition of each element's mass (the summary's named shares overlap:
-# mass mined in Australia and refined in the US is both "FTA extracted" and "US processed"). Categories
-# in display order; `_category` assigns each origin to exactly one, disqualifying facts first.
-BREAKDOWN_CATEGORIES: tuple[tuple[str, str, str], ...] = (
-    ("us", "US", "mined, extracted or processed in the United States"),
-    ("fta", "FTA", "extracted or processed in a US free-trade-agreement country"),
-    ("north_america", "North America", "extracted or processed elsewhere in North America"),
-    ("recycled_pre", "Recycled, pre-consumer", "recovered from manufacturing scrap"),
-    ("recycled_post", "Recycled, post-consumer", "recovered from used batteries"),
-    ("recycled", "Recycled, unspecified", "recycled feed without a pre/post-consumer declaration"),
-    ("other", "Other", "known origin outside the US, FTA countries and North America"),
-    ("feoc", "FEOC-touched", "a foreign entity of concern took part in some step"),
-    ("unknown", "Unknown", "origin not shown by the ledger (missing parents, unexplained mass)"),
-)
 
 
 # -- response models (the OpenAPI schema) --------------------------------------------------------------
@@ -131,6 +126,13 @@ class BatchFacts(BaseModel):
     contained_kg: dict[str, str]
     value_usd: str | None
     custody: Custody
+    external_feed: list[dict[str, Any]] = Field(
+        description="Recycling only: feed from outside the ledger (end-of-life packs, scrap bought in), "
+        "as the recycler declared it (description, consumer pre/post, kg, contained_kg, origin_country)."
+    )
+    external_feed_share: float | None = Field(
+        description="Recycling only: outside feed kg / (outside feed kg + ledger inputs kg)."
+    )
     extra: dict[str, str] = Field(description="Kind-specific facts as the store keeps them.")
 
 
@@ -161,10 +163,68 @@ class Segment(BaseModel):
     share: float
 
 
+class OriginRow(BaseModel):
+    source: str = Field(description="mined, recycled or unknown.")
+    consumer: str | None = Field(description="Recycled feed: pre or post (consumer).")
+    mined_in: str | None = Field(description="Country of extraction (mined mass).")
+    recycled_in: str | None = Field(description="Country of the recycler (recycled mass).")
+    processed_in: str | None = Field(description="Country of the last processing (refining) step.")
+    feoc_touched: bool
+    source_facilities: list[str] = Field(description="Mines or recyclers of that country in the ancestry.")
+    processing_facilities: list[str] = Field(description="Refiners of that country in the ancestry.")
+    kg: float
+    share: float
+    category: str
+    label: str = Field(
+        description='In words, e.g. "Mined in Australia (AU), processed in United States (US)".'
+    )
+    origin_text: str = Field(description='The first half of the label, e.g. "Mined in Australia (AU)".')
+    processing_text: str = Field(description='e.g. "Processed in United States (US)", "not processed since".')
+
+
 class ElementBreakdown(BaseModel):
+    name: str
     contained_kg: float
     segments: list[Segment]
+    origins: list[OriginRow]
     shares: dict[str, float] = Field(description="The summary's named (overlapping) shares.")
+
+
+class BatchSummary(BaseModel):
+    batch_id: str
+    kind: str
+    material: str
+    facility_id: str
+    country: str
+    feoc: bool
+    time: datetime
+    kg: str
+    consumed_kg: str
+    seq: int
+
+
+class BatchSearchPage(BaseModel):
+    batches: list[BatchSummary]
+    total: int = Field(description="How many batches match the filters (all pages).")
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null on the last.")
+
+
+class TimelineEvent(BaseModel):
+    seq: int
+    event_id: str
+    kind: str
+    role: str = Field(description="made, shipped, received, certified, consumed or corrected.")
+    facility_id: str
+    time: datetime
+    appended_at: datetime
+    event: dict[str, Any] = Field(description="The signed event, parsed (signature left out).")
+    entry_url: str
+    inclusion_proof_url: str
+
+
+class BatchEvents(BaseModel):
+    batch_id: str
+    events: list[TimelineEvent]
 
 
 class Category(BaseModel):
@@ -223,6 +283,8 @@ class RejectionDetail(Rejection):
     raw_base64: str = Field(description="The original bytes, exactly as received.")
     raw_size: int
     raw_sha256: str
+    raw_text: str | None = Field(description="The bytes as UTF-8 text, when they are UTF-8.")
+    raw_json: Any = Field(description="The bytes parsed as JSON, when they are JSON.")
 
 
 class InclusionProof(BaseModel):
@@ -446,63 +508,6 @@ class LedgerReader:
         self.ledger.close()
 
 
-# -- pure helpers ----------------------------------------------------------------------------------
-def _category(o: Mapping[str, Any], *, us: str, fta: frozenset[str], north_america: frozenset[str]) -> str:
-    """The one bar category of a summary origin: unknown, then FEOC, recycled, US, FTA, NA, other."""
-    places = {o.get("country") or "", o.get("processing_country") or ""} - {""}
-    if o["source"] == "unknown":
-        return "unknown"
-    if o["feoc_touched"]:
-        return "feoc"
-    if o["source"] == "recycled":
-        return {"pre": "recycled_pre", "post": "recycled_post"}.get(o.get("consumer") or "", "recycled")
-    if us in places:
-        return "us"
-    if places & fta:
-        return "fta"
-    if places & north_america:
-        return "north_america"
-    return "other"
-
-
-def provenance_breakdown(
-    summary: Mapping[str, Any],
-    *,
-    fta: Iterable[str],
-    us: str = US,
-    north_america: Iterable[str] = NORTH_AMERICA,
-) -> dict[str, Any]:
-    """Partition each element's mass over BREAKDOWN_CATEGORIES (see there), from the summary's origins."""
-    fta_set, na_set = frozenset(fta), frozenset(north_america)
-    order = [key for key, _, _ in BREAKDOWN_CATEGORIES]
-
-    elements: dict[str, Any] = {}
-    for el, data in summary["elements"].items():
-        total = float(data["contained_kg"])
-        kg: dict[str, float] = {}
-        for o in data["origins"]:
-            c = _category(o, us=us, fta=fta_set, north_america=na_set)
-            kg[c] = kg.get(c, 0.0) + float(o["kg"])
-        elements[el] = {
-            "contained_kg": total,
-            "segments": [
-                {"category": c, "kg": round(kg[c], 6), "share": round(kg[c] / total, 9) if total else 0.0}
-                for c in order
-                if kg.get(c, 0.0) > 0
-            ],
-            "shares": dict(data["shares"]),
-        }
-    return {
-        "batch_id": summary["batch_id"],
-        "custody_model": summary["custody_model"],
-        "ancestors": summary["ancestors"],
-        "missing_parents": list(summary["missing_parents"]),
-        "fta_countries": sorted(fta_set),
-        "categories": [{"key": k, "label": lbl, "description": d} for k, lbl, d in BREAKDOWN_CATEGORIES],
-        "elements": elements,
-    }
-
-
 def _hex(items: Iterable[bytes]) -> list[str]:
     return [h.hex() for h in items]
 
@@ -525,6 +530,41 @@ BatchIdParam = Annotated[str, PathParam(description="Batch id (may contain '/', 
 _BATCH_ID = re.compile(ID_PATTERN)
 
 
+def _utf8(raw: bytes) -> str | None:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+def _json_or_none(raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return None
+
+
+def _examples() -> list[Path]:
+    return sorted(EXAMPLES_DIR.glob("*.yaml")) if EXAMPLES_DIR.is_dir() else []
+
+
+def _claim_title(path: Path) -> str:
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.startswith("title:"):
+            return line.split(":", 1)[1].strip()
+    return path.stem
+
+
+def _safe_name(batch_id: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", batch_id)
+
+
+def _permalink(request: Request, batch_id: str) -> str:
+    from urllib.parse import quote
+
+    return f"{str(request.base_url).rstrip('/')}/?batch={quote(batch_id, safe='')}&view=passport"
+
+
 def _check_batch_id(batch_id: str) -> None:
     if len(batch_id) > MAX_ID_LEN or not _BATCH_ID.fullmatch(batch_id):
         raise bad_parameter(
@@ -533,12 +573,16 @@ def _check_batch_id(batch_id: str) -> None:
         )
 
 
-def create_app(store_url: str) -> FastAPI:
+def create_app(store_url: str, *, routers: Iterable[APIRouter] = ()) -> FastAPI:
     """The API and web page over the ledger at `store_url` (raises StoreError if there is none)."""
-    from batteryledger.cli import fta_countries
-
     reader = LedgerReader(store_url)
-    fta = fta_countries()
+    fta = views.fta_countries()
+    # Routers by audience: a later per-router dependency (authentication, roles) attaches here.
+    public = APIRouter()  # batches, provenance, passport, registry, status: anyone may read
+    auditor = APIRouter()  # entries, proofs, audits: what an auditor verifies
+    operator = APIRouter()  # rejections: the ledger operator's and facilities' forensics
+    ops = APIRouter()  # health and the web page
+    bundles = APIRouter()  # evidence bundles (auditor audience; routed before the batch catch-all)
 
     app = FastAPI(
         title="batteryledger",
@@ -550,7 +594,7 @@ def create_app(store_url: str) -> FastAPI:
             "problem documents."
         ),
         openapi_url=f"{API_PREFIX}/openapi.json",
-        docs_url=f"{API_PREFIX}/docs",
+        docs_url=None,  # served by _add_docs from bundled Swagger UI assets (works offline)
         redoc_url=None,
     )
     app.state.reader = reader
@@ -577,12 +621,12 @@ def create_app(store_url: str) -> FastAPI:
             return tree.root_from_nodes(size, partial(fetch_nodes, conn))
 
     # -- ledger ----------------------------------------------------------------------------------
-    @app.get(f"{API_PREFIX}/status", response_model=Status, tags=["ledger"])
+    @public.get(f"{API_PREFIX}/status", response_model=Status, tags=["ledger"])
     def status() -> dict[str, Any]:
         """Ledger size and head, counts of batches, parked events, facilities, rejections by reason."""
         return reader.stats()
 
-    @app.get(
+    @public.get(
         f"{API_PREFIX}/checkpoint",
         response_class=PlainTextResponse,
         tags=["ledger"],
@@ -595,7 +639,7 @@ def create_app(store_url: str) -> FastAPI:
             raise not_found("no checkpoint has been signed yet")
         return PlainTextResponse(note, media_type="text/plain; charset=utf-8")
 
-    @app.get(f"{API_PREFIX}/entries/{{seq}}", response_model=Entry, tags=["ledger"], responses=PROBLEMS)
+    @auditor.get(f"{API_PREFIX}/entries/{{seq}}", response_model=Entry, tags=["ledger"], responses=PROBLEMS)
     def entry(seq: Annotated[int, PathParam(ge=0, description="Entry number.")]) -> Entry:
         """One entry: the canonical signed bytes and the hashes that chain it."""
         with reader.engine.connect() as conn:
@@ -628,7 +672,7 @@ def create_app(store_url: str) -> FastAPI:
         )
 
     # -- proofs ----------------------------------------------------------------------------------
-    @app.get(
+    @auditor.get(
         f"{API_PREFIX}/proofs/inclusion", response_model=InclusionProof, tags=["proofs"], responses=PROBLEMS
     )
     def inclusion(
@@ -653,7 +697,7 @@ def create_app(store_url: str) -> FastAPI:
             seq=seq, size=size, leaf_hash=leaf.hex(), root_hash=root.hex(), proof=_hex(proof)
         )
 
-    @app.get(
+    @auditor.get(
         f"{API_PREFIX}/proofs/consistency",
         response_model=ConsistencyProof,
         tags=["proofs"],
@@ -679,7 +723,111 @@ def create_app(store_url: str) -> FastAPI:
         )
 
     # -- batches (sub-resources first: a batch id may contain '/') ---------------------------------
-    @app.get(
+    @public.get(f"{API_PREFIX}/batches", response_model=BatchSearchPage, tags=["batches"], responses=PROBLEMS)
+    def batches(
+        prefix: Annotated[
+            str | None, Query(max_length=MAX_ID_LEN, description="Batch id starts with.")
+        ] = None,
+        facility: Annotated[
+            str | None, Query(max_length=MAX_ID_LEN, description="Made by this facility.")
+        ] = None,
+        material: Annotated[str | None, Query(max_length=64, description="e.g. lithium_hydroxide.")] = None,
+        kind: Annotated[
+            str | None, Query(description="Event kind that made it, e.g. packs.assembled.")
+        ] = None,
+        country: Annotated[
+            str | None, Query(pattern="^[A-Za-z]{2}$", description="Country of the facility that made it.")
+        ] = None,
+        since: Annotated[datetime | None, Query(description="Made at or after (RFC 3339).")] = None,
+        until: Annotated[datetime | None, Query(description="Made before (RFC 3339).")] = None,
+        cursor: Annotated[
+            str | None, Query(max_length=400, description="`next_cursor` of the previous page.")
+        ] = None,
+        limit: Annotated[int, Query(ge=1, le=queries.MAX_PAGE)] = queries.DEFAULT_PAGE,
+    ) -> dict[str, Any]:
+        """Find batches: filters combine (AND); id order; a page at a time with the total that matches."""
+        if kind is not None and kind not in {k.value for k in Kind}:
+            raise bad_parameter(
+                f"kind={kind!r} is not an event kind; use one of: {', '.join(k.value for k in Kind)}"
+            )
+        filt = queries.BatchFilter(facility, material, kind, country, since, until, prefix)
+        try:
+            page = queries.search_batches(reader.engine, filt, cursor=cursor, limit=limit)
+        except queries.QueryError as exc:
+            raise bad_parameter(str(exc)) from None
+        return {"batches": page.batches, "total": page.total, "next_cursor": page.next_cursor}
+
+    @public.get(
+        f"{API_PREFIX}/batches/{{batch_id:path}}/events",
+        response_model=BatchEvents,
+        tags=["batches"],
+        responses=PROBLEMS,
+    )
+    def batch_timeline(batch_id: BatchIdParam) -> dict[str, Any]:
+        """Custody timeline: made, shipped, received, certified, consumed, corrected; each with its entry."""
+        known_batch(batch_id)
+        rows = queries.batch_events(reader.engine, batch_id)
+        for r in rows:
+            r["entry_url"] = f"{API_PREFIX}/entries/{r['seq']}"
+            r["inclusion_proof_url"] = f"{API_PREFIX}/proofs/inclusion?seq={r['seq']}"
+        return {"batch_id": batch_id, "events": rows}
+
+    @public.get(
+        f"{API_PREFIX}/batches/{{batch_id:path}}/graph",
+        tags=["batches"],
+        responses={
+            200: {
+                "description": "JSON (nodes with a left-to-right layout, edges with kg), or Graphviz DOT "
+                "with format=dot.",
+                "content": {"application/json": {}, "text/vnd.graphviz": {}},
+            },
+            **PROBLEMS,
+        },
+    )
+    def graph(
+        batch_id: BatchIdParam,
+        direction: Annotated[str, Query(pattern="^(up|down)$")] = "up",
+        depth: Annotated[int, Query(ge=1, le=MAX_LINEAGE_DEPTH)] = DEFAULT_LINEAGE_DEPTH,
+        format: Annotated[str, Query(pattern="^(json|dot)$")] = "json",
+    ) -> Response:
+        """Lineage as a flow graph: batches and outside recycling feeds as nodes, mass on the edges."""
+        known_batch(batch_id)
+        g = views.flow_graph(reader.ledger, batch_id, direction=direction, depth=depth)
+        if len(g["edges"]) > MAX_LINEAGE_EDGES:
+            raise bad_parameter(f"the graph has {len(g['edges'])} edges; ask for a smaller depth")
+        if format == "dot":
+            return Response(
+                views.flow_graph_dot(g),
+                media_type="text/vnd.graphviz; charset=utf-8",
+                headers={"Content-Disposition": f'attachment; filename="{_safe_name(batch_id)}-lineage.dot"'},
+            )
+        return JSONResponse(g)
+
+    @public.get(
+        f"{API_PREFIX}/batches/{{batch_id:path}}/passport/qr.svg",
+        tags=["batches"],
+        response_class=Response,
+        responses={200: {"content": {"image/svg+xml": {}}}, **PROBLEMS},
+    )
+    def passport_qr(request: Request, batch_id: BatchIdParam) -> Response:
+        """A QR code (SVG) of the passport's permalink on this server."""
+        known_batch(batch_id)
+        import segno
+
+        buf = io.BytesIO()
+        segno.make(_permalink(request, batch_id), error="m").save(buf, kind="svg", scale=4, border=2)
+        return Response(buf.getvalue(), media_type="image/svg+xml")
+
+    @public.get(f"{API_PREFIX}/batches/{{batch_id:path}}/passport", tags=["batches"], responses=PROBLEMS)
+    def passport(request: Request, batch_id: BatchIdParam) -> dict[str, Any]:
+        """Battery passport of a cell, module or pack: EU 2023/1542 Annex XIII fields, Battery Pass names."""
+        known_batch(batch_id)
+        try:
+            return views.passport(reader.ledger, batch_id, fta=fta, permalink=_permalink(request, batch_id))
+        except views.NotAPassportBatch as exc:
+            raise bad_parameter(str(exc)) from None
+
+    @public.get(
         f"{API_PREFIX}/batches/{{batch_id:path}}/provenance/breakdown",
         response_model=Breakdown,
         tags=["batches"],
@@ -688,10 +836,9 @@ def create_app(store_url: str) -> FastAPI:
     def breakdown(batch_id: BatchIdParam) -> dict[str, Any]:
         """Each element's mass split into non-overlapping categories (the web page's stacked bars)."""
         known_batch(batch_id)
-        summary = reader.ledger.provenance(batch_id).summary(fta=fta)
-        return provenance_breakdown(summary, fta=fta)
+        return views.provenance_view(reader.ledger, batch_id, fta)
 
-    @app.get(
+    @public.get(
         f"{API_PREFIX}/batches/{{batch_id:path}}/provenance",
         tags=["batches"],
         responses={200: {"description": "As `batteryledger provenance --json` prints it."}, **PROBLEMS},
@@ -701,7 +848,7 @@ def create_app(store_url: str) -> FastAPI:
         known_batch(batch_id)
         return JSONResponse(reader.ledger.provenance(batch_id).summary(fta=fta))
 
-    @app.get(
+    @public.get(
         f"{API_PREFIX}/batches/{{batch_id:path}}/lineage",
         response_model=Lineage,
         tags=["batches"],
@@ -725,7 +872,7 @@ def create_app(store_url: str) -> FastAPI:
             truncated=len(rows) > MAX_LINEAGE_EDGES,
         )
 
-    @app.get(
+    @public.get(
         f"{API_PREFIX}/batches/{{batch_id:path}}",
         response_model=BatchFacts,
         tags=["batches"],
@@ -735,6 +882,12 @@ def create_app(store_url: str) -> FastAPI:
         """What the ledger holds about a batch: who made it, where, how much, what is left, who holds it."""
         b = known_batch(batch_id)
         kind = Kind(b.kind)
+        feeds = json.loads(b.extra.get("external_feed", "[]"))
+        feed_share = None
+        if feeds:
+            outside = sum(float(f["kg"]) for f in feeds)
+            inputs = sum(float(e["kg"]) for e in reader.ledger.lineage(batch_id, direction="up", depth=1))
+            feed_share = round(outside / (outside + inputs), 9) if outside + inputs > 0 else None
         return BatchFacts(
             batch_id=b.batch_id,
             seq=b.seq,
@@ -753,16 +906,18 @@ def create_app(store_url: str) -> FastAPI:
             contained_kg={el.value: str(v) for el, v in b.contained.items()},
             value_usd=None if b.value_usd is None else str(b.value_usd),
             custody=_decode_custody(b.custody_json()),
+            external_feed=feeds,
+            external_feed_share=feed_share,
             extra={str(k): str(v) for k, v in b.extra.items()},
         )
 
     # -- registry and rejections -------------------------------------------------------------------
-    @app.get(f"{API_PREFIX}/facilities", response_model=Facilities, tags=["registry"])
+    @public.get(f"{API_PREFIX}/facilities", response_model=Facilities, tags=["registry"])
     def facilities() -> Facilities:
         """Registered facilities, their attested FEOC status and their keys (from registry entries)."""
         return Facilities(facilities=reader.facilities())
 
-    @app.get(
+    @operator.get(
         f"{API_PREFIX}/rejections", response_model=RejectionPage, tags=["rejections"], responses=PROBLEMS
     )
     def rejections(
@@ -792,7 +947,7 @@ def create_app(store_url: str) -> FastAPI:
         page = [Rejection.model_validate(r._asdict()) for r in rows[:limit]]
         return RejectionPage(rejections=page, next_before=page[-1].id if len(rows) > limit else None)
 
-    @app.get(
+    @operator.get(
         f"{API_PREFIX}/rejections/{{rejection_id}}",
         response_model=RejectionDetail,
         tags=["rejections"],
@@ -815,15 +970,119 @@ def create_app(store_url: str) -> FastAPI:
             raw_base64=base64.b64encode(raw).decode(),
             raw_size=len(raw),
             raw_sha256=hashlib.sha256(raw).hexdigest(),
+            raw_text=_utf8(raw),
+            raw_json=_json_or_none(raw),
+        )
+
+    # -- audits and evidence -----------------------------------------------------------------------
+    @auditor.get(f"{API_PREFIX}/audits/examples", tags=["audits"])
+    def audit_examples() -> dict[str, Any]:
+        """Example claim files (examples/claims) that this server can audit."""
+        return {"examples": [{"name": p.name, "title": _claim_title(p)} for p in _examples()]}
+
+    @auditor.get(
+        f"{API_PREFIX}/audits/examples/{{name}}",
+        tags=["audits"],
+        response_class=PlainTextResponse,
+        responses={200: {"content": {"text/yaml": {}}}, 404: PROBLEMS[404]},
+    )
+    def audit_example(name: str) -> PlainTextResponse:
+        """One example claim, as text (YAML)."""
+        found = {p.name: p for p in _examples()}.get(name)
+        if found is None:
+            raise not_found(f"no example claim {name!r}; see {API_PREFIX}/audits/examples")
+        return PlainTextResponse(found.read_text(encoding="utf-8"), media_type="text/yaml; charset=utf-8")
+
+    @auditor.post(
+        f"{API_PREFIX}/audits",
+        tags=["audits"],
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"text/yaml": {"schema": {"type": "string"}}, "application/json": {}},
+            }
+        },
+        responses={
+            200: {"description": "The finding (JSON), or the HTML report with format=html."},
+            **PROBLEMS,
+        },
+    )
+    async def run_audit(
+        request: Request, format: Annotated[str, Query(pattern="^(json|html)$")] = "json"
+    ) -> Response:
+        """Audit a claim (the request body: a claim file, YAML or JSON) against the ledger; nothing is stored."""
+        body = await request.body()
+        if len(body) > MAX_CLAIM_BYTES:
+            raise bad_parameter(f"the claim is {len(body)} bytes; at most {MAX_CLAIM_BYTES}")
+        try:
+            claim = body.decode("utf-8")
+        except UnicodeDecodeError:
+            raise bad_parameter("the claim is not UTF-8 text") from None
+        if not claim.strip():
+            raise bad_parameter("send the claim file (YAML or JSON) as the request body")
+        return await run_in_threadpool(_audit, claim, format)
+
+    def _audit(claim: str, format: str) -> Response:
+        from batteryledger.cli_audit import event_facts, render_html
+        from ledger.audit import AuditError, audit, load_claim
+        from ledger.taxrules.errors import TaxRuleError
+        from ledger.taxrules.findings import dumps_json
+
+        reader.sync()
+        with tempfile.TemporaryDirectory(prefix="batteryledger-claim-") as tmp:
+            path = Path(tmp) / "claim.yaml"
+            path.write_text(claim, encoding="utf-8")
+            try:
+                parsed = load_claim(path)
+                with reader._lock:
+                    result = audit(reader.ledger, parsed)
+            except (AuditError, TaxRuleError) as exc:
+                diag = getattr(exc, "diagnostics", None)
+                text = diag() if callable(diag) else str(exc)
+                raise bad_parameter(text.replace(str(path), "claim")) from None
+        if format == "html":
+            links = [f"{API_PREFIX}/batches/{b}/bundle" for b in result.subject_batches]
+            with reader._lock:
+                facts = event_facts(reader.ledger, [e.event_id for e in result.events])
+            page = render_html(result, links, events=facts, operator_vkey=reader.ledger.operator_vkey)
+            return Response(page, media_type="text/html; charset=utf-8")
+        data = result.to_json_obj()
+        data["bundle_urls"] = [f"{API_PREFIX}/batches/{b}/bundle" for b in result.subject_batches]
+        return Response(dumps_json(data), media_type="application/json")
+
+    @bundles.get(
+        f"{API_PREFIX}/batches/{{batch_id:path}}/bundle",
+        tags=["audits"],
+        responses={
+            200: {"description": "Evidence bundle (batteryledger verify-bundle checks it)."},
+            **PROBLEMS,
+        },
+    )
+    def bundle(batch_id: BatchIdParam) -> Response:
+        """The evidence bundle of a batch: its events, registry events, inclusion proofs, provenance."""
+        known_batch(batch_id)
+        from ledger.bundle_verify import dumps_bundle
+        from ledger.proofs import ProofsError, make_bundle
+
+        reader.sync()
+        try:
+            with reader._lock:
+                data = make_bundle(reader.ledger, batch_id)
+        except ProofsError as exc:
+            raise ApiProblem(409, "Conflict", exc.diagnostics()) from None
+        return Response(
+            dumps_bundle(data),
+            media_type="application/json",
+            headers={"Content-Disposition": f'attachment; filename="{_safe_name(batch_id)}-bundle.json"'},
         )
 
     # -- health and the web page -------------------------------------------------------------------
-    @app.get("/healthz", response_model=Health, tags=["ledger"])
+    @ops.get("/healthz", response_model=Health, tags=["ledger"])
     def healthz() -> Health:
         """The store answers and the head can be read."""
         return Health(status="ok", entries=reader.sync().size)
 
-    @app.get("/", include_in_schema=False)
+    @ops.get("/", include_in_schema=False)
     def index() -> Response:
         resp = FileResponse(WEB_DIR / "index.html", media_type="text/html; charset=utf-8")
         resp.headers["Content-Security-Policy"] = (
@@ -832,6 +1091,9 @@ def create_app(store_url: str) -> FastAPI:
         resp.headers["X-Content-Type-Options"] = "nosniff"
         return resp
 
+    _add_docs(ops)
+    for router in (bundles, public, auditor, operator, ops, *routers):
+        app.include_router(router)
     app.mount("/static", StaticFiles(directory=WEB_DIR), name="static")
     return app
 
@@ -843,3 +1105,36 @@ def _latest_checkpoint_size(engine: Engine) -> int | None:
 
 
 __all__ = ["BREAKDOWN_CATEGORIES", "LedgerReader", "create_app", "provenance_breakdown"]
+
+
+def _add_docs(router: APIRouter) -> None:
+    """Swagger UI 5 at /v1/docs from the files the fastapi-offline package ships: no CDN, works offline."""
+    import fastapi_offline
+
+    assets = Path(fastapi_offline.__file__).resolve().parent / "static"
+
+    @router.get(f"{API_PREFIX}/docs", include_in_schema=False)
+    def docs() -> Response:
+        html = (
+            "<!doctype html><html lang='en'><head><meta charset='utf-8'><title>batteryledger API</title>"
+            f"<link rel='stylesheet' href='{API_PREFIX}/docs/assets/swagger-ui.css'></head><body>"
+            "<div id='swagger-ui'></div>"
+            f"<script src='{API_PREFIX}/docs/assets/swagger-ui-bundle.js'></script>"
+            f"<script src='{API_PREFIX}/docs/init.js'></script></body></html>"
+        )
+        return Response(html, media_type="text/html; charset=utf-8")
+
+    @router.get(f"{API_PREFIX}/docs/init.js", include_in_schema=False)
+    def docs_init() -> Response:
+        js = (
+            f"window.ui = SwaggerUIBundle({{url: '{API_PREFIX}/openapi.json', dom_id: '#swagger-ui', "
+            "deepLinking: true});"
+        )
+        return Response(js, media_type="text/javascript")
+
+    @router.get(f"{API_PREFIX}/docs/assets/{{name}}", include_in_schema=False)
+    def docs_asset(name: str) -> Response:
+        if name not in {"swagger-ui.css", "swagger-ui-bundle.js"}:
+            raise not_found(f"no such asset: {name}")
+        media = "text/css" if name.endswith(".css") else "text/javascript"
+        return FileResponse(assets / name, media_type=media)

@@ -20,6 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from batteryledger.keyfiles import load_key, passphrase_from_env
+from batteryledger.views import fta_countries
 from ledger.core import Incoming, Ledger, verify_ledger
 from ledger.store import StoreError
 from schemas.events import SPEC, Kind
@@ -38,23 +39,72 @@ from schemas.signing import (
 DEFAULT_STORE = "batteryledger.db"
 APPEND_BATCH = 1000
 
+# Plain help (rich_markup_mode=None): flags read as flags (`--json`, `--up / --down`), not `<bool>`.
+PLAIN: Any = {"no_args_is_help": True, "rich_markup_mode": None}
 app = typer.Typer(
     name="batteryledger",
     help="Battery supply-chain traceability ledger: signed events, hash chain, provenance, audits.",
-    no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    **PLAIN,
 )
-keys_app = typer.Typer(help="Ed25519 keys for facilities and the ledger operator.", no_args_is_help=True)
-facility_app = typer.Typer(help="The facility registry (signed by the operator key).", no_args_is_help=True)
-schema_app = typer.Typer(help="The wire contract as JSON Schema.", no_args_is_help=True)
+keys_app = typer.Typer(help="Ed25519 keys for facilities and the ledger operator.", **PLAIN)
+facility_app = typer.Typer(help="The facility registry (signed by the operator key).", **PLAIN)
+schema_app = typer.Typer(help="The wire contract as JSON Schema.", **PLAIN)
+batches_app = typer.Typer(help="Find batches in the ledger.", **PLAIN)
 app.add_typer(keys_app, name="keys")
 app.add_typer(facility_app, name="facility")
 app.add_typer(schema_app, name="schema")
+app.add_typer(batches_app, name="batches")
 
-# Not a terminal (CI logs, `make demo | tee`): rich would wrap tables at 80 columns; logs can be wider.
-console = Console() if sys.stdout.isatty() else Console(width=160)
-err_console = Console(stderr=True) if sys.stderr.isatty() else Console(stderr=True, width=160)
+
+def _columns() -> int | None:
+    """$COLUMNS when set; else the terminal's width, or 160 when output is not a terminal (logs)."""
+    try:
+        return int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        return None
+
+
+def _console(stderr: bool = False) -> Console:
+    tty = (sys.stderr if stderr else sys.stdout).isatty()
+    width = _columns() or (None if tty else 160)
+    return Console(stderr=stderr, width=width)
+
+
+console = _console()
+err_console = _console(stderr=True)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            v = version("batteryledger")
+        except PackageNotFoundError:
+            v = "unknown (not installed)"
+        typer.echo(f"batteryledger {v}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _main(
+    _version_flag: Annotated[
+        bool,
+        typer.Option("--version", help="Print the version and exit.", callback=_version, is_eager=True),
+    ] = False,
+) -> None:
+    """Battery supply-chain traceability ledger: signed events, hash chain, provenance, audits."""
+
+
+def table(*columns: str, title: str | None = None, right: tuple[str, ...] = ()) -> Table:
+    """A table whose cells wrap (never cut) when the terminal is narrow."""
+    t = Table(title=title)
+    for c in columns:
+        t.add_column(c, overflow="fold", justify="right" if c in right else "left")
+    return t
+
 
 StoreOpt = Annotated[
     str, typer.Option("--store", envvar="BATTERYLEDGER_STORE", help="Store URL or SQLite file path.")
@@ -74,7 +124,31 @@ def fail(message: str, code: int = 1) -> NoReturn:
 
 
 def open_ledger(store: str, operator_key: Path | None = None, passphrase_env: str | None = None) -> Ledger:
-    return Ledger(store, operator_key=load_key(operator_key, passphrase_env))
+    """The ledger at `store`; a store that cannot be opened is one line naming it."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    key = load_key(operator_key, passphrase_env)
+    try:
+        return Ledger(store, operator_key=key)
+    except SQLAlchemyError as exc:
+        raise CliError(f"cannot open the store {_redact(store)}: {_db_reason(exc)}") from None
+
+
+def _redact(url: str) -> str:
+    """A store URL without its password."""
+    import re
+
+    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
+
+
+def _db_reason(exc: Exception) -> str:
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    if "file is not a database" in text:
+        return "the file is not a SQLite database"
+    first = text.splitlines()[0] if text else type(exc).__name__
+    if "connection" in first.lower() or "connect" in first.lower():
+        return f"cannot connect ({first.rstrip('.')}); is the server running and reachable?"
+    return first
 
 
 def progress_bar() -> Progress:
@@ -227,7 +301,7 @@ def facility_list(store: StoreOpt = DEFAULT_STORE, as_json: JsonOpt = False) -> 
     if as_json:
         print(json.dumps(rows, indent=2))
         return
-    t = Table("facility", "legal entity", "country", "FEOC", "PFE", "roles")
+    t = table("facility", "legal entity", "country", "FEOC", "PFE", "roles")
     for r in rows:
         t.add_row(
             r["facility_id"],
@@ -355,68 +429,36 @@ def _zero() -> Any:
 
 
 # -- queries -------------------------------------------------------------------------------------
-def fta_countries() -> list[str]:
-    """FTA countries for the former 30D test, from the default rule pack."""
-    try:
-        from ledger.taxrules.pack import load_pack
-
-        pack = load_pack(None)
-        countries = pack.fta_countries() if hasattr(pack, "fta_countries") else None
-        if countries:
-            return sorted(countries)
-    except Exception:
-        pass
-    return [
-        "AU",
-        "BH",
-        "CA",
-        "CL",
-        "CO",
-        "CR",
-        "DO",
-        "SV",
-        "GT",
-        "HN",
-        "IL",
-        "JO",
-        "KR",
-        "MX",
-        "MA",
-        "NI",
-        "OM",
-        "PA",
-        "PE",
-        "SG",
-        "JP",
-    ]
-
-
-SHARE_COLUMNS = [
-    ("us_extracted", "US extr."),
-    ("us_processed", "US proc."),
-    ("fta_or_us_extracted", "US/FTA extr."),
-    ("fta_or_us_processed", "US/FTA proc."),
-    ("north_america_processed", "NA proc."),
+SHARE_ROWS = [
+    ("us_extracted", "mined in the US"),
+    ("us_processed", "processed in the US"),
+    ("fta_or_us_extracted", "mined in US or FTA country"),
+    ("fta_or_us_processed", "processed in US/FTA country"),
+    ("north_america_processed", "processed in North America"),
     ("recycled", "recycled"),
-    ("recycled_pre_consumer", "pre"),
-    ("recycled_post_consumer", "post"),
-    ("feoc_touched", "FEOC"),
+    ("recycled_pre_consumer", "  pre-consumer"),
+    ("recycled_post_consumer", "  post-consumer"),
+    ("feoc_touched", "FEOC-touched"),
     ("unknown", "unknown"),
 ]
+ELEMENT_HEADS = {"li": "Li", "ni": "Ni", "co": "Co", "mn": "Mn", "graphite": "graphite"}
 
 
 def provenance_table(summary: dict[str, Any]) -> Table:
+    """Shares as rows, elements as columns: fits 80 columns whatever the batch."""
+    els = list(summary["elements"])
     t = Table(
         title=f"provenance of {summary['batch_id']} ({summary['custody_model']}, "
         f"{summary['ancestors']} ancestor batches)"
     )
-    t.add_column("element")
-    t.add_column("kg", justify="right")
-    for _, label in SHARE_COLUMNS:
-        t.add_column(label, justify="right")
-    for el, data in summary["elements"].items():
-        shares = data["shares"]
-        t.add_row(el, f"{data['contained_kg']:,.1f}", *[f"{shares[k] * 100:.1f}%" for k, _ in SHARE_COLUMNS])
+    t.add_column("share of contained mass", overflow="fold")
+    for el in els:
+        t.add_column(ELEMENT_HEADS.get(el, el), justify="right", overflow="fold")
+    t.add_row(
+        "contained kg", *[f"{summary['elements'][el]['contained_kg']:,.1f}" for el in els], end_section=True
+    )
+    for key, label in SHARE_ROWS:
+        t.add_row(label, *[f"{summary['elements'][el]['shares'][key] * 100:.1f}%" for el in els])
     return t
 
 
@@ -433,6 +475,12 @@ def provenance(
         print(json.dumps(summary, indent=2))
         return
     console.print(provenance_table(summary))
+    from batteryledger.views import origin_label
+
+    for el, data in summary["elements"].items():
+        for o in data["origins"]:
+            share = o["kg"] / data["contained_kg"] * 100 if data["contained_kg"] else 0.0
+            console.print(f"{ELEMENT_HEADS.get(el, el)}: {share:5.1f}%  {origin_label(o)}", highlight=False)
     if summary["missing_parents"]:
         console.print(
             f"[yellow]parents not in the ledger (counted as unknown): {', '.join(summary['missing_parents'])}"
@@ -459,8 +507,8 @@ def lineage(
     if as_json:
         print(json.dumps({"batch_id": batch, "direction": "up" if up else "down", "edges": rows}, indent=2))
         return
-    t = Table(
-        "depth", "parent", "material", "facility", "→ child", "material", "kg", title=f"lineage of {batch}"
+    t = table(
+        "depth", "parent", "material", "facility", "→ child", "kg", title=f"lineage of {batch}", right=("kg",)
     )
     for r in rows:
         t.add_row(
@@ -469,7 +517,6 @@ def lineage(
             r["parent_material"] or "?",
             f"{r['parent_facility']} ({r['parent_country']})",
             r["child"],
-            r["child_material"] or "?",
             r["kg"],
         )
     console.print(t)
@@ -517,10 +564,144 @@ def verify(
 
 
 @app.command()
-def stats(store: StoreOpt = DEFAULT_STORE) -> None:
+def stats(store: StoreOpt = DEFAULT_STORE, as_json: JsonOpt = False) -> None:
     """Ledger size, head, batches, facilities, rejections by reason (no broker needed)."""
     led = open_ledger(store)
-    print(json.dumps(led.stats(), indent=2))
+    data = led.stats()
+    if as_json:
+        print(json.dumps(data, indent=2))
+        return
+    console.print(f"ledger {data['origin']}: {data['entries']} entries, head {data['head'][:16]}..")
+    console.print(
+        f"{data['batches']} batches, {data['facilities']} facilities, {data['parked']} parked, "
+        f"latest checkpoint at size {data['latest_checkpoint_size']}"
+    )
+    if data["rejections"]:
+        t = table("rejected (reason)", "events", right=("events",))
+        for reason, n in sorted(data["rejections"].items(), key=lambda kv: (-kv[1], kv[0])):
+            t.add_row(reason, str(n))
+        console.print(t)
+    else:
+        console.print("no rejected events")
+
+
+@batches_app.command("list")
+def batches_list(
+    prefix: Annotated[str | None, typer.Argument(help="Batch ids starting with this (optional).")] = None,
+    facility: Annotated[str | None, typer.Option(help="Made by this facility.")] = None,
+    material: Annotated[str | None, typer.Option(help="Material, e.g. lithium_hydroxide.")] = None,
+    kind: Annotated[str | None, typer.Option(help="Event kind that made it, e.g. packs.assembled.")] = None,
+    country: Annotated[
+        str | None, typer.Option(help="Country of the facility that made it (ISO code).")
+    ] = None,
+    since: Annotated[str | None, typer.Option(help="Made at or after (RFC 3339 or YYYY-MM-DD).")] = None,
+    until: Annotated[str | None, typer.Option(help="Made before (RFC 3339 or YYYY-MM-DD).")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=500, help="At most this many.")] = 50,
+    cursor: Annotated[
+        str | None, typer.Option(help="Continue after a previous page (its next_cursor).")
+    ] = None,
+    store: StoreOpt = DEFAULT_STORE,
+    as_json: JsonOpt = False,
+) -> None:
+    """Find batches by id prefix, facility, material, kind, country and time (the API's GET /v1/batches)."""
+    from ledger import queries
+
+    if kind is not None and kind not in {k.value for k in Kind}:
+        fail(f"--kind {kind!r} is not an event kind; use one of: {', '.join(k.value for k in Kind)}")
+    filt = queries.BatchFilter(
+        facility, material, kind, country, _time_opt(since, "--since"), _time_opt(until, "--until"), prefix
+    )
+    led = open_ledger(store)
+    try:
+        page = queries.search_batches(led.engine, filt, cursor=cursor, limit=limit)
+    except queries.QueryError as exc:
+        fail(str(exc))
+    if as_json:
+        print(
+            json.dumps(
+                {"batches": page.batches, "total": page.total, "next_cursor": page.next_cursor},
+                indent=2,
+                default=str,
+            )
+        )
+        return
+    t = table("batch", "material", "made by", "made on", "kg", right=("kg",))
+    for b in page.batches:
+        t.add_row(
+            b["batch_id"],
+            b["material"],
+            f"{b['facility_id']} ({b['country']})" + (" FEOC" if b["feoc"] else ""),
+            b["time"].date().isoformat(),
+            f"{float(b['kg']):,.0f}",
+        )
+    console.print(t)
+    more = f"; next page: --cursor {page.next_cursor}" if page.next_cursor else ""
+    console.print(f"{len(page.batches)} of {page.total} matching batches{more}")
+
+
+def _time_opt(text: str | None, flag: str) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        t = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        fail(f"{flag} {text!r} is not a date or time: use YYYY-MM-DD or RFC 3339 (2025-01-31T00:00:00Z)")
+    return t if t.tzinfo else t.replace(tzinfo=UTC)
+
+
+@app.command()
+def passport(
+    batch: Annotated[str, typer.Argument(help="A cell, module or pack batch id.")],
+    store: StoreOpt = DEFAULT_STORE,
+    as_json: JsonOpt = False,
+) -> None:
+    """Battery passport of a cell, module or pack: EU 2023/1542 Annex XIII fields the ledger derives."""
+    from batteryledger.views import NotAPassportBatch
+    from batteryledger.views import passport as make_passport
+
+    led = open_ledger(store)
+    try:
+        p = make_passport(led, batch, fta=fta_countries())
+    except LookupError:
+        fail(f"batch {batch!r} is not in the ledger")
+    except NotAPassportBatch as exc:
+        fail(str(exc))
+    if as_json:
+        print(json.dumps(p, indent=2, default=str))
+        return
+    g, m, perf = p["generalProductInformation"], p["materialComposition"], p["performance"]
+
+    def val(f: dict[str, Any]) -> str:
+        v = f["value"]
+        if v is None:
+            return "not recorded"
+        if isinstance(v, dict):
+            v = ", ".join(f"{k} {x}" for k, x in v.items())
+        elif isinstance(v, list):
+            v = "; ".join(" ".join(str(x) for x in d.values()) for d in v)
+        entries = ", ".join(f"#{e}" for e in f["entries"][:5])
+        return f"{v}{' ' + f['unit'] if f.get('unit') else ''} (entries {entries})"
+
+    t = table("field (Battery Pass name)", "value (ledger entries)", title=f"battery passport of {batch}")
+    t.add_row("batteryPassportIdentifier", p["batteryPassportIdentifier"])
+    for name in (
+        "manufacturerIdentification",
+        "manufacturingPlace",
+        "manufacturingDate",
+        "batteryMass",
+        "units",
+    ):
+        t.add_row(name, val(g[name]))
+    t.add_row("batteryChemistry", val(m["batteryChemistry"]))
+    t.add_row("criticalRawMaterials", val(m["criticalRawMaterials"]))
+    for name in ("ratedEnergy", "originalPowerCapability"):
+        t.add_row(name, val(perf[name]))
+    for r in p["circularity"]["recycledContent"]:
+        pre, post = r["preConsumerShare"]["value"], r["postConsumerShare"]["value"]
+        shown = "not tracked" if pre is None else f"pre-consumer {pre:.1f}%, post-consumer {post:.1f}%"
+        t.add_row(f"recycledContent {r['recycledMaterial']}", shown)
+    console.print(t)
+    console.print("not derivable from the ledger: " + ", ".join(p["notDerivable"]))
 
 
 @schema_app.command("export")
@@ -560,11 +741,31 @@ def _mount_optional() -> None:
 _mount_optional()
 
 
+def _click_exceptions() -> Any:
+    """The click exceptions typer raises (typer >= 0.16 carries its own copy of click)."""
+    try:
+        from typer._click import exceptions
+    except ImportError:  # pragma: no cover - older typer uses click itself
+        from click import exceptions  # type: ignore[no-redef]
+    return exceptions
+
+
+def usage_line(exc: Any) -> str:
+    """A usage error in one line: what is wrong and where to read more; no exception class names."""
+    msg = exc.format_message().strip().rstrip(".")
+    msg = msg.replace("\n", " ")
+    ctx = getattr(exc, "ctx", None)
+    where = ctx.command_path if ctx is not None else "batteryledger"
+    return f"error: {msg[:1].lower() + msg[1:]} (see `{where} --help`)"
+
+
 def main() -> None:
+    """Exit codes: 0 ok, 1 a failure the command reports, 2 usage or input error, 130 interrupted."""
     debug = os.environ.get("BATTERYLEDGER_DEBUG") == "1"
+    click_exc = _click_exceptions()
     try:
         # standalone_mode=False: click returns the exit code of typer.Exit / ctx.exit instead of raising
-        code = app(standalone_mode=False)
+        code = app(standalone_mode=False, prog_name="batteryledger")
         if isinstance(code, int) and code:
             raise SystemExit(code)
     except typer.Exit as exc:
@@ -574,24 +775,35 @@ def main() -> None:
     except KeyboardInterrupt:
         err_console.print("interrupted")
         raise SystemExit(130) from None
-    except Exception as exc:
-        import click
-
+    except click_exc.NoArgsIsHelpError as exc:
+        # `batteryledger` (or `batteryledger keys`) alone: the help, and success
+        typer.echo(exc.ctx.get_help())
+        raise SystemExit(0) from None
+    except click_exc.UsageError as exc:
         if debug:
             raise
-        # typer >= 0.29 vendors click: its usage errors are not click's classes, so test the shape too
-        usage = isinstance(exc, click.exceptions.ClickException) or (
-            callable(getattr(exc, "show", None)) and isinstance(getattr(exc, "exit_code", None), int)
-        )
-        if usage:
-            exc.show()  # type: ignore[attr-defined]
-            raise SystemExit(exc.exit_code) from None  # type: ignore[attr-defined]
-        if isinstance(exc, click.exceptions.Abort):
+        typer.echo(usage_line(exc), err=True)
+        raise SystemExit(2) from None
+    except Exception as exc:
+        if debug:
+            raise
+        if isinstance(exc, click_exc.ClickException):
+            typer.echo(f"error: {exc.format_message()}", err=True)
+            raise SystemExit(exc.exit_code) from None
+        if isinstance(exc, typer.Abort):
             raise SystemExit(1) from None
         diag = getattr(exc, "diagnostics", None)
-        message = diag() if callable(diag) else f"{type(exc).__name__}: {exc}"
-        err_console.print(f"error: {message}", markup=False, highlight=False)
-        raise SystemExit(2 if isinstance(exc, CliError | KeyFileError | EventError) else 1) from None
+        user = isinstance(exc, CliError | KeyFileError | EventError | StoreError | ValueError)
+        if callable(diag):
+            message = diag()
+        elif user:
+            message = str(exc)
+        else:
+            message = f"unexpected failure: {exc} (BATTERYLEDGER_DEBUG=1 shows where)"
+        err_console.print(
+            f"error: {' '.join(message.split())}", markup=False, highlight=False, soft_wrap=True
+        )
+        raise SystemExit(2 if user else 1) from None
 
 
 __all__ = ["StoreError", "app", "main"]

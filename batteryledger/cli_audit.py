@@ -23,11 +23,13 @@ Exit codes:
 from __future__ import annotations
 
 import html
+import json
 import os
 import re
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, NoReturn
@@ -98,6 +100,10 @@ def _write_atomically(path: Path, data: bytes, what: str) -> None:
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
+        # mkstemp makes the file 0600; a report or bundle gets the mode any new file would (umask)
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)
         os.replace(tmp, path)
     except OSError as exc:
         Path(tmp).unlink(missing_ok=True)
@@ -173,10 +179,14 @@ def audit_cmd(
         try:
             result = audit(led, parsed, pack=rules)
             bundles = write_bundles(led, result, bundle) if bundle is not None else []
+            facts = event_facts(led, [e.event_id for e in result.events]) if html_file is not None else {}
+            vkey = led.operator_vkey
         finally:
             led.close()
         if html_file is not None:
-            _write_atomically(html_file, render_html(result, bundles).encode("utf-8"), "HTML report")
+            links = [os.path.relpath(p.resolve(), html_file.resolve().parent) for p in bundles]
+            page = render_html(result, links, events=facts, operator_vkey=vkey)
+            _write_atomically(html_file, page.encode("utf-8"), "HTML report")
     if as_json:
         data = result.to_json_obj()
         if bundles:
@@ -224,6 +234,8 @@ code,.mono{font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:12p
 tr.unconfirmed td,td.unconfirmed{background:#fef3c7}
 .conf-q{background:#f59e0b;color:#111;border-radius:.25rem;padding:0 .3rem;font-weight:700}
 .muted{color:#6b7280}ul{margin:.25rem 0}
+.wide{overflow-x:auto;max-width:100%}svg{max-width:100%;height:auto}
+@media print{body{margin:0;max-width:none;font-size:11px}.wide{overflow:visible}}
 """
 
 
@@ -252,9 +264,9 @@ def _conf(c: str) -> str:
 
 
 CHART_LABELS: dict[str, str] = {
-    "us": "US",
-    "us_or_fta": "US or FTA",
-    "north_america": "North America",
+    "us": "US, any step",
+    "us_or_fta": "US/FTA, any step",
+    "north_america": "N. America, any step",
     "recycled": "recycled",
     "feoc_touched": "FEOC-touched",
     "unknown": "unknown",
@@ -263,7 +275,7 @@ CHART_LABELS: dict[str, str] = {
 
 def share_chart_svg(shares: dict[str, dict[str, Decimal]]) -> str:
     """Grouped horizontal bars, one group per element, one bar per SHARE_LABELS entry (0-100%)."""
-    label_w, bar_w, value_w = 110, 360, 56
+    label_w, bar_w, value_w = 130, 360, 56
     bar_h, gap, group_gap, head_h = 12, 3, 14, 16
     width = label_w + bar_w + value_w
     group_h = head_h + len(SHARE_LABELS) * (bar_h + gap) + group_gap
@@ -310,8 +322,44 @@ def _requirement_rows(r: Requirement, depth: int = 0) -> list[str]:
     return rows
 
 
-def render_html(result: AuditResult, bundles: Sequence[Path] = ()) -> str:
-    """A self-contained report (inline CSS and SVG; no scripts, no external resources)."""
+@dataclass(frozen=True, slots=True)
+class EventFacts:
+    """Who signed an event relied on, when, and which batches it names (read from its entry)."""
+
+    facility_id: str
+    time: str
+    batches: tuple[str, ...]
+
+
+def event_facts(led: Ledger, event_ids: Sequence[str]) -> dict[str, EventFacts]:
+    """The facility, time and batch ids of each event, from the ledger's entries."""
+    out: dict[str, EventFacts] = {}
+    for event_id, (_seq, data) in led.entry_data(event_ids).items():
+        try:
+            obj = json.loads(data)
+        except ValueError:
+            continue
+        named = [o.get("batch_id", "") for o in obj.get("outputs", [])]
+        named += [obj["batch_id"]] if isinstance(obj.get("batch_id"), str) else []
+        named += list(obj.get("batch_ids", []))
+        out[event_id] = EventFacts(str(obj.get("facility_id", "")), str(obj.get("time", "")), tuple(named))
+    return out
+
+
+def render_html(
+    result: AuditResult,
+    bundles: Sequence[Path | str] = (),
+    *,
+    events: Mapping[str, EventFacts] | None = None,
+    operator_vkey: str | None = None,
+) -> str:
+    """A self-contained report (inline CSS and SVG; no scripts, no external resources).
+
+    `bundles` are links to the evidence bundles (paths relative to the report, or URLs); `events` adds
+    the facility, time and batches of each event relied on; `operator_vkey` is printed for
+    `verify-bundle`.
+    """
+    events = events or {}
     f = result.finding
     claim = result.claim
     title = claim.title or f.claim_kind.value
@@ -341,12 +389,12 @@ def render_html(result: AuditResult, bundles: Sequence[Path] = ()) -> str:
     )
     # requirements
     out.append(
-        "<h2>Requirements</h2><table><tr><th>requirement</th><th>result</th><th>value</th><th>test</th>"
+        '<h2>Requirements</h2><div class="wide"><table><tr><th>requirement</th><th>result</th><th>value</th><th>test</th>'
         "<th>threshold</th><th>year</th><th>citation</th><th>conf.</th><th>note</th></tr>"
     )
     for r in f.requirements:
         out += _requirement_rows(r)
-    out.append("</table>")
+    out.append("</table></div>")
     if f.amounts:
         out.append("<h2>Amounts</h2><table>")
         out += [f'<tr><th>{_e(k)}</th><td class="num">{_e(_num(v))}</td></tr>' for k, v in f.amounts.items()]
@@ -411,22 +459,29 @@ def render_html(result: AuditResult, bundles: Sequence[Path] = ()) -> str:
     out.append(
         f'<h2>Events relied on ({len(result.events)})</h2><p class="muted">Leaf hash = SHA-256(0x00 || '
         "entry bytes) (RFC 9162); entry hash = SHA-256(previous entry hash || leaf hash).</p>"
-        "<table><tr><th>seq</th><th>kind</th><th>event id</th><th>leaf hash</th><th>entry hash</th></tr>"
+        '<div class="wide"><table><tr><th>seq</th><th>kind</th><th>facility</th><th>time</th><th>batches</th>'
+        "<th>event id</th><th>leaf hash</th><th>entry hash</th></tr>"
     )
-    out += [
-        f'<tr><td class="num">{e.seq}</td><td>{_e(e.kind)}</td><td class="mono">{_e(e.event_id)}</td>'
-        f'<td class="mono">{_e(e.leaf_hash)}</td><td class="mono">{_e(e.entry_hash)}</td></tr>'
-        for e in result.events
-    ]
-    out.append("</table>")
+    for e in result.events:
+        fx = events.get(e.event_id)
+        out.append(
+            f'<tr><td class="num">{e.seq}</td><td>{_e(e.kind)}</td><td>{_e(fx.facility_id if fx else "")}</td>'
+            f"<td>{_e(fx.time if fx else '')}</td><td>{_e(', '.join(fx.batches) if fx else '')}</td>"
+            f'<td class="mono">{_e(e.event_id)}</td>'
+            f'<td class="mono">{_e(e.leaf_hash)}</td><td class="mono">{_e(e.entry_hash)}</td></tr>'
+        )
+    out.append("</table></div>")
     if bundles:
+        vkey = operator_vkey or "VKEY"
         out.append("<h2>Evidence</h2><ul>")
         out += [
-            f"<li><code>{_e(p)}</code>: check offline with <code>batteryledger verify-bundle {_e(p)} "
-            "--operator-vkey VKEY</code></li>"
+            f'<li><a href="{_e(p)}">{_e(Path(str(p)).name)}</a>: check offline with '
+            f"<code>batteryledger verify-bundle {_e(Path(str(p)).name)} --operator-vkey {_e(vkey)}</code></li>"
             for p in bundles
         ]
         out.append("</ul>")
+    elif operator_vkey:
+        out.append(f'<p class="muted">Operator verifier key: <code>{_e(operator_vkey)}</code></p>')
     out.append("</body></html>\n")
     return "\n".join(out)
 

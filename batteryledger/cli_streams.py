@@ -6,6 +6,7 @@ Mounted on the root app by :func:`register`. Every error a user can cause prints
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -61,7 +62,7 @@ PartitionsOpt = Annotated[
 
 
 def _fail(message: str, code: int = 1) -> NoReturn:
-    err_console.print(f"error: {message}", markup=False, highlight=False)
+    err_console.print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -306,12 +307,23 @@ def status(
     ] = None,
     app_id: AppIdOpt = "batteryledger",
     topic_suffix: SuffixOpt = "",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for machines.")] = False,
 ) -> None:
     """Ledger head, entries, rejections by reason, parked events and (with --broker) consumer lag."""
     with _one_line_errors():
         ledger = _open_ledger(store)
         stats = ledger.stats()
         head = ledger.head()
+        if as_json:
+            data = {**stats, "root": head.root_hash.hex()}
+            if broker is not None:
+                settings = Settings(broker=broker, store=store, app_id=app_id, topic_suffix=topic_suffix)
+                data["consumer_lag"] = [
+                    {"topic": t, "partition": p, "end_offset": e, "stored_offset": o, "lag": max(e - o, 0)}
+                    for t, p, e, o in consumer_lag(settings, ledger)
+                ]
+            print(json.dumps(data, indent=2))
+            return
         console.print(f"ledger {stats['origin']}: {stats['entries']} entries, {stats['batches']} batches")
         console.print(f"head {head.entry_hash.hex()}  root {head.root_hash.hex()}")
         ck = stats["latest_checkpoint_size"]

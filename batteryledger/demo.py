@@ -55,12 +55,12 @@ FTA_FALLBACK = (
     "PA", "PE", "SG", "JP",
 )  # fmt: skip
 SHARE_ROWS = (
-    ("US extracted", "us_extracted"),
-    ("US processed", "us_processed"),
-    ("FTA or US extracted", "fta_or_us_extracted"),
-    ("FTA or US processed", "fta_or_us_processed"),
-    ("North America extracted", "north_america_extracted"),
-    ("North America processed", "north_america_processed"),
+    ("mined in the US", "us_extracted"),
+    ("processed in the US", "us_processed"),
+    ("mined in US or FTA country", "fta_or_us_extracted"),
+    ("processed in US/FTA country", "fta_or_us_processed"),
+    ("mined in North America", "north_america_extracted"),
+    ("processed in North America", "north_america_processed"),
     ("recycled, pre-consumer", "recycled_pre_consumer"),
     ("recycled, post-consumer", "recycled_post_consumer"),
     ("FEOC-touched", "feoc_touched"),
@@ -204,6 +204,31 @@ def _bad_message(pub: Publisher, chain: DemoChain, raw: bytes) -> Receipt:
     return pub.last_receipt
 
 
+OUT_DIR_MARK = ".batteryledger-demo"
+
+
+def prepare_out_dir(out_dir: Path) -> Path:
+    """An empty `out_dir`: made new, or emptied only when an earlier demo made it (it holds our mark).
+
+    A folder the demo did not create (the working directory, a home folder, a project) is never
+    emptied: the demo refuses, naming it. An existing empty folder is used as it is.
+    """
+    out_dir = out_dir.resolve()
+    if out_dir.exists():
+        if not out_dir.is_dir():
+            raise DemoError(f"--out-dir {out_dir} is a file, not a folder")
+        if (out_dir / OUT_DIR_MARK).is_file():
+            shutil.rmtree(out_dir)
+        elif any(out_dir.iterdir()):
+            raise DemoError(
+                f"--out-dir {out_dir} is not empty and was not made by the demo; "
+                "give a new or empty folder (the demo only empties folders it created)"
+            )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / OUT_DIR_MARK).write_text("made by `batteryledger demo`; it may empty this folder\n")
+    return out_dir
+
+
 def run_demo(
     out_dir: Path = Path("demo-out"),
     *,
@@ -214,10 +239,7 @@ def run_demo(
     """Run the demo; returns its result (ok False when an expectation failed). Raises DemoError."""
     con = console or Console()
     started = time.monotonic()
-    out_dir = out_dir.resolve()
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    out_dir.mkdir(parents=True)
+    out_dir = prepare_out_dir(out_dir)
     result = DemoResult(ok=False, out_dir=out_dir)
 
     con.rule("[bold]batteryledger demo")

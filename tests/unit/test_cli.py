@@ -149,7 +149,7 @@ def test_rejections_and_errors_are_one_line(tmp_path: Path) -> None:
         "unknown_facility",
         "malformed",
     ]
-    stats = json.loads(run(tmp_path, "stats").stdout)
+    stats = json.loads(run(tmp_path, "stats", "--json").stdout)
     assert stats["rejections"] == {"malformed": 1, "unknown_facility": 4}
 
 
@@ -160,7 +160,7 @@ def test_every_command_the_readme_names_exists() -> None:
     helps = subprocess.run(
         [BL, "--help"], capture_output=True, text=True, env=dict(os.environ, COLUMNS="200")
     )
-    listed = set(re.findall(r"│ ([a-z][a-z-]+) ", helps.stdout))
+    listed = set(re.findall(r"^  ([a-z][a-z-]+)\s", helps.stdout, re.MULTILINE))
     missing = sorted(n for n in named if n not in listed)
     assert not missing, f"README names commands the CLI does not have: {missing}"
 
@@ -168,3 +168,150 @@ def test_every_command_the_readme_names_exists() -> None:
 @pytest.mark.parametrize("command", ["provenance", "lineage", "verify", "append", "sign", "audit", "prove"])
 def test_help_of_each_command(command: str, tmp_path: Path) -> None:
     assert "Usage" in run(tmp_path, command, "--help").stdout
+
+
+# -- the CLI a person meets ------------------------------------------------------------------------------
+def demo_store(tmp_path: Path) -> Path:
+    from ledger.core import Incoming, Ledger
+
+    chain = demo_chain()
+    db = tmp_path / "ledger.db"
+    led = Ledger.init(f"sqlite:///{db}", operator_key=chain.operator_key, origin="cli-test.example/ledger")
+    led.append([e.raw for e in chain.good_events])
+    led.make_checkpoint()
+    led.append([Incoming(raw=raw, source=f"t:{label}") for label, raw, _ in chain.bad_events])
+    led.close()
+    return db
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return demo_store(tmp_path_factory.mktemp("cli"))
+
+
+def test_no_arguments_prints_help_and_succeeds(tmp_path: Path) -> None:
+    proc = run(tmp_path)
+    assert proc.stdout.startswith("Usage: batteryledger") and "provenance" in proc.stdout
+    assert proc.stderr == ""
+    sub = run(tmp_path, "keys")
+    assert sub.stdout.startswith("Usage: batteryledger keys") and "new" in sub.stdout
+
+
+def test_version(tmp_path: Path) -> None:
+    from importlib.metadata import version
+
+    assert run(tmp_path, "--version").stdout.strip() == f"batteryledger {version('batteryledger')}"
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["provenance"], "missing argument"),
+        (["lineage", "X", "--depth", "0"], "--depth"),
+        (["nosuch"], "no such command 'nosuch'"),
+        (["provenance", "X", "--nope"], "no such option"),
+        (["batches", "list", "--since", "2025-13-01"], "--since '2025-13-01' is not a date"),
+    ],
+)
+def test_usage_errors_are_one_line_exit_2(tmp_path: Path, args: list[str], words: str) -> None:
+    proc = run(tmp_path, *args, ok=False)
+    assert proc.returncode == 2
+    one_line_error(proc, words)
+    for name in (
+        "NoArgsIsHelpError",
+        "MissingParameter",
+        "BadParameter",
+        "UsageError",
+        "ValueError",
+        "Error:",
+    ):
+        assert name not in proc.stderr
+
+
+def test_store_that_cannot_be_opened_is_named(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("not a database, just words " * 100)
+    proc = run(tmp_path, "provenance", "X", "--store", "notes.txt", ok=False)
+    one_line_error(proc, "cannot open the store notes.txt: the file is not a SQLite database")
+    assert proc.returncode == 2
+    sock = __import__("socket").socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()  # nothing listens there now
+    url = f"postgresql://u:secret@127.0.0.1:{port}/db"
+    proc = run(tmp_path, "stats", "--store", url, ok=False)
+    one_line_error(proc, f"cannot open the store postgresql://u:***@127.0.0.1:{port}/db: cannot connect")
+    assert "secret" not in proc.stderr
+
+
+def test_read_commands_speak_json(store: Path, tmp_path: Path) -> None:
+    s = str(store)
+    stats = json.loads(run(tmp_path, "stats", "--store", s, "--json").stdout)
+    status = json.loads(run(tmp_path, "status", "--store", s, "--json").stdout)
+    assert stats["entries"] == status["entries"] and status["root"]
+    page = json.loads(run(tmp_path, "batches", "list", "US-", "--store", s, "--limit", "3", "--json").stdout)
+    assert len(page["batches"]) == 3 and page["total"] > 3 and page["next_cursor"]
+    more = json.loads(
+        run(
+            tmp_path, "batches", "list", "US-", "--store", s, "--cursor", page["next_cursor"], "--json"
+        ).stdout
+    )
+    ids = [b["batch_id"] for b in page["batches"] + more["batches"]]
+    assert ids == sorted(set(ids)) and len(ids) == page["total"]
+    p = json.loads(run(tmp_path, "passport", "US-PACK-002", "--store", s, "--json").stdout)
+    assert p["generalProductInformation"]["batteryIdentifier"]["value"] == "US-PACK-002"
+    one_line_error(
+        run(tmp_path, "passport", "AU-SPOD-001", "--store", s, ok=False), "cells, modules and packs"
+    )
+    for cmd in (["facility", "list"], ["provenance", "US-PACK-002"], ["lineage", "US-PACK-002"], ["verify"]):
+        json.loads(run(tmp_path, *cmd, "--store", s, "--json").stdout)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["provenance", "US-PACK-002"],
+        ["lineage", "US-PACK-002", "--depth", "2"],
+        ["batches", "list"],
+        ["passport", "US-PACK-002"],
+        ["facility", "list"],
+        ["stats"],
+    ],
+)
+def test_tables_fit_80_columns_without_cutting_values(store: Path, tmp_path: Path, args: list[str]) -> None:
+    env = dict(os.environ, COLUMNS="80")
+    env.pop("BATTERYLEDGER_STORE", None)
+    proc = subprocess.run(
+        [BL, *args, "--store", str(store)], cwd=tmp_path, capture_output=True, text=True, env=env, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert max(len(line) for line in proc.stdout.splitlines()) <= 80, proc.stdout
+    assert "…" not in proc.stdout  # values wrap; they are never cut
+    if args[0] == "provenance":
+        assert "Mined in Australia (AU), processed in United States (US)" in " ".join(proc.stdout.split())
+
+
+def test_help_shows_flags_as_flags(tmp_path: Path) -> None:
+    text = run(tmp_path, "lineage", "--help").stdout
+    assert "--up / --down" in text and "--json" in text
+    assert "<bool>" not in text and " ." not in text
+
+
+def test_demo_never_empties_a_folder_it_did_not_make(tmp_path: Path) -> None:
+    from batteryledger.demo import OUT_DIR_MARK, DemoError, prepare_out_dir
+
+    mine = tmp_path / "work"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("precious")
+    with pytest.raises(DemoError, match="not made by the demo"):
+        prepare_out_dir(mine)
+    assert (mine / "thesis.tex").read_text() == "precious"
+    fresh = prepare_out_dir(tmp_path / "demo-out")
+    (fresh / "ledger.db").write_text("old run")
+    again = prepare_out_dir(tmp_path / "demo-out")  # made by the demo: emptied
+    assert sorted(p.name for p in again.iterdir()) == [OUT_DIR_MARK]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert prepare_out_dir(empty) == empty.resolve()
+    proc = run(mine, "demo", "--out-dir", ".", ok=False)
+    one_line_error(proc, "not made by the demo")
+    assert (mine / "thesis.tex").read_text() == "precious"
