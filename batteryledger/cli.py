@@ -549,6 +549,9 @@ def _mount_optional() -> None:
     cli_api.register(app)
     cli_proofs.register(app)
     cli_audit.register(app)
+    from batteryledger import cli_auth
+
+    app.add_typer(cli_auth.auth_app, name="auth")
     try:
         from batteryledger import cli_streams
     except ImportError:
