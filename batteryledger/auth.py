@@ -43,6 +43,7 @@ from typing import Any
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from starlette.requests import Request
 
 # --- limits against abuse -------------------------------------------------------------------------
 # A claim posted for audit is a few KB; 1 MiB leaves room for a large user pack and refuses floods.
@@ -461,24 +462,16 @@ def _problem(status: int, title: str, detail: str, headers: Mapping[str, str] | 
     )
 
 
-def install(
-    app: Any,
-    authenticator: Authenticator,
-    policies: Mapping[str, Policy],
-    batch_reader: Any,
-    limiter: RateLimiter | None = None,
-) -> None:
-    """Put authentication, the route policies, rate and size limits in front of every route of `app`.
+def install(app: Any, authenticator: Authenticator, limiter: RateLimiter | None = None) -> None:
+    """Authenticate every request of `app` and apply the size, page and rate limits (a middleware).
 
-    `batch_reader(batch_id, facility_id) -> bool` answers facility scoping (usually `batch_access` over
-    the app's store). Runs as a middleware, so it also covers routes added after this call.
+    It sets `request.state.principal`; the route policies are checked after routing by the dependency
+    that `authorizer` makes (the app is created with it), because only then is the route known.
     """
-    from starlette.routing import Match
-
     limiter = limiter or RateLimiter()
 
     @app.middleware("http")  # type: ignore[untyped-decorator]
-    async def authorize(request: Any, call_next: Any) -> Any:
+    async def authenticate(request: Any, call_next: Any) -> Any:
         length = request.headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > MAX_REQUEST_BYTES):
             return _problem(413, "Request too large", f"requests are limited to {MAX_REQUEST_BYTES} bytes")
@@ -495,7 +488,8 @@ def install(
                 401, "Unauthorized", str(exc), {"WWW-Authenticate": 'Bearer realm="batteryledger"'}
             )
         if authenticator.enabled:
-            who = principal.subject if principal.credential != "none" else f"ip:{request.client.host}"
+            client = request.client.host if request.client else "unknown"
+            who = principal.subject if principal.credential != "none" else f"ip:{client}"
             ok, wait = limiter.allow(who)
             if not ok:
                 return _problem(
@@ -508,45 +502,63 @@ def install(
             value = request.query_params.get(name)
             if value is not None and value.isdigit() and int(value) > bound:
                 return _problem(422, "Unprocessable Content", f"{name} is at most {bound}")
-        template, params = None, {}
-        for route in app.router.routes:
-            match, child = route.matches(request.scope)
-            if match is Match.FULL:
-                template, params = route.path, child.get("path_params", {})
-                break
-        if template is None:
-            request.state.principal = principal
-            return await call_next(request)  # no route: the app answers 404 (or 405)
+        request.state.principal = principal
+        return await call_next(request)
+
+
+class Denied(Exception):
+    """A request its principal may not make: answered 401 (no credential) or 403, as a problem document."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status, self.detail = status, detail
+
+    def response(self) -> Any:
+        headers = {"WWW-Authenticate": 'Bearer realm="batteryledger"'} if self.status == 401 else {}
+        title = "Unauthorized" if self.status == 401 else "Forbidden"
+        return _problem(self.status, title, self.detail, headers)
+
+
+def authorizer(policies: Mapping[str, Policy], batch_reader: Any) -> Any:
+    """A FastAPI dependency that checks the matched route's policy against `request.state.principal`.
+
+    `batch_reader(batch_id, facility_id) -> bool` answers facility scoping (usually `batch_access` over the
+    app's store). Give it to the app as `FastAPI(dependencies=[Depends(authorizer(...))])`, so that every
+    route, in every router, is checked; register `Denied` with `denied_handler`.
+    """
+
+    def authorize(request: Request) -> None:
+        principal: Principal = getattr(request.state, "principal", LOCAL_OPERATOR)
+        route = request.scope.get("route")
+        template = getattr(route, "path", request.url.path)
         policy = routes_policy(policies, template)
+        path = request.url.path
         if not principal.at_least(policy.role):
             if principal.credential == "none":
-                return _problem(
-                    401,
-                    "Unauthorized",
-                    f"{request.url.path} needs a {policy.role.label} credential: send Authorization: Bearer ...",
-                    {"WWW-Authenticate": 'Bearer realm="batteryledger"'},
+                raise Denied(
+                    401, f"{path} needs a {policy.role.label} credential: send Authorization: Bearer ..."
                 )
-            return _problem(
-                403,
-                "Forbidden",
-                f"{request.url.path} needs role {policy.role.label}; you are {principal.role.label}",
+            raise Denied(
+                403, f"{path} needs role {policy.role.label}; this credential is {principal.role.label}"
             )
         if principal.role is Role.FACILITY and policy.role is Role.FACILITY:
             fac = principal.facility_id or ""
+            params = request.path_params
             if policy.scope == "batch":
                 batch_id = str(params.get("batch_id", ""))
                 if not batch_reader(batch_id, fac):
-                    return _problem(
+                    raise Denied(
                         403,
-                        "Forbidden",
                         f"batch {batch_id} is not {fac}'s: a facility reads the batches it made, holds or consumed",
                     )
             elif policy.scope == "facility_param":
                 if request.query_params.get("facility") != fac:
-                    return _problem(
-                        403, "Forbidden", f"a facility credential lists its own data only: add facility={fac}"
-                    )
+                    raise Denied(403, f"a facility credential lists its own data only: add facility={fac}")
             elif policy.scope == "facility_path" and str(params.get("facility_id", "")) != fac:
-                return _problem(403, "Forbidden", f"a facility credential reads facility {fac} only")
-        request.state.principal = principal
-        return await call_next(request)
+                raise Denied(403, f"a facility credential reads facility {fac} only")
+
+    return authorize
+
+
+async def denied_handler(request: Any, exc: Denied) -> Any:
+    return exc.response()

@@ -14,7 +14,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.testclient import TestClient
 
 from batteryledger.auth import (
@@ -22,10 +22,13 @@ from batteryledger.auth import (
     AuthConfig,
     Authenticator,
     AuthError,
+    Denied,
     Policy,
     RateLimiter,
     Role,
+    authorizer,
     create_api_key,
+    denied_handler,
     install,
     issue_token,
     public_key_text,
@@ -205,8 +208,8 @@ POLICIES = {
 
 @pytest.fixture()
 def client(token_key, cfg) -> TestClient:
-    app = FastAPI()
     owned = {("B1", "fac-a")}
+    app = _app(POLICIES, lambda b, f: (b, f) in owned)
 
     @app.get("/pub")
     @app.get("/batches/{batch_id}")
@@ -221,9 +224,7 @@ def client(token_key, cfg) -> TestClient:
     def post(request: Request) -> dict[str, str]:
         return {"ok": "yes"}
 
-    install(
-        app, Authenticator(cfg), POLICIES, lambda b, f: (b, f) in owned, RateLimiter(rate=1000, burst=1000)
-    )
+    install(app, Authenticator(cfg), RateLimiter(rate=1000, burst=1000))
     return TestClient(app)
 
 
@@ -279,20 +280,20 @@ def test_size_and_page_limits(client, token_key) -> None:
     assert client.get("/list?limit=1000000", headers=aud).status_code == 422
 
 
+def _app(policies, reader) -> FastAPI:
+    app = FastAPI(dependencies=[Depends(authorizer(policies, reader))])
+    app.add_exception_handler(Denied, denied_handler)
+    return app
+
+
 def test_rate_limit_answers_429_with_retry_after(token_key, cfg) -> None:
-    app = FastAPI()
+    app = _app({"/pub": Policy(Role.PUBLIC)}, lambda b, f: False)
 
     @app.get("/pub")
     def pub() -> dict[str, str]:
         return {}
 
-    install(
-        app,
-        Authenticator(cfg),
-        {"/pub": Policy(Role.PUBLIC)},
-        lambda b, f: False,
-        RateLimiter(rate=0.01, burst=2),
-    )
+    install(app, Authenticator(cfg), RateLimiter(rate=0.01, burst=2))
     c = TestClient(app)
     codes = [c.get("/pub").status_code for _ in range(3)]
     assert codes == [200, 200, 429]
@@ -300,13 +301,13 @@ def test_rate_limit_answers_429_with_retry_after(token_key, cfg) -> None:
 
 
 def test_without_an_auth_file_every_request_is_the_local_operator() -> None:
-    app = FastAPI()
+    app = _app({}, lambda b, f: False)
 
     @app.get("/admin")
     def admin(request: Request) -> dict[str, str]:
         return {"role": request.state.principal.role.label}
 
-    install(app, Authenticator(None), {}, lambda b, f: False)
+    install(app, Authenticator(None))
     assert TestClient(app).get("/admin").json() == {"role": "operator"}
 
 
