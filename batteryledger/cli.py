@@ -731,6 +731,9 @@ def _mount_optional() -> None:
     cli_proofs.register(app)
     cli_audit.register(app)
     __import__("batteryledger.cli_epcis", fromlist=["register"]).register(app)  # EPCIS 2.0 (issue 13)
+    from batteryledger import cli_auth
+
+    app.add_typer(cli_auth.auth_app, name="auth")
     try:
         from batteryledger import cli_streams
     except ImportError:
