@@ -36,7 +36,7 @@ from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, FastAPI, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
@@ -48,7 +48,7 @@ from sqlalchemy.exc import OperationalError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from batteryledger import views
+from batteryledger import auth, views
 from batteryledger.views import BREAKDOWN_CATEGORIES, provenance_breakdown
 from ledger import chain, queries, tree
 from ledger.core import Ledger
@@ -573,9 +573,60 @@ def _check_batch_id(batch_id: str) -> None:
         )
 
 
-def create_app(store_url: str, *, routers: Iterable[APIRouter] = ()) -> FastAPI:
-    """The API and web page over the ledger at `store_url` (raises StoreError if there is none)."""
+# Who may call each route (batteryledger.auth): the least role, and for facility credentials how the route
+# is scoped to their own data. A route missing here is the operator's only; a test holds the table to the
+# app's routes, so a new route must be placed here on purpose.
+_PUBLIC, _FACILITY, _AUDITOR = auth.Role.PUBLIC, auth.Role.FACILITY, auth.Role.AUDITOR
+_P = f"{API_PREFIX}/batches/{{batch_id:path}}"
+ROUTE_POLICIES: dict[str, auth.Policy] = {
+    # the page, its docs and health: anyone
+    "/": auth.Policy(_PUBLIC),
+    "/healthz": auth.Policy(_PUBLIC),
+    f"{API_PREFIX}/docs": auth.Policy(_PUBLIC),
+    f"{API_PREFIX}/docs/init.js": auth.Policy(_PUBLIC),
+    f"{API_PREFIX}/docs/assets/{{name}}": auth.Policy(_PUBLIC),
+    # what anyone may check: the signed head, proofs, the ledger's size, passports' public fields
+    f"{API_PREFIX}/status": auth.Policy(_PUBLIC),
+    f"{API_PREFIX}/checkpoint": auth.Policy(_PUBLIC),
+    f"{API_PREFIX}/proofs/inclusion": auth.Policy(_PUBLIC),
+    f"{API_PREFIX}/proofs/consistency": auth.Policy(_PUBLIC),
+    f"{_P}/passport": auth.Policy(_PUBLIC),
+    f"{_P}/passport/qr.svg": auth.Policy(_PUBLIC),
+    # a facility: its own batches, the batches it holds and those it consumed; the registry of its peers
+    f"{API_PREFIX}/batches": auth.Policy(_FACILITY, "facility_param"),
+    _P: auth.Policy(_FACILITY, "batch"),
+    f"{_P}/provenance": auth.Policy(_FACILITY, "batch"),
+    f"{_P}/provenance/breakdown": auth.Policy(_FACILITY, "batch"),
+    f"{_P}/lineage": auth.Policy(_FACILITY, "batch"),
+    f"{_P}/graph": auth.Policy(_FACILITY, "batch"),
+    f"{_P}/events": auth.Policy(_FACILITY, "batch"),
+    f"{_P}/epcis": auth.Policy(_FACILITY, "batch"),
+    f"{API_PREFIX}/facilities": auth.Policy(_FACILITY),
+    # an auditor: every entry, evidence, audits, rejections (forensics)
+    f"{API_PREFIX}/entries/{{seq}}": auth.Policy(_AUDITOR),
+    f"{_P}/bundle": auth.Policy(_AUDITOR),
+    f"{API_PREFIX}/audits": auth.Policy(_AUDITOR),
+    f"{API_PREFIX}/audits/examples": auth.Policy(_AUDITOR),
+    f"{API_PREFIX}/audits/examples/{{name}}": auth.Policy(_AUDITOR),
+    f"{API_PREFIX}/rejections": auth.Policy(_AUDITOR),
+    f"{API_PREFIX}/rejections/{{rejection_id}}": auth.Policy(_AUDITOR),
+}
+
+
+def create_app(
+    store_url: str, *, routers: Iterable[APIRouter] = (), auth_config: auth.AuthConfig | None = None
+) -> FastAPI:
+    """The API and web page over the ledger at `store_url` (raises StoreError if there is none).
+
+    Without `auth_config` every request is the local operator (serve binds loopback only); with it, a
+    request is authenticated (batteryledger.auth) and each route checked against ROUTE_POLICIES.
+    """
     reader = LedgerReader(store_url)
+
+    def facility_reads(batch_id: str, facility_id: str) -> bool:
+        with reader.engine.connect() as conn:
+            return auth.batch_access(conn, batch_id, facility_id)
+
     fta = views.fta_countries()
     # Routers by audience: a later per-router dependency (authentication, roles) attaches here.
     public = APIRouter()  # batches, provenance, passport, registry, status: anyone may read
@@ -596,8 +647,12 @@ def create_app(store_url: str, *, routers: Iterable[APIRouter] = ()) -> FastAPI:
         openapi_url=f"{API_PREFIX}/openapi.json",
         docs_url=None,  # served by _add_docs from bundled Swagger UI assets (works offline)
         redoc_url=None,
+        dependencies=[Depends(auth.authorizer(ROUTE_POLICIES, facility_reads))],
     )
+    auth.install(app, auth.Authenticator(auth_config))
+    app.add_exception_handler(auth.Denied, auth.denied_handler)  # type: ignore[arg-type]
     app.state.reader = reader
+    app.state.auth_enabled = auth_config is not None
     app.router.add_event_handler("shutdown", reader.close)
     _install_error_handlers(app)
     app.include_router(__import__("batteryledger.api_epcis", fromlist=["router"]).router)  # EPCIS, issue 13

@@ -254,7 +254,7 @@ def issue_token(
     }
     if facility_id:
         claims[FACILITY_CLAIM] = facility_id
-    return jwt.encode(claims, key, algorithm="EdDSA")
+    return str(jwt.encode(claims, key, algorithm="EdDSA"))
 
 
 def create_api_key(

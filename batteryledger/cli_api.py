@@ -7,6 +7,7 @@ so the rest of the CLI starts as fast as before.
 from __future__ import annotations
 
 import ipaddress
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -42,6 +43,14 @@ def register(app: typer.Typer) -> None:
         log_level: Annotated[
             str, typer.Option(help="uvicorn log level: critical, error, warning, info, debug.")
         ] = "info",
+        auth_file: Annotated[
+            Path | None,
+            typer.Option(
+                "--auth",
+                envvar="BATTERYLEDGER_AUTH",
+                help="Auth file (batteryledger auth init): roles and credentials; required off loopback.",
+            ),
+        ] = None,
     ) -> None:
         """Serve the read-only HTTP API (/v1, OpenAPI at /v1/openapi.json) and the web page (/)."""
         if log_level.lower() not in LOG_LEVELS:
@@ -50,12 +59,26 @@ def register(app: typer.Typer) -> None:
 
         from batteryledger.api import create_app
 
-        api = create_app(store)  # fails here, with one line, if there is no ledger at --store
-        if not _is_loopback(host):
+        if not _is_loopback(host) and auth_file is None:
             typer.echo(
-                f"note: listening on {host}: the API is read-only but answers anyone who can reach it",
+                f"error: refusing to serve on {host} without --auth: anyone who reaches it would read every "
+                "plant's volumes and suppliers; create credentials with `batteryledger auth init` or bind "
+                "127.0.0.1",
                 err=True,
             )
+            raise typer.Exit(2)
+        from batteryledger.auth import AuthConfig, AuthError
+
+        try:
+            cfg = AuthConfig.load(auth_file) if auth_file is not None else None
+        except AuthError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+        api = create_app(
+            store, auth_config=cfg
+        )  # fails here, with one line, if there is no ledger at --store
+        if cfg is None:
+            typer.echo("note: no --auth: every request is the local operator (loopback only)", err=True)
         typer.echo(f"serving {store} at http://{host}:{port}/ (API docs: /v1/docs)", err=True)
         uvicorn.run(api, host=host, port=port, log_level=log_level.lower())
 

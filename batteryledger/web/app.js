@@ -77,6 +77,42 @@
     }
   }
 
+  // A credential (JWT or API key) for an API served with --auth: kept in this tab's sessionStorage only.
+  const CREDENTIAL = "batteryledger.credential";
+  function authHeader() {
+    const c = sessionStorage.getItem(CREDENTIAL);
+    return c ? { Authorization: "Bearer " + c } : {};
+  }
+  function setupCredential() {
+    const form = document.getElementById("credential-form");
+    if (!form) return;
+    form.addEventListener("submit", (ev) => {
+      ev.preventDefault();
+      const v = document.getElementById("credential-input").value.trim();
+      if (v) sessionStorage.setItem(CREDENTIAL, v);
+      window.location.reload();
+    });
+    document.getElementById("credential-clear").addEventListener("click", () => {
+      sessionStorage.removeItem(CREDENTIAL);
+      window.location.reload();
+    });
+    // Downloads are plain links; with a credential they are fetched with it and saved from memory.
+    document.addEventListener("click", async (ev) => {
+      const a = ev.target.closest && ev.target.closest("a[download]");
+      if (!a || !sessionStorage.getItem(CREDENTIAL) || a.href.startsWith("blob:")) return;
+      ev.preventDefault();
+      const resp = await fetch(a.href, { headers: authHeader() });
+      if (!resp.ok) return say("download refused: " + resp.status + " " + resp.statusText, true);
+      const url = URL.createObjectURL(await resp.blob());
+      const tmp = el("a", { href: url, download: a.getAttribute("download") || a.href.split("/").pop() });
+      document.body.append(tmp);
+      tmp.click();
+      tmp.remove();
+      setTimeout(() => URL.revokeObjectURL(url), 10000);
+    });
+  }
+  setupCredential();
+
   async function api(path, opts) {
     const o = opts || {};
     let resp;
@@ -84,7 +120,7 @@
       resp = await fetch(API + path, {
         method: o.method || "GET",
         body: o.body,
-        headers: Object.assign({ Accept: o.text ? "text/plain" : "application/json" }, o.headers || {}),
+        headers: Object.assign({ Accept: o.text ? "text/plain" : "application/json" }, authHeader(), o.headers || {}),
       });
     } catch (err) {
       throw new ApiError(0, "the ledger server is not answering (" + err.message + ")");
