@@ -482,12 +482,17 @@ def verify(
         bool, typer.Option("--signatures/--no-signatures", help="Re-check every signature.")
     ] = True,
     as_json: JsonOpt = False,
+    full: Annotated[
+        bool, typer.Option("--full", help="Ignore the verified mark: re-check everything.")
+    ] = False,
 ) -> None:
-    """Re-derive every chain link, Merkle root, checkpoint and signature; name the first mismatch."""
+    """Re-derive every chain link, Merkle root, checkpoint, signature and derived table; name mismatches."""
     led = open_ledger(store)
     with progress_bar() as bar:
         task = bar.add_task("verifying", total=led.size)
-        report = verify_ledger(led, signatures=signatures, progress=lambda n: bar.advance(task, n))
+        report = verify_ledger(led, signatures=signatures, progress=lambda n: bar.advance(task, n), full=full)
+    for note in report.notes:
+        err_console.print(f"note: {note}", markup=False, highlight=False)
     for msg in getattr(led, "load_errors", []):
         report.add(None, msg)
     if as_json:
@@ -498,6 +503,7 @@ def verify(
                     "entries": report.entries,
                     "checkpoints": report.checkpoints,
                     "signatures_checked": report.signatures_checked,
+                    "signatures_from": report.signatures_from,
                     "root_hash": report.root_hash.hex(),
                     "errors": [{"entry": s, "message": m} for s, m in report.errors],
                 },
@@ -507,7 +513,13 @@ def verify(
     elif report.ok:
         console.print(
             f"ok: {report.entries} entries, {report.checkpoints} checkpoints, "
-            f"{report.signatures_checked} signatures; root {report.root_hash.hex()}"
+            f"{report.signatures_checked} signatures"
+            + (
+                f" (entries below {report.signatures_from} vouched for by the verified mark)"
+                if report.signatures_from
+                else ""
+            )
+            + f", derived tables recomputed; root {report.root_hash.hex()}"
         )
     else:
         for _, msg in report.errors[:20]:

@@ -43,7 +43,6 @@ from ledger.store import (
     EDGES,
     ENTRIES,
     FACILITIES,
-    NODES,
     OFFSETS,
     PARKED,
     REJECTIONS,
@@ -55,6 +54,7 @@ from ledger.store import (
     db_time,
     fetch_nodes,
     get_meta,
+    insert_nodes,
     make_engine,
     normalise_url,
     now,
@@ -572,7 +572,7 @@ class Ledger:
             )
             start = self.size
             nodes = tree.nodes_for_append(start, leaves, lambda keys: fetch_nodes(conn, keys))
-            bulk_insert(conn, NODES, ("level", "idx", "hash"), nodes)
+            insert_nodes(conn, nodes)
         if new_batches:
             bulk_insert(conn, BATCHES, BATCH_COLUMNS, [_batch_row(conn, b) for b in new_batches.values()])
         if touched:
@@ -999,14 +999,26 @@ def node_from_row(row: Any, inputs: tuple[tuple[str, float], ...]) -> BatchNode:
     )
 
 
-def verify_ledger(led: Ledger, *, signatures: bool = True, progress: Any = None) -> Any:
-    """Verify `led`'s store end to end (see ledger.verify)."""
-    from ledger.verify import verify_store
+def verify_ledger(
+    led: Ledger, *, signatures: bool = True, progress: Any = None, full: bool = False, record: bool = True
+) -> Any:
+    """Verify `led`'s store end to end (see ledger.verify). Incremental unless `full`: signatures below
+    the verified mark are not re-checked; a clean run moves the mark (`record`)."""
+    from ledger.verify import read_mark, record_mark, verify_store
 
-    return verify_store(
+    since, why = (0, None) if full else read_mark(led.engine, led.origin, led.operator_public_key)
+    report = verify_store(
         led.engine,
         origin=led.origin,
         operator_public_key=led.operator_public_key,
         signatures=signatures,
         progress=progress,
+        signatures_from=since,
     )
+    if why:
+        report.notes.append(why)
+    if record and signatures:
+        not_recorded = record_mark(led.engine, report, report.checked_roots)
+        if not_recorded:
+            report.notes.append(not_recorded)
+    return report

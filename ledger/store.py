@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy import Column, DateTime, Index, LargeBinary, event
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.pool import StaticPool
 from sqlmodel import Field, SQLModel, create_engine
 
@@ -269,6 +270,25 @@ def bulk_insert(conn: Connection, table: Any, columns: Sequence[str], rows: Sequ
     mark = placeholder(conn)
     sql = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({', '.join([mark] * len(columns))})"
     conn.exec_driver_sql(sql, list(rows))
+
+
+def insert_nodes(conn: Connection, nodes: Sequence[Sequence[Any]]) -> None:
+    """Insert new Merkle nodes; a node already stored where a new one goes means the store was edited.
+
+    Append refuses (the transaction rolls back, nothing is lost) rather than overwrite it: the planted
+    node is evidence, and `verify` names it. Remove it (or restore the store) to append again.
+    """
+    try:
+        with conn.begin_nested():
+            bulk_insert(conn, NODES, ("level", "idx", "hash"), nodes)
+    except IntegrityError:
+        keys = [(int(level), int(idx)) for level, idx, _ in nodes]
+        found = sorted(fetch_nodes(conn, keys))
+        where = f"(level {found[0][0]}, index {found[0][1]})" if found else "(unknown)"
+        raise StoreError(
+            f"append refused: a stored Merkle node {where} already sits where the next entry's node goes; "
+            "the store was edited: run `batteryledger verify`, remove the node or restore the store"
+        ) from None
 
 
 def bulk_update(
