@@ -22,6 +22,7 @@ from rich.table import Table
 from batteryledger.keyfiles import load_key, passphrase_from_env
 from ledger.core import Incoming, Ledger, verify_ledger
 from ledger.store import StoreError
+from ledger.verify import unverified_note
 from schemas.events import SPEC, Kind
 from schemas.reasons import EventError
 from schemas.signing import (
@@ -429,9 +430,12 @@ def provenance(
     """Where a batch's Li, Ni, Co, Mn and graphite came from: shares by country, recycled, FEOC, unknown."""
     led = open_ledger(store)
     summary = led.provenance(batch).summary(fta=fta_countries())
+    note = unverified_note(led, batch)
     if as_json:
-        print(json.dumps(summary, indent=2))
+        print(json.dumps({**summary, "unverified": note}, indent=2))
         return
+    if note:
+        err_console.print(f"note: {note}", markup=False, highlight=False)
     console.print(provenance_table(summary))
     if summary["missing_parents"]:
         console.print(
@@ -456,9 +460,13 @@ def lineage(
     """The batches a batch came from (--up) or went into (--down)."""
     led = open_ledger(store)
     rows = led.lineage(batch, direction="up" if up else "down", depth=depth)
+    note = unverified_note(led, batch, down=not up)
     if as_json:
-        print(json.dumps({"batch_id": batch, "direction": "up" if up else "down", "edges": rows}, indent=2))
+        out = {"batch_id": batch, "direction": "up" if up else "down", "edges": rows, "unverified": note}
+        print(json.dumps(out, indent=2))
         return
+    if note:
+        err_console.print(f"note: {note}", markup=False, highlight=False)
     t = Table(
         "depth", "parent", "material", "facility", "→ child", "material", "kg", title=f"lineage of {batch}"
     )

@@ -621,3 +621,32 @@ def verified_through(engine: Engine, origin: str, operator_public_key: Any) -> V
         last = conn.execute(select(func.max(ENTRIES.c.seq))).scalar()
     head = 0 if last is None else int(last) + 1
     return Verified(min(size, head), head)
+
+
+VERIFIED_HEADER = "Batteryledger-Verified-Through"  # HTTP: "<size>/<head>"; size < head: an unverified tail
+
+
+def verified(led: Any) -> Verified:
+    """`verified_through` for an open Ledger."""
+    return verified_through(led.engine, led.origin, led.operator_public_key)
+
+
+def header_value(v: Verified) -> str:
+    return f"{v.size}/{v.head}"
+
+
+def unverified_note(led: Any, batch_id: str, *, down: bool = False) -> str | None:
+    """None when an answer about `batch_id` rests only on verified entries; else the line to print.
+
+    Provenance and the lineage up rest on the batch's own entry and its ancestors (all earlier); the
+    lineage down rests on later entries too, so any unverified tail counts.
+    """
+    v = verified(led)
+    if v.tail == 0:
+        return None
+    if not down:
+        with led.engine.connect() as conn:
+            seq = conn.execute(select(BATCHES.c.seq).where(BATCHES.c.batch_id == batch_id)).scalar()
+        if seq is not None and v.covers(int(seq)):
+            return None
+    return v.note()

@@ -15,7 +15,7 @@ from batteryledger.sample import DemoChain, demo_chain
 from ledger import chain
 from ledger.core import Ledger, verify_ledger
 from ledger.store import StoreError
-from ledger.verify import verified_through
+from ledger.verify import VERIFIED_HEADER, verified_through
 from schemas.signing import sign_object
 
 
@@ -379,3 +379,52 @@ def test_read_only_verify_does_not_record_a_mark(pristine: Path, tmp_path: Path)
     report = verify_ledger(led, record=False)
     assert report.ok
     assert verified_through(led.engine, led.origin, led.operator_public_key).size == 0
+
+
+# -- the faces say when an answer rests on an unverified tail ---------------------------------------
+def test_cli_and_api_say_when_an_answer_rests_on_an_unverified_tail(
+    pristine: Path, tmp_path: Path, chain_keys: DemoChain
+) -> None:
+    from fastapi.testclient import TestClient
+    from typer.testing import CliRunner
+
+    from batteryledger.api import create_app
+    from batteryledger.cli import app
+
+    led = tampered(pristine, tmp_path, lambda con: None)
+    store = led.url.removeprefix("sqlite:///")
+    runner = CliRunner()
+
+    def cli(*args: str) -> str:
+        res = runner.invoke(app, [*args, "--store", store])
+        assert res.exit_code == 0, res.output
+        return res.output
+
+    # never verified: every answer rests on unverified entries
+    assert "unverified: no `batteryledger verify` has vouched" in cli("provenance", "US-PACK-002")
+    assert '"unverified": "unverified: no' in cli("lineage", "US-PACK-002", "--json")
+    with TestClient(create_app(store)) as client:
+        assert client.get("/v1/batches/US-PACK-002/provenance").headers[VERIFIED_HEADER] == f"0/{led.size}"
+    assert verify_ledger(led).ok
+    n = led.size
+    assert "note:" not in cli("provenance", "US-PACK-002")
+    assert "note:" not in cli("lineage", "US-PACK-002", "--down")
+    # one more entry after the mark: old answers upstream still rest on verified entries only, but the
+    # lineage down (and the new batch) rest on the unverified tail
+    raw, _ = sign_object(
+        {
+            "spec": "batteryledger/1",
+            "kind": "batch.extracted",
+            "facility_id": "mine-cl-atacama",
+            "time": "2026-06-01T00:00:00Z",
+            "outputs": [{"batch_id": "CL-BRINE-002", "material": "lithium_brine_concentrate", "kg": "5"}],
+        },
+        chain_keys.facilities["mine-cl-atacama"].key,
+    )
+    assert led.append([raw])[0].status == "appended"
+    assert "note:" not in cli("provenance", "US-PACK-002")
+    tail = f"unverified tail: entries {n}..{n} are not verified yet (run `batteryledger verify`)"
+    assert tail in cli("provenance", "CL-BRINE-002")
+    assert tail in cli("lineage", "CL-LC-001", "--down")
+    with TestClient(create_app(store)) as client:
+        assert client.get("/v1/status").headers[VERIFIED_HEADER] == f"{n}/{n + 1}"
