@@ -46,6 +46,7 @@ from ledger.store import (
     OFFSETS,
     PARKED,
     REJECTIONS,
+    WRITER_WAIT_S,
     StoreError,
     bulk_insert,
     bulk_update,
@@ -60,6 +61,7 @@ from ledger.store import (
     now,
     placeholder,
     set_meta,
+    write_transaction,
 )
 from schemas.events import (
     ELEMENTS,
@@ -262,6 +264,7 @@ class Ledger:
             raise StoreError("the operator key given is not this ledger's operator key")
         self.registry = Registry()
         self._parked_index: dict[str, set[str]] = {}
+        self.writer_wait_s = WRITER_WAIT_S  # one writer per store: see store.write_transaction
         self._load()
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -373,7 +376,8 @@ class Ledger:
         """
         incoming = [it if isinstance(it, Incoming) else Incoming(raw=it) for it in items]
         try:
-            with self.engine.begin() as conn:
+            with write_transaction(self.engine, self.url, self.writer_wait_s) as conn:
+                self._follow_head(conn)
                 results = self._append_in(conn, incoming, park)
                 if offsets:
                     self._store_offsets(conn, offsets)
@@ -381,6 +385,15 @@ class Ledger:
             self._load()  # the in-memory registry and head may have moved: rebuild from the store
             raise
         return results
+
+    def _follow_head(self, conn: Connection) -> None:
+        """Under the writer lock: if another writer appended since we last looked, reload our state."""
+        last = conn.execute(
+            select(ENTRIES.c.seq, ENTRIES.c.entry_hash).order_by(ENTRIES.c.seq.desc()).limit(1)
+        ).first()
+        size = 0 if last is None else int(last.seq) + 1
+        if size != self.size or (last is not None and bytes(last.entry_hash) != self.head_hash):
+            self._load()
 
     def _append_in(self, conn: Connection, incoming: list[Incoming], park: bool) -> list[AppendResult]:
         ov = _Overlay(conn)
@@ -711,7 +724,7 @@ class Ledger:
         """Reject parked events older than `max_age`: parents that never came (PARENTS_TIMEOUT), or a
         shipment/receipt that never came (NOT_CUSTODIAN)."""
         cutoff = now() - max_age
-        with self.engine.begin() as conn:
+        with write_transaction(self.engine, self.url, self.writer_wait_s) as conn:
             rows = conn.execute(select(PARKED).where(PARKED.c.parked_at <= cutoff)).fetchall()
             out: list[AppendResult] = []
             ts = now()
@@ -797,7 +810,7 @@ class Ledger:
         """Sign the current tree head (C2SP checkpoint) unless the latest checkpoint already covers it."""
         if self.operator_key is None:
             raise StoreError("signing a checkpoint needs the operator key (--operator-key)")
-        with self.engine.begin() as conn:
+        with write_transaction(self.engine, self.url, self.writer_wait_s) as conn:
             # the store's size, not this object's: another process (the sequencer) may have appended since
             last = conn.execute(select(func.max(ENTRIES.c.seq))).scalar()
             size = 0 if last is None else int(last) + 1

@@ -6,11 +6,18 @@ same tables, one transaction per append batch. Decimal quantities are stored as 
 
 from __future__ import annotations
 
+import fcntl
+import os
+import re
+import socket
+import sys
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, nullcontext
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Column, DateTime, Index, LargeBinary, event
+from sqlalchemy import Column, DateTime, Index, LargeBinary, event, text
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.pool import StaticPool
@@ -204,6 +211,102 @@ def make_engine(url: str) -> Engine:
     raise StoreError(
         f"unsupported store URL {url!r}: use a SQLite path or sqlite:///FILE, or postgresql://..."
     )
+
+
+# -- one writer per store -----------------------------------------------------------------------
+WRITER_WAIT_S = 10.0  # how long a second writer waits for the first one's transaction before refusing
+PG_WRITER_LOCK = 0x626C_7772  # "blwr": the PostgreSQL advisory lock key of the store's writer
+_LOCK_POLL_S = 0.02
+
+
+def holder_text() -> str:
+    """Who this process is, as a second writer's refusal names it."""
+    cmd = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "python"
+    return f"pid {os.getpid()} on {socket.gethostname()} ({cmd}), since {now().isoformat(timespec='seconds')}"
+
+
+def sqlite_path(url: str) -> str | None:
+    """The file of a SQLite store URL; None for memory and other backends."""
+    url = normalise_url(url)
+    if not url.startswith("sqlite:///") or url == "sqlite:///:memory:":
+        return None
+    return url[len("sqlite:///") :].split("?", 1)[0]
+
+
+@contextmanager
+def write_transaction(engine: Engine, url: str, wait_s: float = WRITER_WAIT_S) -> Iterator[Connection]:
+    """A write transaction holding the store's single-writer lock from before it begins to after it ends.
+
+    SQLite: an exclusive `flock` on `<file>.writer` (which holds the holder's name); PostgreSQL: the
+    transaction-level advisory lock PG_WRITER_LOCK. A second writer waits up to `wait_s`, then refuses
+    with one line naming the holder; nothing it meant to write is written.
+    """
+    path = sqlite_path(url)
+    with _file_lock(path, wait_s) if path is not None else nullcontext(), engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            _pg_lock(conn, url, wait_s)
+        yield conn
+
+
+def _refusal(store: str, who: str, wait_s: float) -> StoreError:
+    return StoreError(
+        f"store {store} has another writer: {who} holds the write lock (waited {wait_s:g} s): "
+        "run one sequencer per store, or retry when it is done"
+    )
+
+
+def _pg_lock(conn: Connection, url: str, wait_s: float) -> None:
+    deadline = time.monotonic() + wait_s
+    while not conn.execute(text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": PG_WRITER_LOCK}).scalar():
+        if time.monotonic() >= deadline:
+            row = conn.execute(
+                text(
+                    "SELECT a.pid, a.application_name, a.client_addr, a.xact_start FROM pg_locks l "
+                    "JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' "
+                    "AND l.granted AND l.classid = 0 AND l.objid = :k"
+                ),
+                {"k": PG_WRITER_LOCK},
+            ).first()
+            who = (
+                "an unknown session"
+                if row is None
+                else f"backend pid {row.pid} ({row.application_name or 'no application name'}, "
+                f"{row.client_addr or 'local socket'}, in a transaction since {row.xact_start})"
+            )
+            raise _refusal(redact(url), who, wait_s)
+        time.sleep(_LOCK_POLL_S)
+
+
+@contextmanager
+def _file_lock(path: str, wait_s: float) -> Iterator[None]:
+    lock_path = path + ".writer"
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise StoreError(
+            f"store {path} cannot be written: cannot open its write lock {lock_path} ({exc.strerror})"
+        ) from None
+    try:
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    who = os.pread(fd, 512, 0).decode("utf-8", "replace").strip() or "another process"
+                    raise _refusal(path, who, wait_s) from None
+                time.sleep(_LOCK_POLL_S)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, holder_text().encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the flock
+
+
+def redact(url: str) -> str:
+    """A store URL fit for a message: no password."""
+    return re.sub(r"://([^:/@]+):[^@/]*@", r"://\1:***@", url)
 
 
 def create_schema(engine: Engine) -> None:
