@@ -21,7 +21,7 @@ from rich.table import Table
 
 from batteryledger.keyfiles import load_key, passphrase_from_env
 from ledger.core import Incoming, Ledger, verify_ledger
-from ledger.store import StoreError
+from ledger.store import StoreError, describe, one_line
 from ledger.verify import unverified_note
 from schemas.events import SPEC, Kind
 from schemas.reasons import EventError
@@ -603,8 +603,8 @@ def main() -> None:
             raise SystemExit(exc.exit_code) from None
         if isinstance(exc, click.exceptions.Abort):
             raise SystemExit(1) from None
-        diag = getattr(exc, "diagnostics", None)
-        message = diag() if callable(diag) else f"{type(exc).__name__}: {exc}"
+        diag = getattr(exc, "diagnostics", None)  # one line, whatever raised (ledger.store.one_line)
+        message = one_line(diag() if callable(diag) else describe(exc))
         err_console.print(f"error: {message}", markup=False, highlight=False)
         raise SystemExit(2 if isinstance(exc, CliError | KeyFileError | EventError) else 1) from None
 

@@ -12,6 +12,7 @@ is the single writer of its store (the sequencer); readers may open the same URL
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -48,6 +49,7 @@ from ledger.store import (
     REJECTIONS,
     WRITER_WAIT_S,
     StoreError,
+    as_store_error,
     bulk_insert,
     bulk_update,
     chunks,
@@ -60,7 +62,9 @@ from ledger.store import (
     normalise_url,
     now,
     placeholder,
+    redact,
     set_meta,
+    sqlite_path,
     write_transaction,
 )
 from schemas.events import (
@@ -240,23 +244,26 @@ class Ledger:
         self, url: str, *, operator_key: Ed25519PrivateKey | None = None, _engine: Engine | None = None
     ) -> None:
         self.url = normalise_url(url)
-        if _engine is None and self.url.startswith("sqlite:///") and self.url != "sqlite:///:memory:":
-            path = self.url[len("sqlite:///") :]
-            if not os.path.exists(path):  # SQLite would create an empty file: say what is wrong instead
-                raise StoreError(f"no ledger at {path}: check --store, or run `batteryledger init`")
+        path = sqlite_path(self.url)
+        if _engine is None and path is not None and not os.path.exists(path):
+            # SQLite would create an empty file: say what is wrong instead
+            raise StoreError(f"no ledger at {path}: check --store, or run `batteryledger init`")
         self.engine = _engine or make_engine(self.url)
         self.operator_key = operator_key
-        with self.engine.connect() as conn:
-            try:
+        try:
+            with self.engine.connect() as conn:
                 origin = get_meta(conn, "origin")
-            except Exception as exc:
-                raise StoreError(
-                    f"no ledger at {url}: run `batteryledger init` first ({type(exc).__name__})"
-                ) from exc
-            if origin is None:
-                raise StoreError(f"no ledger at {url}: run `batteryledger init` first")
-            self.origin: str = origin
-            self.operator_vkey: str = get_meta(conn, "operator_vkey") or ""
+                vkey_text = get_meta(conn, "operator_vkey") if origin is not None else None
+        except Exception as exc:
+            err = as_store_error(url, exc)
+            why = str(err)
+            if err is None or "no such table" in why or ("relation" in why and "does not exist" in why):
+                err = StoreError(f"no ledger at {redact(url)}: run `batteryledger init` first")
+            raise err from exc
+        if origin is None:
+            raise StoreError(f"no ledger at {redact(url)}: run `batteryledger init` first")
+        self.origin: str = origin
+        self.operator_vkey: str = vkey_text or ""
         self.operator_public_key: Ed25519PublicKey = parse_vkey(self.operator_vkey)[1]
         if operator_key is not None and public_key_b64(operator_key.public_key()) != public_key_b64(
             self.operator_public_key
@@ -381,9 +388,13 @@ class Ledger:
                 results = self._append_in(conn, incoming, park)
                 if offsets:
                     self._store_offsets(conn, offsets)
-        except Exception:
-            self._load()  # the in-memory registry and head may have moved: rebuild from the store
-            raise
+        except Exception as exc:
+            with contextlib.suppress(Exception):  # an unreachable store: the error below says so
+                self._load()  # the in-memory registry and head may have moved: rebuild from the store
+            err = as_store_error(self.url, exc)  # disk full, read-only, unreachable: one line
+            if err is None:
+                raise
+            raise err from exc
         return results
 
     def _follow_head(self, conn: Connection) -> None:

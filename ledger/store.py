@@ -10,8 +10,10 @@ import fcntl
 import os
 import re
 import socket
+import sqlite3
 import sys
 import time
+import urllib.parse
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from datetime import UTC, datetime
@@ -19,7 +21,7 @@ from typing import Any
 
 from sqlalchemy import Column, DateTime, Index, LargeBinary, event, text
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.pool import StaticPool
 from sqlmodel import Field, SQLModel, create_engine
 
@@ -28,7 +30,47 @@ SCHEMA_VERSION = "1"
 
 class StoreError(Exception):
     def diagnostics(self) -> str:
-        return str(self)
+        return one_line(str(self))
+
+
+MAX_MESSAGE = 400  # characters of one error line: a driver's message, never its SQL or parameters
+
+
+def one_line(text: str, limit: int = MAX_MESSAGE) -> str:
+    """A message as one line: whitespace runs collapse; a long tail is cut (and says so)."""
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[: limit - 14] + " ... (cut)"
+
+
+def describe(exc: BaseException) -> str:
+    """What went wrong, without SQLAlchemy's statement/parameter dump: the driver's first line."""
+    orig = getattr(exc, "orig", None)
+    if isinstance(exc, SQLAlchemyError) and orig is not None:
+        first = str(orig).strip().splitlines()
+        return one_line(first[0] if first else type(orig).__name__)
+    first = str(exc).strip().splitlines()
+    return one_line(f"{type(exc).__name__}: {first[0]}" if first else type(exc).__name__)
+
+
+def as_store_error(url: str, exc: BaseException) -> StoreError | None:
+    """A database failure as one actionable line naming the store; None if `exc` is not one."""
+    if isinstance(exc, StoreError) or not isinstance(exc, DBAPIError | sqlite3.Error):
+        return None
+    store = sqlite_path(url) or redact(normalise_url(url))
+    why = describe(exc)
+    low = why.lower()
+    if "disk is full" in low or "disk full" in low or "no space left" in low:
+        return StoreError(
+            f"store {store} is full ({why}): the append was refused and nothing was written; "
+            "free space and retry"
+        )
+    if "readonly database" in low or "read-only" in low:
+        return StoreError(f"store {store} is read-only ({why}): writing commands need a writable store")
+    if "not a database" in low:
+        return StoreError(f"store {store} is not a SQLite database ({why}): check --store")
+    if "connection" in low and (isinstance(exc, OperationalError) or "connect" in low):
+        return StoreError(f"store {store} is unreachable ({why}): check the URL and that the server runs")
+    return StoreError(f"store {store}: {why}")
 
 
 class Meta(SQLModel, table=True):
@@ -184,9 +226,15 @@ def normalise_url(url: str) -> str:
 
 
 def make_engine(url: str) -> Engine:
+    """An engine for the store. Opening never writes: a SQLite file is put in WAL mode only by
+    `create_schema` (init), and a file this process cannot write is opened read-only."""
     url = normalise_url(url)
     if url.startswith("sqlite"):
         memory = url in ("sqlite://", "sqlite:///:memory:")
+        path = sqlite_path(url)
+        asked_ro = "mode=ro" in url.partition("?")[2].split("&")  # sqlite:///FILE?mode=ro: read only
+        if path is not None and not memory and (asked_ro or (os.path.exists(path) and not _writable(path))):
+            return _read_only_sqlite(path)
         # a file database keeps its connections (pool_size 5): reopening the file, re-running the
         # pragmas and checkpointing the WAL on every append batch cost ~15% of the append path
         engine = (
@@ -194,23 +242,51 @@ def make_engine(url: str) -> Engine:
             if memory
             else create_engine(url, connect_args={"check_same_thread": False}, pool_size=5, max_overflow=10)
         )
-
-        @event.listens_for(engine, "connect")
-        def _pragmas(dbapi_conn: Any, _rec: Any) -> None:
-            cur = dbapi_conn.cursor()
-            if not memory:
-                cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process crashes
-            cur.execute("PRAGMA foreign_keys=ON")
-            cur.execute("PRAGMA busy_timeout=10000")
-            cur.close()
-
+        event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     if url.startswith("postgresql"):
-        return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+        app = f"batteryledger {os.path.basename(sys.argv[0]) if sys.argv else ''} pid {os.getpid()}"[:63]
+        return create_engine(
+            url,
+            pool_pre_ping=True,
+            pool_size=5,
+            max_overflow=5,
+            connect_args={"application_name": app, "connect_timeout": 10},
+        )
     raise StoreError(
-        f"unsupported store URL {url!r}: use a SQLite path or sqlite:///FILE, or postgresql://..."
+        f"unsupported store URL {redact(url)!r}: use a SQLite path or sqlite:///FILE, or postgresql://..."
     )
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _rec: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process crashes
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA busy_timeout=10000")
+    cur.close()
+
+
+def _writable(path: str) -> bool:
+    """Can this process write the SQLite file and create its -wal/-shm files beside it?"""
+    return os.access(path, os.W_OK) and os.access(os.path.dirname(os.path.abspath(path)), os.W_OK)
+
+
+def _read_only_sqlite(path: str) -> Engine:
+    """A read-only file (or folder): `mode=ro`; if its WAL index cannot be made there, `immutable=1`
+    (nobody can be writing a file this process cannot write beside)."""
+    quoted = urllib.parse.quote(os.path.abspath(path))
+
+    def connect() -> sqlite3.Connection:
+        try:
+            con = sqlite3.connect(f"file:{quoted}?mode=ro", uri=True, check_same_thread=False)
+            con.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
+            return con
+        except sqlite3.OperationalError:
+            return sqlite3.connect(f"file:{quoted}?mode=ro&immutable=1", uri=True, check_same_thread=False)
+
+    engine = create_engine("sqlite://", creator=connect, poolclass=StaticPool)
+    event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
 
 
 # -- one writer per store -----------------------------------------------------------------------
@@ -310,6 +386,10 @@ def redact(url: str) -> str:
 
 
 def create_schema(engine: Engine) -> None:
+    """Create the tables (init only: reading a store never creates anything)."""
+    if engine.dialect.name == "sqlite" and engine.url.database not in (None, "", ":memory:"):
+        with engine.connect() as conn:
+            conn.exec_driver_sql("PRAGMA journal_mode=WAL")  # persistent: set once, in the file
     SQLModel.metadata.create_all(engine)
 
 

@@ -37,6 +37,8 @@ from ledger.store import (
     EDGES,
     ENTRIES,
     NODES,
+    as_store_error,
+    describe,
     fetch_nodes,
     get_meta,
     placeholder,
@@ -610,7 +612,8 @@ def record_mark(engine: Engine, report: VerifyReport, checkpoint_roots: dict[int
         with engine.begin() as conn:
             set_meta(conn, {MARK_KEY: json.dumps({"size": size, "root": checkpoint_roots[size].hex()})})
     except Exception as exc:  # a read-only store: verifying it still works, it just is not marked
-        return f"verified mark not recorded ({type(exc).__name__}: {_clip(exc, 100)})"
+        err = as_store_error(str(engine.url), exc)
+        return f"verified mark not recorded: {err.diagnostics() if err else describe(exc)}"
     return None
 
 

@@ -826,3 +826,31 @@ class LedgerStoreContract:
             t.join(30)
         assert statuses(second.append([small.register.raw])) == ["appended"]
         second.close()
+
+    # -- read-only stores ----------------------------------------------------------------------------
+    @pytest.fixture
+    def read_only_url(self, store_url: str) -> str:
+        raise NotImplementedError("a backend's test class provides read_only_url: the store, read-only")
+
+    def test_a_read_only_store_is_read_and_never_written(
+        self, loaded: Ledger, read_only_url: str, demo: DemoChain
+    ) -> None:
+        from ledger.core import verify_ledger
+
+        loaded.make_checkpoint()
+        before = dump_store(loaded)
+        ro = Ledger(read_only_url)
+        assert ro.size == loaded.size
+        assert ro.provenance("US-PACK-002").ancestors == loaded.provenance("US-PACK-002").ancestors
+        assert ro.lineage("US-PACK-002", direction="up", depth=2)
+        assert ro.stats()["entries"] == loaded.size
+        report = verify_ledger(ro)  # verifies; its mark cannot be recorded and it says why
+        assert report.ok, report.errors
+        assert any("verified mark not recorded" in n and "read-only" in n for n in report.notes), report.notes
+        small = SmallChain(demo.operator_key)
+        with pytest.raises(StoreError) as err:
+            ro.append([small.register.raw])
+        message = err.value.diagnostics()
+        assert "is read-only" in message and "\n" not in message and len(message) < 400, message
+        ro.close()
+        assert dump_store(loaded) == before  # nothing written by any of it

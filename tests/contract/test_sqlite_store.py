@@ -14,6 +14,10 @@ class TestSQLiteStore(LedgerStoreContract):
     def store_url(self, sqlite_url: str) -> str:
         return sqlite_url
 
+    @pytest.fixture
+    def read_only_url(self, store_url: str) -> str:
+        return store_url + "?mode=ro"  # SQLite itself refuses every write on this connection
+
 
 @pytest.mark.parametrize("url", ["sqlite://", "sqlite:///:memory:"])
 def test_an_in_memory_store_can_be_initialised_and_used(url: str) -> None:
