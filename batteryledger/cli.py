@@ -605,7 +605,7 @@ def main() -> None:
             raise SystemExit(1) from None
         diag = getattr(exc, "diagnostics", None)  # one line, whatever raised (ledger.store.one_line)
         message = one_line(diag() if callable(diag) else describe(exc))
-        err_console.print(f"error: {message}", markup=False, highlight=False)
+        err_console.print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
         raise SystemExit(2 if isinstance(exc, CliError | KeyFileError | EventError) else 1) from None
 
 

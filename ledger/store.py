@@ -56,7 +56,7 @@ def as_store_error(url: str, exc: BaseException) -> StoreError | None:
     """A database failure as one actionable line naming the store; None if `exc` is not one."""
     if isinstance(exc, StoreError) or not isinstance(exc, DBAPIError | sqlite3.Error):
         return None
-    store = sqlite_path(url) or redact(normalise_url(url))
+    store = sqlite_path(url) or redact(url).replace("postgresql+psycopg://", "postgresql://")
     why = describe(exc)
     low = why.lower()
     if "disk is full" in low or "disk full" in low or "no space left" in low:
@@ -360,7 +360,8 @@ def _file_lock(path: str, wait_s: float) -> Iterator[None]:
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
     except OSError as exc:
         raise StoreError(
-            f"store {path} cannot be written: cannot open its write lock {lock_path} ({exc.strerror})"
+            f"store {path} is read-only here: cannot open its write lock {lock_path} ({exc.strerror}); "
+            "writing commands need a writable store and folder"
         ) from None
     try:
         deadline = time.monotonic() + wait_s
