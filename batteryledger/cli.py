@@ -430,12 +430,12 @@ def provenance(
     """Where a batch's Li, Ni, Co, Mn and graphite came from: shares by country, recycled, FEOC, unknown."""
     led = open_ledger(store)
     summary = led.provenance(batch).summary(fta=fta_countries())
-    note = unverified_note(led, batch)
-    if as_json:
-        print(json.dumps({**summary, "unverified": note}, indent=2))
-        return
+    note = unverified_note(led, batch)  # on stderr: stdout stays the API's JSON
     if note:
-        err_console.print(f"note: {note}", markup=False, highlight=False)
+        err_console.print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)
+    if as_json:
+        print(json.dumps(summary, indent=2))
+        return
     console.print(provenance_table(summary))
     if summary["missing_parents"]:
         console.print(
@@ -460,13 +460,12 @@ def lineage(
     """The batches a batch came from (--up) or went into (--down)."""
     led = open_ledger(store)
     rows = led.lineage(batch, direction="up" if up else "down", depth=depth)
-    note = unverified_note(led, batch, down=not up)
-    if as_json:
-        out = {"batch_id": batch, "direction": "up" if up else "down", "edges": rows, "unverified": note}
-        print(json.dumps(out, indent=2))
-        return
+    note = unverified_note(led, batch, down=not up)  # on stderr: stdout stays the API's JSON
     if note:
-        err_console.print(f"note: {note}", markup=False, highlight=False)
+        err_console.print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)
+    if as_json:
+        print(json.dumps({"batch_id": batch, "direction": "up" if up else "down", "edges": rows}, indent=2))
+        return
     t = Table(
         "depth", "parent", "material", "facility", "→ child", "material", "kg", title=f"lineage of {batch}"
     )
