@@ -173,3 +173,17 @@ def demo_file_event(led: Ledger) -> bytes:
     """Any event the ledger takes after the refusal: a replay of its own entry 1 (a no-op)."""
     with led.engine.connect() as conn:
         return bytes(conn.exec_driver_sql("SELECT data FROM entries WHERE seq = 1").scalar())
+
+
+def test_a_database_failure_mid_command_is_one_line_without_the_sql(demo_file: Path) -> None:
+    con = sqlite3.connect(demo_file)
+    con.execute("DROP TABLE edges")  # a store damaged by hand: queries fail with a driver error
+    con.commit()
+    con.close()
+    for cmd in (
+        ["provenance", "US-PACK-002"],
+        ["lineage", "US-PACK-002"],
+        ["prove", "US-PACK-002", "-o", "/dev/null"],
+    ):
+        line = _one_line_error(_cli(*cmd, "--store", str(demo_file)), "no such table: edges")
+        assert "[SQL" not in line and "SELECT" not in line and len(line) < 400
