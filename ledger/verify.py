@@ -6,8 +6,12 @@ Steps (each names the first entry that does not match):
  3. each entry hash is SHA-256(previous entry hash || leaf), from the genesis (reordered rows show here);
  4. the Merkle root recomputed from the leaves equals every stored checkpoint's root, each checkpoint's
     signature verifies under the operator key, and the stored tree nodes give the same head root;
- 5. every event's signature verifies under a key its facility had at the event's time (both cores).
-Steps 1-4 stream the entries once; step 5 runs in worker processes on the same chunks.
+ 5. every event's signature verifies under a key its facility had at the event's time (both cores);
+ 6. the derived tables (batches with their provenance index, balance and custody; edges; the entries'
+    event_id/kind/facility_id/time columns) equal a replay of the signed entries through the append
+    rules; no Merkle node is stored beyond the head.
+Steps 1-4 and the replay stream the entries once; step 5 runs in worker processes on the same chunks.
+Incremental: `signatures_from` (the verified mark, see `read_mark`) skips step 5 below it.
 """
 
 from __future__ import annotations
