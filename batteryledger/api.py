@@ -22,6 +22,7 @@ or rejection, 422 names the bad parameter; nothing answers with a stack trace.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import io
 import json
@@ -54,6 +55,7 @@ from ledger import chain, queries, tree
 from ledger.core import Ledger
 from ledger.merkle import ProofError
 from ledger.store import CHECKPOINTS, ENTRIES, REJECTIONS, StoreError, fetch_nodes, normalise_url
+from ledger.verify import VERIFIED_HEADER, header_value, verified
 from schemas.events import ID_PATTERN, MAX_ID_LEN, REGISTRY_KINDS, STAGE_OF_KIND, Kind
 from schemas.reasons import EventError, Reason
 from schemas.signing import decode, public_key_b64
@@ -656,6 +658,13 @@ def create_app(
     app.router.add_event_handler("shutdown", reader.close)
     _install_error_handlers(app)
     app.include_router(__import__("batteryledger.api_epcis", fromlist=["router"]).router)  # EPCIS, issue 13
+
+    @app.middleware("http")  # every answer says how much of the ledger `verify` has vouched for
+    async def verified_through(request: Any, call_next: Any) -> Any:
+        response = await call_next(request)
+        with contextlib.suppress(Exception):  # a broken store answers its own error, not this header
+            response.headers[VERIFIED_HEADER] = header_value(verified(reader.ledger))
+        return response
 
     def known_batch(batch_id: str) -> Any:
         _check_batch_id(batch_id)

@@ -22,7 +22,8 @@ from rich.table import Table
 from batteryledger.keyfiles import load_key, passphrase_from_env
 from batteryledger.views import fta_countries
 from ledger.core import Incoming, Ledger, verify_ledger
-from ledger.store import StoreError
+from ledger.store import StoreError, describe, one_line
+from ledger.verify import unverified_note
 from schemas.events import SPEC, Kind
 from schemas.reasons import EventError
 from schemas.signing import (
@@ -471,6 +472,9 @@ def provenance(
     """Where a batch's Li, Ni, Co, Mn and graphite came from: shares by country, recycled, FEOC, unknown."""
     led = open_ledger(store)
     summary = led.provenance(batch).summary(fta=fta_countries())
+    note = unverified_note(led, batch)  # on stderr: stdout stays the API's JSON
+    if note:
+        err_console.print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)
     if as_json:
         print(json.dumps(summary, indent=2))
         return
@@ -504,6 +508,9 @@ def lineage(
     """The batches a batch came from (--up) or went into (--down)."""
     led = open_ledger(store)
     rows = led.lineage(batch, direction="up" if up else "down", depth=depth)
+    note = unverified_note(led, batch, down=not up)  # on stderr: stdout stays the API's JSON
+    if note:
+        err_console.print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)
     if as_json:
         print(json.dumps({"batch_id": batch, "direction": "up" if up else "down", "edges": rows}, indent=2))
         return
@@ -529,12 +536,17 @@ def verify(
         bool, typer.Option("--signatures/--no-signatures", help="Re-check every signature.")
     ] = True,
     as_json: JsonOpt = False,
+    full: Annotated[
+        bool, typer.Option("--full", help="Ignore the verified mark: re-check everything.")
+    ] = False,
 ) -> None:
-    """Re-derive every chain link, Merkle root, checkpoint and signature; name the first mismatch."""
+    """Re-derive every chain link, Merkle root, checkpoint, signature and derived table; name mismatches."""
     led = open_ledger(store)
     with progress_bar() as bar:
         task = bar.add_task("verifying", total=led.size)
-        report = verify_ledger(led, signatures=signatures, progress=lambda n: bar.advance(task, n))
+        report = verify_ledger(led, signatures=signatures, progress=lambda n: bar.advance(task, n), full=full)
+    for note in report.notes:
+        err_console.print(f"note: {note}", markup=False, highlight=False)
     for msg in getattr(led, "load_errors", []):
         report.add(None, msg)
     if as_json:
@@ -545,6 +557,7 @@ def verify(
                     "entries": report.entries,
                     "checkpoints": report.checkpoints,
                     "signatures_checked": report.signatures_checked,
+                    "signatures_from": report.signatures_from,
                     "root_hash": report.root_hash.hex(),
                     "errors": [{"entry": s, "message": m} for s, m in report.errors],
                 },
@@ -554,7 +567,13 @@ def verify(
     elif report.ok:
         console.print(
             f"ok: {report.entries} entries, {report.checkpoints} checkpoints, "
-            f"{report.signatures_checked} signatures; root {report.root_hash.hex()}"
+            f"{report.signatures_checked} signatures"
+            + (
+                f" (entries below {report.signatures_from} vouched for by the verified mark)"
+                if report.signatures_from
+                else ""
+            )
+            + f", derived tables recomputed; root {report.root_hash.hex()}"
         )
     else:
         for _, msg in report.errors[:20]:
@@ -795,17 +814,15 @@ def main() -> None:
             raise SystemExit(exc.exit_code) from None
         if isinstance(exc, typer.Abort):
             raise SystemExit(1) from None
-        diag = getattr(exc, "diagnostics", None)
+        diag = getattr(exc, "diagnostics", None)  # one line, whatever raised (ledger.store.one_line)
         user = isinstance(exc, CliError | KeyFileError | EventError | StoreError | ValueError)
         if callable(diag):
             message = diag()
         elif user:
             message = str(exc)
         else:
-            message = f"unexpected failure: {exc} (BATTERYLEDGER_DEBUG=1 shows where)"
-        err_console.print(
-            f"error: {' '.join(message.split())}", markup=False, highlight=False, soft_wrap=True
-        )
+            message = f"unexpected failure: {describe(exc)} (BATTERYLEDGER_DEBUG=1 shows where)"
+        err_console.print(f"error: {one_line(message)}", markup=False, highlight=False, soft_wrap=True)
         raise SystemExit(2 if user else 1) from None
 
 

@@ -26,6 +26,7 @@ from batteryledger.keyfiles import load_key
 from ledger.bundle_verify import BundleError, BundleReport, dumps_bundle, verify_bundle
 from ledger.checkpoint import Checkpoint, CheckpointError, NoteError, open_note, parse_vkey, vkey
 from ledger.merkle import EMPTY_ROOT, ProofError, verify_consistency
+from ledger.store import describe, one_line
 from schemas.events import REGISTRY_KINDS
 from schemas.signing import load_public_key
 
@@ -76,7 +77,7 @@ def _one_line_errors() -> Iterator[None]:
         if os.environ.get("BATTERYLEDGER_DEBUG") == "1":
             raise
         diag = getattr(exc, "diagnostics", None)
-        message = diag() if callable(diag) else f"{type(exc).__name__}: {exc}"
+        message = one_line(diag() if callable(diag) else describe(exc))  # never a driver's SQL dump
         typer.echo(f"error: {message}", err=True)
         refused = isinstance(exc, Refused | BundleError | NoteError | CheckpointError | ProofError)
         raise typer.Exit(1 if refused else 2) from None

@@ -10,7 +10,9 @@ file in WAL mode (synchronous=NORMAL, the store's default); PostgreSQL is a thro
 fsync/synchronous_commit/full_page_writes off, so its figure is an upper bound for a real server.
 `--profile` runs cProfile over the SQLite append-only path and prints the top functions.
 
-Run: `python -m bench.bench_store [--events 50000] [--batch 1000] [--quick] [--profile]`.
+`--verify-only` times `verify` instead: chain + signatures, full (derived tables too), incremental.
+
+Run: `python -m bench.bench_store [--events 50000] [--batch 1000] [--quick] [--profile] [--verify-only]`.
 Prints figures, then one JSON line.
 """
 
@@ -134,6 +136,44 @@ def measure_backend(name: str, make_url: Callable[[str], str], w: Workload, batc
     return {f"{name}_append_only_per_s": append, f"{name}_full_per_s": full}
 
 
+def measure_verify(w: Workload, batch: int) -> dict[str, float]:
+    """`verify` on a SQLite ledger of the workload: chain + signatures only (what verify did before it
+    recomputed the derived tables), full (derived tables too, records the verified mark), incremental
+    (nothing new since the mark) and incremental after 1% more entries and a checkpoint."""
+    from ledger.core import verify_ledger
+    from ledger.verify import verify_store
+
+    items = w.pre_verified()
+    tail = max(1, len(items) // 100)
+    out: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as d:
+        led = Ledger.init(f"sqlite:///{Path(d) / 'verify.db'}", operator_key=w.op, origin="bench/verify")
+        led.append([w.register])
+        for i in range(0, len(items) - tail, batch):
+            led.append(items[i : min(i + batch, len(items) - tail)])
+        led.make_checkpoint()
+
+        def timed(fn: Callable[[], Any]) -> float:
+            t = time.perf_counter()
+            report = fn()
+            assert report.ok, report.errors[:3]
+            return time.perf_counter() - t
+
+        out["verify_chain_and_signatures_s"] = timed(
+            lambda: verify_store(
+                led.engine, origin=led.origin, operator_public_key=led.operator_public_key, derived=False
+            )
+        )
+        out["verify_full_s"] = timed(lambda: verify_ledger(led, full=True))
+        out["verify_incremental_s"] = timed(lambda: verify_ledger(led))
+        led.append(items[len(items) - tail :])
+        led.make_checkpoint()
+        out["verify_incremental_after_1pct_s"] = timed(lambda: verify_ledger(led))
+        out["verify_entries"] = float(led.size)
+        led.close()
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--events", type=int, default=50_000, help="events per run (default 50000)")
@@ -141,6 +181,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="5000 events (smoke run)")
     ap.add_argument("--profile", action="store_true", help="cProfile the SQLite append-only path")
     ap.add_argument("--top", type=int, default=25, help="functions listed by --profile")
+    ap.add_argument("--verify-only", action="store_true", help="only time `verify` (SQLite) on --events")
     args = ap.parse_args()
     n = 5_000 if args.quick else args.events
 
@@ -153,6 +194,13 @@ def main() -> None:
     w = Workload(n)
     print(f"signed and decoded {n:,} events in {time.perf_counter() - t:.1f} s")
     results["ed25519_verify_per_s"] = ed25519_verify_rate(w, min(n, 10_000))
+    if args.verify_only:
+        results.update(measure_verify(w, args.batch))
+        for k, v in results.items():
+            if k.startswith("verify_") and k != "verify_entries":
+                print(f"{k:<36} {v:8.2f} s over {results['verify_entries']:,.0f} entries")
+        print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in results.items()}))
+        return
 
     with tempfile.TemporaryDirectory() as d:
         results.update(measure_backend("sqlite", lambda tag: f"sqlite:///{Path(d) / tag}.db", w, args.batch))

@@ -6,11 +6,11 @@ else: no store, no network, no Kafka. It imports only the standard library, `cry
 `pydantic` (through `schemas`), `schemas.*` and the pure ledger modules `merkle`, `checkpoint`,
 `registry` and `provenance`, so it can ship on its own (a test checks the import list).
 
-Bundle format "batteryledger-bundle/1": one JSON object, written by `dumps_bundle` (sorted keys,
+Bundle format "batteryledger-bundle/2" (docs/bundle.md; JSON Schema: `bundle_schema()`): one JSON object, written by `dumps_bundle` (sorted keys,
 one-space indent, ASCII only, a final newline). The file must be byte for byte that form: any
 reformatting or edit is refused before anything else is looked at.
 
-    format          "batteryledger-bundle/1"
+    format          "batteryledger-bundle/2" ("batteryledger-bundle/1" is read too: base64 proof hashes)
     origin          the log's origin (its checkpoints' first line and their key name)
     operator_vkey   the operator's C2SP verifier key "<origin>+<key id>+<base64 key>"
     checkpoint      a C2SP signed note (c2sp.org/tlog-checkpoint) signed by the operator key
@@ -19,7 +19,7 @@ reformatting or edit is refused before anything else is looked at.
                     inclusion_proof}. `data` is the entry's stored bytes, the canonical (RFC 8785)
                     signed event, as text: the Merkle leaf is SHA-256(0x00 || UTF-8(data)).
                     `leaf_index` equals `seq` (leaf n of the tree is entry n); `inclusion_proof` is
-                    the RFC 9162 path, leaf to root, as standard base64 hashes.
+                    the RFC 9162 path, leaf to root, as lowercase hex SHA-256 hashes.
                     Entries are (a) every transformation event the provenance rests on and (b) the
                     registry events (facility registered / attested, key rotated / revoked) of the
                     registry authority and of every facility that signed one of (a), up to the
@@ -74,6 +74,8 @@ from schemas.signing import DecodedEvent, decode, public_key_b64, verify_signatu
 
 __all__ = [
     "FORMAT",
+    "FORMATS",
+    "FORMAT_V1",
     "MAX_BUNDLE_BYTES",
     "MAX_COUNTRIES",
     "MAX_ENTRIES",
@@ -81,13 +83,20 @@ __all__ = [
     "BundleError",
     "BundleReport",
     "ProvenanceParameters",
+    "bundle_schema",
     "dumps_bundle",
     "loads_bundle",
     "recompute_summary",
     "verify_bundle",
 ]
 
-FORMAT = "batteryledger-bundle/1"
+FORMAT = "batteryledger-bundle/2"
+"""Written by `batteryledger prove`: hashes are lowercase hex, as everywhere in the API and CLI."""
+
+FORMAT_V1 = "batteryledger-bundle/1"
+"""Still read: the same format with inclusion-proof hashes in standard base64 (bundles before 2026-12)."""
+
+FORMATS = (FORMAT, FORMAT_V1)
 
 MAX_BUNDLE_BYTES = 128 * 1024 * 1024
 """Bytes accepted in one bundle file, checked before parsing. A pack with 10k ancestors makes a
@@ -256,6 +265,15 @@ def _int(value: Any, what: str) -> int:
     return value
 
 
+_HEX_HASH = re.compile(r"[0-9a-f]{64}")
+
+
+def _hex_hash(text: Any, what: str) -> bytes:
+    if not isinstance(text, str) or not _HEX_HASH.fullmatch(text):
+        raise BundleError(1, "format", f"{what} must be a SHA-256 hash as 64 lowercase hex digits")
+    return bytes.fromhex(text)
+
+
 def _b64_hash(text: Any, what: str) -> bytes:
     if not isinstance(text, str):
         raise BundleError(1, "format", f"{what} must be a base64 string")
@@ -294,7 +312,7 @@ class _Entry:
         return f"entry seq {self.seq} (event {self.event_id[:16]}.., {self.kind})"
 
 
-def _parse_entries(value: Any) -> list[_Entry]:
+def _parse_entries(value: Any, fmt: str = FORMAT) -> list[_Entry]:
     if not isinstance(value, list) or not value:
         raise BundleError(1, "format", "entries must be a non-empty list")
     if len(value) > MAX_ENTRIES:
@@ -332,7 +350,8 @@ def _parse_entries(value: Any) -> list[_Entry]:
             raise BundleError(
                 1, "format", f"{where}: inclusion_proof must be a list of at most {MAX_PROOF_HASHES} hashes"
             )
-        hashes = [_b64_hash(h, f"{where}: inclusion_proof[{j}]") for j, h in enumerate(proof)]
+        parse = _hex_hash if fmt == FORMAT else _b64_hash
+        hashes = [parse(h, f"{where}: inclusion_proof[{j}]") for j, h in enumerate(proof)]
         entries.append(_Entry(seq, event_id, kind, data, hashes))
     return entries
 
@@ -430,8 +449,10 @@ def verify_bundle(
     # 1. Format and size limits: exact fields, types, bounded lengths (named constants above).
     obj = loads_bundle(bundle) if isinstance(bundle, bytes | bytearray) else bundle
     b = _exact_keys(dict(obj), _BUNDLE_KEYS, "bundle")
-    if b["format"] != FORMAT:
-        raise BundleError(1, "format", f"format is {b['format']!r}; this verifier reads {FORMAT!r}")
+    if b["format"] not in FORMATS:
+        raise BundleError(
+            1, "format", f"format is {b['format']!r}; this verifier reads {' and '.join(map(repr, FORMATS))}"
+        )
     origin = _string(b["origin"], "origin")
     batch_id = _string(b["batch_id"], "batch_id")
     note = _string(b["checkpoint"], "checkpoint")
@@ -443,7 +464,7 @@ def verify_bundle(
         datetime.strptime(created_at, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
     except ValueError:
         raise BundleError(1, "format", f"created_at {created_at!r} is not a real time") from None
-    entries = _parse_entries(b["entries"])
+    entries = _parse_entries(b["entries"], b["format"])
     prov = _exact_keys(b["provenance"], _PROVENANCE_KEYS, "provenance")
     parameters = _parse_parameters(prov["parameters"])
     claimed = prov["summary"]
@@ -646,3 +667,11 @@ def verify_bundle(
         summary=actual,
         created_at=created_at,
     )
+
+
+def bundle_schema() -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) of the bundle format, shipped as ledger/bundle.schema.json."""
+    from importlib.resources import files
+
+    schema: dict[str, Any] = json.loads(files("ledger").joinpath("bundle.schema.json").read_text("utf-8"))
+    return schema

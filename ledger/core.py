@@ -12,6 +12,7 @@ is the single writer of its store (the sequencer); readers may open the same URL
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -43,11 +44,12 @@ from ledger.store import (
     EDGES,
     ENTRIES,
     FACILITIES,
-    NODES,
     OFFSETS,
     PARKED,
     REJECTIONS,
+    WRITER_WAIT_S,
     StoreError,
+    as_store_error,
     bulk_insert,
     bulk_update,
     chunks,
@@ -55,11 +57,15 @@ from ledger.store import (
     db_time,
     fetch_nodes,
     get_meta,
+    insert_nodes,
     make_engine,
     normalise_url,
     now,
     placeholder,
+    redact,
     set_meta,
+    sqlite_path,
+    write_transaction,
 )
 from schemas.events import (
     ELEMENTS,
@@ -238,23 +244,26 @@ class Ledger:
         self, url: str, *, operator_key: Ed25519PrivateKey | None = None, _engine: Engine | None = None
     ) -> None:
         self.url = normalise_url(url)
-        if _engine is None and self.url.startswith("sqlite:///") and self.url != "sqlite:///:memory:":
-            path = self.url[len("sqlite:///") :]
-            if not os.path.exists(path):  # SQLite would create an empty file: say what is wrong instead
-                raise StoreError(f"no ledger at {path}: check --store, or run `batteryledger init`")
+        path = sqlite_path(self.url)
+        if _engine is None and path is not None and not os.path.exists(path):
+            # SQLite would create an empty file: say what is wrong instead
+            raise StoreError(f"no ledger at {path}: check --store, or run `batteryledger init`")
         self.engine = _engine or make_engine(self.url)
         self.operator_key = operator_key
-        with self.engine.connect() as conn:
-            try:
+        try:
+            with self.engine.connect() as conn:
                 origin = get_meta(conn, "origin")
-            except Exception as exc:
-                raise StoreError(
-                    f"no ledger at {url}: run `batteryledger init` first ({type(exc).__name__})"
-                ) from exc
-            if origin is None:
-                raise StoreError(f"no ledger at {url}: run `batteryledger init` first")
-            self.origin: str = origin
-            self.operator_vkey: str = get_meta(conn, "operator_vkey") or ""
+                vkey_text = get_meta(conn, "operator_vkey") if origin is not None else None
+        except Exception as exc:
+            err = as_store_error(url, exc)
+            why = str(err)
+            if err is None or "no such table" in why or ("relation" in why and "does not exist" in why):
+                err = StoreError(f"no ledger at {redact(url)}: run `batteryledger init` first")
+            raise err from exc
+        if origin is None:
+            raise StoreError(f"no ledger at {redact(url)}: run `batteryledger init` first")
+        self.origin: str = origin
+        self.operator_vkey: str = vkey_text or ""
         self.operator_public_key: Ed25519PublicKey = parse_vkey(self.operator_vkey)[1]
         if operator_key is not None and public_key_b64(operator_key.public_key()) != public_key_b64(
             self.operator_public_key
@@ -262,6 +271,7 @@ class Ledger:
             raise StoreError("the operator key given is not this ledger's operator key")
         self.registry = Registry()
         self._parked_index: dict[str, set[str]] = {}
+        self.writer_wait_s = WRITER_WAIT_S  # one writer per store: see store.write_transaction
         self._load()
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -373,14 +383,28 @@ class Ledger:
         """
         incoming = [it if isinstance(it, Incoming) else Incoming(raw=it) for it in items]
         try:
-            with self.engine.begin() as conn:
+            with write_transaction(self.engine, self.url, self.writer_wait_s) as conn:
+                self._follow_head(conn)
                 results = self._append_in(conn, incoming, park)
                 if offsets:
                     self._store_offsets(conn, offsets)
-        except Exception:
-            self._load()  # the in-memory registry and head may have moved: rebuild from the store
-            raise
+        except Exception as exc:
+            with contextlib.suppress(Exception):  # an unreachable store: the error below says so
+                self._load()  # the in-memory registry and head may have moved: rebuild from the store
+            err = as_store_error(self.url, exc)  # disk full, read-only, unreachable: one line
+            if err is None:
+                raise
+            raise err from exc
         return results
+
+    def _follow_head(self, conn: Connection) -> None:
+        """Under the writer lock: if another writer appended since we last looked, reload our state."""
+        last = conn.execute(
+            select(ENTRIES.c.seq, ENTRIES.c.entry_hash).order_by(ENTRIES.c.seq.desc()).limit(1)
+        ).first()
+        size = 0 if last is None else int(last.seq) + 1
+        if size != self.size or (last is not None and bytes(last.entry_hash) != self.head_hash):
+            self._load()
 
     def _append_in(self, conn: Connection, incoming: list[Incoming], park: bool) -> list[AppendResult]:
         ov = _Overlay(conn)
@@ -572,7 +596,7 @@ class Ledger:
             )
             start = self.size
             nodes = tree.nodes_for_append(start, leaves, lambda keys: fetch_nodes(conn, keys))
-            bulk_insert(conn, NODES, ("level", "idx", "hash"), nodes)
+            insert_nodes(conn, nodes)
         if new_batches:
             bulk_insert(conn, BATCHES, BATCH_COLUMNS, [_batch_row(conn, b) for b in new_batches.values()])
         if touched:
@@ -711,7 +735,7 @@ class Ledger:
         """Reject parked events older than `max_age`: parents that never came (PARENTS_TIMEOUT), or a
         shipment/receipt that never came (NOT_CUSTODIAN)."""
         cutoff = now() - max_age
-        with self.engine.begin() as conn:
+        with write_transaction(self.engine, self.url, self.writer_wait_s) as conn:
             rows = conn.execute(select(PARKED).where(PARKED.c.parked_at <= cutoff)).fetchall()
             out: list[AppendResult] = []
             ts = now()
@@ -797,7 +821,7 @@ class Ledger:
         """Sign the current tree head (C2SP checkpoint) unless the latest checkpoint already covers it."""
         if self.operator_key is None:
             raise StoreError("signing a checkpoint needs the operator key (--operator-key)")
-        with self.engine.begin() as conn:
+        with write_transaction(self.engine, self.url, self.writer_wait_s) as conn:
             # the store's size, not this object's: another process (the sequencer) may have appended since
             last = conn.execute(select(func.max(ENTRIES.c.seq))).scalar()
             size = 0 if last is None else int(last) + 1
@@ -999,14 +1023,26 @@ def node_from_row(row: Any, inputs: tuple[tuple[str, float], ...]) -> BatchNode:
     )
 
 
-def verify_ledger(led: Ledger, *, signatures: bool = True, progress: Any = None) -> Any:
-    """Verify `led`'s store end to end (see ledger.verify)."""
-    from ledger.verify import verify_store
+def verify_ledger(
+    led: Ledger, *, signatures: bool = True, progress: Any = None, full: bool = False, record: bool = True
+) -> Any:
+    """Verify `led`'s store end to end (see ledger.verify). Incremental unless `full`: signatures below
+    the verified mark are not re-checked; a clean run moves the mark (`record`)."""
+    from ledger.verify import read_mark, record_mark, verify_store
 
-    return verify_store(
+    since, why = (0, None) if full else read_mark(led.engine, led.origin, led.operator_public_key)
+    report = verify_store(
         led.engine,
         origin=led.origin,
         operator_public_key=led.operator_public_key,
         signatures=signatures,
         progress=progress,
+        signatures_from=since,
     )
+    if why:
+        report.notes.append(why)
+    if record and signatures:
+        not_recorded = record_mark(led.engine, report, report.checked_roots)
+        if not_recorded:
+            report.notes.append(not_recorded)
+    return report

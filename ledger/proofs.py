@@ -7,7 +7,6 @@ whatever the ledger's size; a bundle's proofs are fetched together, one query pe
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -319,5 +318,5 @@ def _entry_json(s: _Stored, proof: Sequence[bytes]) -> dict[str, Any]:
         "event_id": s.decoded.event_id,
         "kind": s.decoded.kind.value,
         "data": text,
-        "inclusion_proof": [base64.b64encode(h).decode("ascii") for h in proof],
+        "inclusion_proof": [h.hex() for h in proof],
     }

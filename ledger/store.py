@@ -6,12 +6,22 @@ same tables, one transaction per append batch. Decimal quantities are stored as 
 
 from __future__ import annotations
 
+import fcntl
+import os
+import re
+import socket
+import sqlite3
+import sys
+import time
+import urllib.parse
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, nullcontext
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Column, DateTime, Index, LargeBinary, event
+from sqlalchemy import Column, DateTime, Index, LargeBinary, event, text
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.pool import StaticPool
 from sqlmodel import Field, SQLModel, create_engine
 
@@ -20,7 +30,47 @@ SCHEMA_VERSION = "1"
 
 class StoreError(Exception):
     def diagnostics(self) -> str:
-        return str(self)
+        return one_line(str(self))
+
+
+MAX_MESSAGE = 400  # characters of one error line: a driver's message, never its SQL or parameters
+
+
+def one_line(text: str, limit: int = MAX_MESSAGE) -> str:
+    """A message as one line: whitespace runs collapse; a long tail is cut (and says so)."""
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[: limit - 14] + " ... (cut)"
+
+
+def describe(exc: BaseException) -> str:
+    """What went wrong, without SQLAlchemy's statement/parameter dump: the driver's first line."""
+    orig = getattr(exc, "orig", None)
+    if isinstance(exc, SQLAlchemyError) and orig is not None:
+        first = str(orig).strip().splitlines()
+        return one_line(first[0] if first else type(orig).__name__)
+    first = str(exc).strip().splitlines()
+    return one_line(f"{type(exc).__name__}: {first[0]}" if first else type(exc).__name__)
+
+
+def as_store_error(url: str, exc: BaseException) -> StoreError | None:
+    """A database failure as one actionable line naming the store; None if `exc` is not one."""
+    if isinstance(exc, StoreError) or not isinstance(exc, DBAPIError | sqlite3.Error):
+        return None
+    store = sqlite_path(url) or redact(url).replace("postgresql+psycopg://", "postgresql://")
+    why = describe(exc)
+    low = why.lower()
+    if "disk is full" in low or "disk full" in low or "no space left" in low:
+        return StoreError(
+            f"store {store} is full ({why}): the append was refused and nothing was written; "
+            "free space and retry"
+        )
+    if "readonly database" in low or "read-only" in low:
+        return StoreError(f"store {store} is read-only ({why}): writing commands need a writable store")
+    if "not a database" in low:
+        return StoreError(f"store {store} is not a SQLite database ({why}): check --store")
+    if "connection" in low and (isinstance(exc, OperationalError) or "connect" in low):
+        return StoreError(f"store {store} is unreachable ({why}): check the URL and that the server runs")
+    return StoreError(f"store {store}: {why}")
 
 
 class Meta(SQLModel, table=True):
@@ -176,9 +226,15 @@ def normalise_url(url: str) -> str:
 
 
 def make_engine(url: str) -> Engine:
+    """An engine for the store. Opening never writes: a SQLite file is put in WAL mode only by
+    `create_schema` (init), and a file this process cannot write is opened read-only."""
     url = normalise_url(url)
     if url.startswith("sqlite"):
         memory = url in ("sqlite://", "sqlite:///:memory:")
+        path = sqlite_path(url)
+        asked_ro = "mode=ro" in url.partition("?")[2].split("&")  # sqlite:///FILE?mode=ro: read only
+        if path is not None and not memory and (asked_ro or (os.path.exists(path) and not _writable(path))):
+            return _read_only_sqlite(path)
         # a file database keeps its connections (pool_size 5): reopening the file, re-running the
         # pragmas and checkpointing the WAL on every append batch cost ~15% of the append path
         engine = (
@@ -186,26 +242,155 @@ def make_engine(url: str) -> Engine:
             if memory
             else create_engine(url, connect_args={"check_same_thread": False}, pool_size=5, max_overflow=10)
         )
-
-        @event.listens_for(engine, "connect")
-        def _pragmas(dbapi_conn: Any, _rec: Any) -> None:
-            cur = dbapi_conn.cursor()
-            if not memory:
-                cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process crashes
-            cur.execute("PRAGMA foreign_keys=ON")
-            cur.execute("PRAGMA busy_timeout=10000")
-            cur.close()
-
+        event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     if url.startswith("postgresql"):
-        return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+        app = f"batteryledger {os.path.basename(sys.argv[0]) if sys.argv else ''} pid {os.getpid()}"[:63]
+        return create_engine(
+            url,
+            pool_pre_ping=True,
+            pool_size=5,
+            max_overflow=5,
+            connect_args={"application_name": app, "connect_timeout": 10},
+        )
     raise StoreError(
-        f"unsupported store URL {url!r}: use a SQLite path or sqlite:///FILE, or postgresql://..."
+        f"unsupported store URL {redact(url)!r}: use a SQLite path or sqlite:///FILE, or postgresql://..."
     )
 
 
+def _sqlite_pragmas(dbapi_conn: Any, _rec: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process crashes
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA busy_timeout=10000")
+    cur.close()
+
+
+def _writable(path: str) -> bool:
+    """Can this process write the SQLite file and create its -wal/-shm files beside it?"""
+    return os.access(path, os.W_OK) and os.access(os.path.dirname(os.path.abspath(path)), os.W_OK)
+
+
+def _read_only_sqlite(path: str) -> Engine:
+    """A read-only file (or folder): `mode=ro`; if its WAL index cannot be made there, `immutable=1`
+    (nobody can be writing a file this process cannot write beside)."""
+    quoted = urllib.parse.quote(os.path.abspath(path))
+
+    def connect() -> sqlite3.Connection:
+        try:
+            con = sqlite3.connect(f"file:{quoted}?mode=ro", uri=True, check_same_thread=False)
+            con.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
+            return con
+        except sqlite3.OperationalError:
+            return sqlite3.connect(f"file:{quoted}?mode=ro&immutable=1", uri=True, check_same_thread=False)
+
+    engine = create_engine("sqlite://", creator=connect, poolclass=StaticPool)
+    event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+# -- one writer per store -----------------------------------------------------------------------
+WRITER_WAIT_S = 10.0  # how long a second writer waits for the first one's transaction before refusing
+PG_WRITER_LOCK = 0x626C_7772  # "blwr": the PostgreSQL advisory lock key of the store's writer
+_LOCK_POLL_S = 0.02
+
+
+def holder_text() -> str:
+    """Who this process is, as a second writer's refusal names it."""
+    cmd = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "python"
+    return f"pid {os.getpid()} on {socket.gethostname()} ({cmd}), since {now().isoformat(timespec='seconds')}"
+
+
+def sqlite_path(url: str) -> str | None:
+    """The file of a SQLite store URL; None for memory and other backends."""
+    url = normalise_url(url)
+    if not url.startswith("sqlite:///") or url == "sqlite:///:memory:":
+        return None
+    return url[len("sqlite:///") :].split("?", 1)[0]
+
+
+@contextmanager
+def write_transaction(engine: Engine, url: str, wait_s: float = WRITER_WAIT_S) -> Iterator[Connection]:
+    """A write transaction holding the store's single-writer lock from before it begins to after it ends.
+
+    SQLite: an exclusive `flock` on `<file>.writer` (which holds the holder's name); PostgreSQL: the
+    transaction-level advisory lock PG_WRITER_LOCK. A second writer waits up to `wait_s`, then refuses
+    with one line naming the holder; nothing it meant to write is written.
+    """
+    path = sqlite_path(url)
+    with _file_lock(path, wait_s) if path is not None else nullcontext(), engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            _pg_lock(conn, url, wait_s)
+        yield conn
+
+
+def _refusal(store: str, who: str, wait_s: float) -> StoreError:
+    return StoreError(
+        f"store {store} has another writer: {who} holds the write lock (waited {wait_s:g} s): "
+        "run one sequencer per store, or retry when it is done"
+    )
+
+
+def _pg_lock(conn: Connection, url: str, wait_s: float) -> None:
+    deadline = time.monotonic() + wait_s
+    while not conn.execute(text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": PG_WRITER_LOCK}).scalar():
+        if time.monotonic() >= deadline:
+            row = conn.execute(
+                text(
+                    "SELECT a.pid, a.application_name, a.client_addr, a.xact_start FROM pg_locks l "
+                    "JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' "
+                    "AND l.granted AND l.classid = 0 AND l.objid = :k"
+                ),
+                {"k": PG_WRITER_LOCK},
+            ).first()
+            who = (
+                "an unknown session"
+                if row is None
+                else f"backend pid {row.pid} ({row.application_name or 'no application name'}, "
+                f"{row.client_addr or 'local socket'}, in a transaction since {row.xact_start})"
+            )
+            raise _refusal(redact(url), who, wait_s)
+        time.sleep(_LOCK_POLL_S)
+
+
+@contextmanager
+def _file_lock(path: str, wait_s: float) -> Iterator[None]:
+    lock_path = path + ".writer"
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise StoreError(
+            f"store {path} is read-only here: cannot open its write lock {lock_path} ({exc.strerror}); "
+            "writing commands need a writable store and folder"
+        ) from None
+    try:
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    who = os.pread(fd, 512, 0).decode("utf-8", "replace").strip() or "another process"
+                    raise _refusal(path, who, wait_s) from None
+                time.sleep(_LOCK_POLL_S)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, holder_text().encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the flock
+
+
+def redact(url: str) -> str:
+    """A store URL fit for a message: no password."""
+    return re.sub(r"://([^:/@]+):[^@/]*@", r"://\1:***@", url)
+
+
 def create_schema(engine: Engine) -> None:
+    """Create the tables (init only: reading a store never creates anything)."""
+    if engine.dialect.name == "sqlite" and engine.url.database not in (None, "", ":memory:"):
+        with engine.connect() as conn:
+            conn.exec_driver_sql("PRAGMA journal_mode=WAL")  # persistent: set once, in the file
     SQLModel.metadata.create_all(engine)
 
 
@@ -269,6 +454,25 @@ def bulk_insert(conn: Connection, table: Any, columns: Sequence[str], rows: Sequ
     mark = placeholder(conn)
     sql = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({', '.join([mark] * len(columns))})"
     conn.exec_driver_sql(sql, list(rows))
+
+
+def insert_nodes(conn: Connection, nodes: Sequence[Sequence[Any]]) -> None:
+    """Insert new Merkle nodes; a node already stored where a new one goes means the store was edited.
+
+    Append refuses (the transaction rolls back, nothing is lost) rather than overwrite it: the planted
+    node is evidence, and `verify` names it. Remove it (or restore the store) to append again.
+    """
+    try:
+        with conn.begin_nested():
+            bulk_insert(conn, NODES, ("level", "idx", "hash"), nodes)
+    except IntegrityError:
+        keys = [(int(level), int(idx)) for level, idx, _ in nodes]
+        found = sorted(fetch_nodes(conn, keys))
+        where = f"(level {found[0][0]}, index {found[0][1]})" if found else "(unknown)"
+        raise StoreError(
+            f"append refused: a stored Merkle node {where} already sits where the next entry's node goes; "
+            "the store was edited: run `batteryledger verify`, remove the node or restore the store"
+        ) from None
 
 
 def bulk_update(

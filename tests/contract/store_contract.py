@@ -753,3 +753,104 @@ class LedgerStoreContract:
         report = verify_ledger(loaded, signatures=False)
         assert not report.ok
         assert report.first_error is not None and report.first_error[0] == 20
+
+    # -- one writer per store ----------------------------------------------------------------------
+    def test_two_writers_on_one_store_lose_nothing(
+        self, ledger: Ledger, store_url: str, demo: DemoChain
+    ) -> None:
+        # two sequencers (their own Ledger objects, engines and threads) append to one store at once:
+        # the writer lock serialises their transactions and each follows the other's head
+        import threading
+
+        from ledger.core import verify_ledger
+
+        small = SmallChain(demo.operator_key)
+        assert statuses(ledger.append([small.register.raw])) == ["appended"]
+        other = Ledger(store_url)
+        batches = {
+            name: [[small.extracted(f"{name}-{i}-{j}").raw for j in range(3)] for i in range(12)]
+            for name in ("A", "B")
+        }
+        results: dict[str, list[AppendResult]] = {"A": [], "B": []}
+        errors: list[BaseException] = []
+
+        def writer(name: str, led: Ledger) -> None:
+            try:
+                for batch in batches[name]:
+                    results[name].extend(led.append(batch))
+            except BaseException as exc:  # reported by the assertion below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=writer, args=(n, led)) for n, led in (("A", ledger), ("B", other))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        other.close()
+        assert not errors, errors
+        assert statuses(results["A"] + results["B"]) == ["appended"] * 72
+        seqs = sorted(r.seq for r in results["A"] + results["B"] if r.seq is not None)
+        assert seqs == list(range(2, 74))
+        assert count(ledger, REJECTIONS) == 0
+        assert verify_ledger(Ledger(store_url), record=False).ok
+
+    def test_a_second_writer_waits_then_refuses_naming_the_holder(
+        self, ledger: Ledger, store_url: str, demo: DemoChain
+    ) -> None:
+        import threading
+
+        from ledger.store import write_transaction
+
+        small = SmallChain(demo.operator_key)
+        held, release = threading.Event(), threading.Event()
+
+        def holder() -> None:  # a writer in the middle of a long transaction
+            with write_transaction(ledger.engine, ledger.url):
+                held.set()
+                release.wait(60)
+
+        t = threading.Thread(target=holder)
+        t.start()
+        try:
+            assert held.wait(30)
+            second = Ledger(store_url)
+            second.writer_wait_s = 0.3
+            with pytest.raises(StoreError) as err:
+                second.append([small.register.raw])
+            message = err.value.diagnostics()
+            assert "has another writer" in message and "holds the write lock (waited 0.3 s)" in message
+            assert "pid" in message and "\n" not in message
+            assert count(ledger, ENTRIES) == 1  # nothing of the refused writer's batch
+        finally:
+            release.set()
+            t.join(30)
+        assert statuses(second.append([small.register.raw])) == ["appended"]
+        second.close()
+
+    # -- read-only stores ----------------------------------------------------------------------------
+    @pytest.fixture
+    def read_only_url(self, store_url: str) -> str:
+        raise NotImplementedError("a backend's test class provides read_only_url: the store, read-only")
+
+    def test_a_read_only_store_is_read_and_never_written(
+        self, loaded: Ledger, read_only_url: str, demo: DemoChain
+    ) -> None:
+        from ledger.core import verify_ledger
+
+        loaded.make_checkpoint()
+        before = dump_store(loaded)
+        ro = Ledger(read_only_url)
+        assert ro.size == loaded.size
+        assert ro.provenance("US-PACK-002").ancestors == loaded.provenance("US-PACK-002").ancestors
+        assert ro.lineage("US-PACK-002", direction="up", depth=2)
+        assert ro.stats()["entries"] == loaded.size
+        report = verify_ledger(ro)  # verifies; its mark cannot be recorded and it says why
+        assert report.ok, report.errors
+        assert any("verified mark not recorded" in n and "read-only" in n for n in report.notes), report.notes
+        small = SmallChain(demo.operator_key)
+        with pytest.raises(StoreError) as err:
+            ro.append([small.register.raw])
+        message = err.value.diagnostics()
+        assert "is read-only" in message and "\n" not in message and len(message) < 400, message
+        ro.close()
+        assert dump_store(loaded) == before  # nothing written by any of it

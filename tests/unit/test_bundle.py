@@ -476,3 +476,79 @@ def test_prove_then_verify_bundle_commands(proved: Proved, cli: typer.Typer, tmp
     assert res.exit_code == 2 and res.stderr.startswith("error: cannot read bundle")
     res = runner.invoke(cli, ["prove", "NO-SUCH-BATCH", "-o", str(out), "--store", str(proved.path)])
     assert res.exit_code != 0 and res.stderr.count("\n") == 1 and "NO-SUCH-BATCH" in res.stderr
+
+
+# -- the published contract: docs/bundle.md, the shipped JSON Schema, one hash encoding ------------------
+def _validator() -> Any:
+    import jsonschema
+
+    schema = bundle_verify.bundle_schema()
+    jsonschema.Draft202012Validator.check_schema(schema)
+    return jsonschema.Draft202012Validator(schema)
+
+
+def _as_v1(bundle: dict[str, Any]) -> dict[str, Any]:
+    """The same bundle as an older `prove` wrote it: format /1, proof hashes in standard base64."""
+    import base64
+
+    b = copy.deepcopy(bundle)
+    b["format"] = bundle_verify.FORMAT_V1
+    for e in b["entries"]:
+        e["inclusion_proof"] = [
+            base64.b64encode(bytes.fromhex(h)).decode("ascii") for h in e["inclusion_proof"]
+        ]
+    return b
+
+
+def test_a_real_bundle_validates_against_the_shipped_schema(proved: Proved) -> None:
+    validator = _validator()
+    bundle = json.loads(proved.raw)
+    assert bundle["format"] == "batteryledger-bundle/2"
+    assert not list(validator.iter_errors(bundle))
+    assert not list(validator.iter_errors(_as_v1(bundle)))
+
+
+@pytest.mark.parametrize(
+    ("change", "where"),
+    [
+        (lambda b: b.update(extra=1), "Additional properties"),
+        (lambda b: b["entries"][0]["inclusion_proof"].append("AA" * 32), "does not match"),
+        (lambda b: b.update(format="batteryledger-bundle/9"), "is not one of"),
+        (lambda b: b["entries"][1].pop("leaf_index"), "'leaf_index' is a required property"),
+        (lambda b: b["provenance"]["parameters"].update(us="usa"), "does not match"),
+    ],
+)
+def test_the_schema_refuses_what_the_verifier_refuses(proved: Proved, change: Any, where: str) -> None:
+    b = copy.deepcopy(proved.bundle)
+    change(b)
+    errors = [e.message for e in _validator().iter_errors(b)]
+    assert any(where in m for m in errors), errors
+    with pytest.raises(BundleError):
+        verify_bundle(b, proved.key)
+
+
+def test_bundle_and_api_share_one_hash_encoding_and_old_bundles_still_verify(proved: Proved) -> None:
+    from fastapi.testclient import TestClient
+
+    from batteryledger.api import create_app
+
+    size = checkpoint_size(proved.bundle["checkpoint"])
+    entry = proved.bundle["entries"][-1]
+    with TestClient(create_app(str(proved.path))) as client:
+        api = client.get("/v1/proofs/inclusion", params={"seq": entry["seq"], "size": size}).json()
+    assert api["proof"] == entry["inclusion_proof"]  # both lowercase hex
+    # a bundle written before the switch (format /1, base64 hashes) still verifies, byte for byte
+    old = dumps_bundle(_as_v1(proved.bundle))
+    report = verify_bundle(old, proved.key)
+    assert report.batch_id == PACK and report.proofs == len(proved.bundle["entries"])
+    # ... and one encoding per format: hex under /1 or base64 under /2 is refused
+    mixed = copy.deepcopy(proved.bundle)
+    mixed["format"] = bundle_verify.FORMAT_V1
+    assert rejected(dumps_bundle(mixed), proved.key).step == 1
+    assert (
+        rejected(dumps_bundle(_as_v1(proved.bundle) | {"format": bundle_verify.FORMAT}), proved.key).step == 1
+    )
+
+
+def checkpoint_size(note: str) -> int:
+    return int(note.split("\n")[1])

@@ -7,6 +7,8 @@ origin, other events).
 
 from __future__ import annotations
 
+import shutil
+import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,8 +19,8 @@ from typer.testing import CliRunner
 from batteryledger import cli_proofs
 from batteryledger.sample import DemoChain, demo_chain
 from ledger.checkpoint import Checkpoint, open_note, vkey
-from ledger.core import Ledger
-from schemas.signing import generate_key, save_private_key
+from ledger.core import Ledger, verify_ledger
+from schemas.signing import generate_key, save_private_key, sign_object
 
 ORIGIN = "test.example/monitor"
 
@@ -203,3 +205,54 @@ def test_checkpoint_without_any_says_how_to_make_one(logs: Logs, cli: typer.Type
     Ledger.init(str(tmp_path / "empty.db"), operator_key=logs.chain.operator_key, origin=ORIGIN).close()
     code, _, err = run(cli, "checkpoint", "--store", str(tmp_path / "empty.db"))
     assert code == 2 and "checkpoint --sign --operator-key" in err
+
+
+def test_deleting_the_last_entries_with_their_checkpoint_passes_verify_but_not_monitor(
+    logs: Logs, cli: typer.Typer, tmp_path: Path
+) -> None:
+    # The store alone cannot show a clean truncation: the prefix that is left is a valid ledger. The
+    # checkpoint the operator keeps elsewhere (`monitor --trusted`) is what catches it.
+    path = tmp_path / "ledger.db"
+    shutil.copy(logs.long, path)
+    trusted = tmp_path / "trusted.ckpt"
+    trusted.write_text(logs.long_note)
+    led = Ledger(str(path), operator_key=logs.chain.operator_key)
+    n = led.size
+    mine = logs.chain.facilities["mine-cl-atacama"].key
+    tail = [
+        sign_object(
+            {
+                "spec": "batteryledger/1",
+                "kind": "batch.extracted",
+                "facility_id": "mine-cl-atacama",
+                "time": f"2026-06-0{i}T00:00:00Z",
+                "outputs": [
+                    {"batch_id": f"CL-BRINE-T{i}", "material": "lithium_brine_concentrate", "kg": "9"}
+                ],
+            },
+            mine,
+        )[0]
+        for i in (1, 2)
+    ]
+    assert [r.status for r in led.append(tail)] == ["appended", "appended"]
+    assert led.make_checkpoint() is not None
+    led.close()
+    code, out, err = run(cli, "monitor", "--trusted", str(trusted), "--store", str(path))
+    assert code == 0 and f"to {n + 2} consistently" in out, err
+    # the attacker deletes the two entries, what they derived, their tree nodes and their checkpoint
+    con = sqlite3.connect(path)
+    con.execute("DELETE FROM entries WHERE seq >= ?", (n,))
+    con.execute("DELETE FROM batches WHERE seq >= ?", (n,))
+    for level in range(64):
+        con.execute("DELETE FROM merkle_nodes WHERE level = ? AND idx >= ?", (level, n >> level))
+    con.execute("DELETE FROM checkpoints WHERE size > ?", (n,))
+    con.commit()
+    con.close()
+    cut = Ledger(str(path))
+    assert cut.size == n
+    assert verify_ledger(cut, record=False).ok  # nothing in the store itself is inconsistent...
+    cut.close()
+    code, _, err = run(cli, "monitor", "--trusted", str(trusted), "--store", str(path))
+    assert code == 1  # ... but the checkpoint kept elsewhere is ahead of the store: caught
+    assert err.startswith("error: ") and err.count("\n") == 1
+    assert f"the newest checkpoint (size {n}) is older than the trusted one (size {n + 2})" in err
