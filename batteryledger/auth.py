@@ -536,7 +536,9 @@ def authorizer(policies: Mapping[str, Policy], batch_reader: Any) -> Any:
         if not principal.at_least(policy.role):
             if principal.credential == "none":
                 raise Denied(
-                    401, f"{path} needs a {policy.role.label} credential: send Authorization: Bearer ..."
+                    401,
+                    f"{path} needs a {policy.role.label} credential: send Authorization: Bearer <token or "
+                    "API key> (on the web page: Credential)",
                 )
             raise Denied(
                 403, f"{path} needs role {policy.role.label}; this credential is {principal.role.label}"
