@@ -39,10 +39,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Protocol
 
-from sqlalchemy import ColumnElement, select
-
 from ledger.core import AppendResult, Incoming, Ledger
-from ledger.store import REJECTIONS, chunks
 from schemas.cloudevents import check_attributes, unwrap
 from schemas.events import MAX_EVENT_BYTES
 from schemas.reasons import EventError, Reason
@@ -368,32 +365,10 @@ class Sequencer:
             out.results.extend(self._released(released))
         return out
 
-    def _released(self, results: Sequence[AppendResult]) -> list[tuple[Incoming, AppendResult]]:
-        rejected = [r.event_id for r in results if r.status == "rejected" and r.event_id]
-        kept = self._rejection_rows(rejected, None) if rejected else {}
-        out: list[tuple[Incoming, AppendResult]] = []
-        for r in results:
-            raw, source = kept.get(r.event_id or "", (b"", "parked"))
-            out.append((Incoming(raw=raw, source=source), r))
-        return out
-
-    def _rejection_rows(
-        self, event_ids: Sequence[str], reason: Reason | None
-    ) -> dict[str, tuple[bytes, str]]:
-        found: dict[str, tuple[bytes, str]] = {}
-        with self.ledger.engine.connect() as conn:
-            for part in chunks(sorted(set(event_ids))):
-                where: ColumnElement[bool] = REJECTIONS.c.event_id.in_(part)
-                if reason is not None:
-                    where = where & (REJECTIONS.c.reason == reason.value)
-                rows = conn.execute(
-                    select(REJECTIONS.c.event_id, REJECTIONS.c.raw, REJECTIONS.c.source)
-                    .where(where)
-                    .order_by(REJECTIONS.c.id)
-                )
-                for row in rows:
-                    found[str(row.event_id)] = (bytes(row.raw), str(row.source))
-        return found
+    @staticmethod
+    def _released(results: Sequence[AppendResult]) -> list[tuple[Incoming, AppendResult]]:
+        """Pair each released (formerly parked) result with its own bytes and source (the store's copy)."""
+        return [(Incoming(raw=r.raw or b"", source=r.source or "parked"), r) for r in results]
 
     def record_failure(self, rec: VerifiedRecord, exc: BaseException) -> SequencedBatch:
         """Record one record that broke the append as an internal_error rejection, with its offset."""
@@ -411,11 +386,7 @@ class Sequencer:
 
     def expire(self, max_age: timedelta) -> list[tuple[bytes, str, AppendResult]]:
         """Reject parked events older than `max_age`; returns (original bytes, source, result) of each."""
-        results = self.ledger.expire_parked(max_age)
-        if not results:
-            return []
-        found = self._rejection_rows([r.event_id for r in results if r.event_id], Reason.PARENTS_TIMEOUT)
-        return [(*found.get(r.event_id or "", (b"", "")), r) for r in results]
+        return [(r.raw or b"", r.source or "", r) for r in self.ledger.expire_parked(max_age)]
 
     def _already_decided(self, items: Sequence[Incoming]) -> set[int]:
         """ids (object ids) of items whose event id or source the store already knows."""

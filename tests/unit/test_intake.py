@@ -229,7 +229,7 @@ def test_children_before_parents_are_released_and_reported(ledger: Ledger, chain
     assert [r.status for _, r in out.results] == ["parked"]
     out = seq.process(records([verified(ledger, parent, "material-events/0/1")], start=1))
     assert [r.status for _, r in out.results] == ["appended", "appended"]
-    assert out.results[1][0].source == "parked"  # released from the store, not from this batch
+    assert out.results[1][0].source == "material-events/0/0"  # released from the store, under its own source
 
 
 def test_expired_parked_events_come_back_with_their_bytes(ledger: Ledger, chain: DemoChain) -> None:

@@ -85,3 +85,100 @@ def test_a_facility_that_never_registers_is_rejected_after_the_wait(tmp_path: Pa
     assert led.append([ev.raw], park=True)[0].status == "parked"
     [expired] = led.expire_parked(timedelta(0))
     assert expired.reason == "unknown_facility" and "waited 0 s for a registration" in (expired.detail or "")
+
+
+# ----------------------------------------------------------------- copies of one event (issue 10)
+
+
+def _forged_copy(raw: bytes, key_id: str = "0123456789abcdef") -> bytes:
+    """The same event (same event id) under another signature: what anyone on the topic can send."""
+    import base64
+    import json
+
+    obj = json.loads(raw)
+    obj["sig"] = {"alg": "Ed25519", "key_id": key_id, "value": base64.b64encode(b"\x01" * 64).decode()}
+    return json.dumps(obj, separators=(",", ":"), sort_keys=True).encode()
+
+
+def test_a_waiting_event_is_never_displaced_by_a_copy_with_another_signature(tmp_path: Path) -> None:
+    from ledger.core import Incoming
+    from schemas.signing import decode
+
+    led, b = setup(tmp_path)
+    b.transform("mine", Kind.BATCH_EXTRACTED, [out("ORE-9", "ore", "100", li="3")])
+    ore = b.events[-1]
+    b.ship("ORE-9", "100", "mine", "ref")
+    shipped, received = b.events[-2], b.events[-1]
+    forged = _forged_copy(received.raw)
+    assert decode(forged).event_id == received.event_id  # same id, other signature
+    first = led.append(
+        [Incoming(raw=received.raw, source="t/0/1"), Incoming(raw=forged, source="t/0/2")], park=True
+    )
+    assert [r.status for r in first] == ["parked", "parked"]
+    assert led.parked_count() == 2  # both copies wait: the second did not overwrite the first
+    released = led.append([ore.raw, shipped.raw], park=True)
+    by_source = {r.source: r for r in released[2:]}
+    assert set(by_source) == {"t/0/1", "t/0/2"}  # each copy decided under its own source
+    assert by_source["t/0/1"].status == "appended"
+    assert by_source["t/0/2"].status == "rejected" and by_source["t/0/2"].reason in (
+        "unknown_key",
+        "duplicate_conflict",
+    )
+    assert by_source["t/0/2"].raw == forged  # its original bytes travel with its verdict
+    assert led.parked_count() == 0
+    dec = led.decisions([received.event_id], ["t/0/2"])
+    assert dec[received.event_id][0] == "appended" and dec["t/0/2"][0] == "rejected"
+
+
+def test_a_conflicting_copy_says_which_copy_won_and_why(tmp_path: Path) -> None:
+    from ledger.core import Incoming
+
+    led, b = setup(tmp_path)
+    ev = b.transform("mine", Kind.BATCH_EXTRACTED, [out("ORE-8", "ore", "100", li="3")])
+    # a copy signed by another key of a known facility (the registry key) with the same content
+    forged = _forged_copy(ev.raw)
+    [ok] = led.append([Incoming(raw=ev.raw, source="t/0/5")], park=True)
+    assert ok.status == "appended"
+    [dup] = led.append([Incoming(raw=forged, source="t/0/6")], park=True)
+    assert dup.status == "rejected" and dup.reason == "duplicate_conflict"
+    assert f"seq {ok.seq}" in (dup.detail or "")
+    assert "first copy that passed every check" in (dup.detail or "")
+    assert led.decisions(sources=["t/0/6"])["t/0/6"][2] == "duplicate_conflict"
+
+
+def test_expired_waiting_events_come_back_with_bytes_and_source_for_every_reason(tmp_path: Path) -> None:
+    from ledger.core import Incoming
+
+    led, b = setup(tmp_path)
+    # parents_timeout: an input that never comes
+    orphan = b.transform(
+        "ref",
+        Kind.BATCH_PROCESSED,
+        [out("LC-7", "lithium_carbonate", "1", li="0.1")],
+        inputs=[("NONE-7", "5")],
+    )
+    # not_custodian: a receipt whose shipment never comes
+    b.transform("mine", Kind.BATCH_EXTRACTED, [out("ORE-7", "ore", "100", li="3")])
+    ore = b.events[-1]
+    b.ship("ORE-7", "100", "mine", "ref")
+    received = b.events[-1]
+    # unknown_facility: a facility that never registers
+    rogue = Facility("rogue7", "Rogue", "XX", [Kind.BATCH_EXTRACTED])
+    b.facilities[rogue.facility_id] = rogue
+    stray = b.transform("rogue7", Kind.BATCH_EXTRACTED, [out("X-7", "ore", "10", li="1")])
+    led.append([ore.raw])
+    items = [
+        Incoming(raw=orphan.raw, source="t/1/1"),
+        Incoming(raw=received.raw, source="t/1/2"),
+        Incoming(raw=stray.raw, source="t/1/3"),
+    ]
+    assert [r.status for r in led.append(items, park=True)] == ["parked"] * 3
+    expired = {r.source: r for r in led.expire_parked(timedelta(0))}
+    assert {s: r.reason for s, r in expired.items()} == {
+        "t/1/1": "parents_timeout",
+        "t/1/2": "not_custodian",
+        "t/1/3": "unknown_facility",
+    }
+    assert expired["t/1/1"].raw == orphan.raw
+    assert expired["t/1/2"].raw == received.raw
+    assert expired["t/1/3"].raw == stray.raw
