@@ -370,3 +370,142 @@ def test_key_of_another_facility_is_refused(ledger: Ledger, chain: DemoChain) ->
     assert it.error is None and not it.signature_checked  # unknown key: the sequencer decides
     out = Seq(ledger).process(records([to_verified(it)]))
     assert out.results[0][1].reason == Reason.UNKNOWN_KEY.value
+
+
+# -------------------------------------------------------------------------------- invalid inputs (issue 10)
+
+
+def _resigned(chain: DemoChain, change: Any) -> bytes:
+    """A chain event changed by `change(obj)` and signed again by its facility: only the change is wrong."""
+    ev = chain.chain_events[0]
+    obj = {k: v for k, v in json.loads(ev.raw).items() if k != "sig"}
+    change(obj)
+    fac = next(f for f in chain.facilities.values() if f.facility_id == obj["facility_id"])
+    raw, _ = sign_object(obj, fac.key)
+    return raw
+
+
+def _set_time(value: Any) -> Any:
+    return lambda obj: obj.__setitem__("time", value)
+
+
+def _set_kg(value: Any) -> Any:
+    return lambda obj: obj["outputs"][0].__setitem__("kg", value)
+
+
+@pytest.mark.parametrize(
+    ("label", "change", "reason"),
+    [
+        ("time before year 1 in UTC", _set_time("0001-01-01T00:00:00+01:00"), "schema_invalid"),
+        ("time after year 9999 in UTC", _set_time("9999-12-31T23:59:59-01:00"), "schema_invalid"),
+        ("far-future time", _set_time("2100-01-01T00:00:00Z"), "schema_invalid"),
+        ("epoch number time", _set_time(1700000000), "schema_invalid"),
+        ("epoch string time", _set_time("1700000000"), "schema_invalid"),
+        ("date without time", _set_time("2025-03-01"), "schema_invalid"),
+        ("minus zero quantity", _set_kg("-0"), "schema_invalid"),
+        ("minus zero decimal", _set_kg("-0.0"), "schema_invalid"),
+    ],
+)
+def test_invalid_signed_events_are_refused_with_a_stable_reason(
+    ledger: Ledger, chain: DemoChain, label: str, change: Any, reason: str
+) -> None:
+    raw = _resigned(chain, change)
+    headers, _ = binary(chain.chain_events[0].raw)
+    it = verify_message(headers, raw, ledger.registry, source=SRC)
+    assert it.error is not None and it.error.reason.value == reason, (label, it.error)
+    assert it.raw == raw and it.source == SRC  # under the raw topic's position, bytes kept
+
+
+def _bytes_variants(raw: bytes) -> list[tuple[str, bytes, str]]:
+    text = raw.decode()
+    sig_at = text.index('"value":"') + len('"value":"')
+    return [
+        ("UTF-16", text.encode("utf-16"), "malformed"),
+        ("UTF-16-LE without BOM", text.encode("utf-16-le"), "malformed"),
+        ("UTF-32", text.encode("utf-32"), "malformed"),
+        ("UTF-8 BOM", b"\xef\xbb\xbf" + raw, "malformed"),
+        ("duplicate key", raw[:-1] + b',"kind":"batch.extracted"}', "malformed"),
+        ("NaN", raw[:-1] + b',"x":NaN}', "malformed"),
+        ("1e400", raw[:-1] + b',"x":1e400}', "schema_invalid"),
+        ("non-ASCII sig.value", (text[:sig_at] + "é" + text[sig_at + 1 :]).encode(), "schema_invalid"),
+        ("deeply nested", b'{"a":' * 5000 + b"1" + b"}" * 5000, "malformed"),
+    ]
+
+
+def test_invalid_bytes_are_malformed_never_internal_errors(ledger: Ledger, chain: DemoChain) -> None:
+    raw = chain.chain_events[0].raw
+    headers, _ = binary(raw)
+    for label, value, reason in _bytes_variants(raw):
+        it = verify_message(headers, value, ledger.registry, source=SRC)
+        assert it.error is not None, label
+        got = it.error.reason.value
+        assert got == reason or (reason == "malformed" and got == "oversized"), (label, it.error)
+        assert it.raw == value
+
+
+def test_structured_mode_nested_a_thousand_deep_is_malformed(ledger: Ledger, chain: DemoChain) -> None:
+    msg = to_structured(decode(chain.chain_events[0].raw))
+    deep = b'{"n":' * 1000 + b'"x"' + b"}" * 1000
+    for value in (msg.value[:-1] + b',"ext":' + deep + b"}", b'{"data":' * 1000 + b"{}" + b"}" * 1000):
+        it = verify_message(msg.headers, value, ledger.registry, source=SRC)
+        assert it.error is not None and it.error.reason == Reason.MALFORMED, it.error
+    dup = msg.value[:-1] + b',"id":"' + b"0" * 64 + b'"}'
+    it = verify_message(msg.headers, dup, ledger.registry, source=SRC)
+    assert it.error is not None and it.error.reason == Reason.MALFORMED and "duplicate" in it.error.detail
+
+
+def test_offline_append_decides_each_line(ledger: Ledger, chain: DemoChain) -> None:
+    from ledger.core import Incoming
+
+    good = [e.raw for e in chain.chain_events[:3]]
+    bad = _resigned(chain, _set_time("0001-01-01T00:00:00+01:00"))
+    text = bad.decode()
+    sig_at = text.index('"value":"') + len('"value":"')
+    bad2 = (text[:sig_at] + "é" + text[sig_at + 1 :]).encode()
+    lines = [good[0], bad, good[1], bad2, good[2]]
+    res = ledger.append([Incoming(raw=x, source=f"f.jsonl:{n}") for n, x in enumerate(lines, 1)], park=True)
+    assert [r.status for r in res] == ["appended", "rejected", "appended", "rejected", "appended"]
+    assert [r.reason for r in res if r.status == "rejected"] == ["schema_invalid", "schema_invalid"]
+
+
+def test_a_facility_registered_by_another_process_becomes_known_to_the_sequencer(
+    ledger: Ledger, chain: DemoChain
+) -> None:
+    """`batteryledger facility register` while a worker runs: the sequencer reloads its registry."""
+    from batteryledger.sample import ChainBuilder, Facility, out
+    from schemas.events import Kind
+
+    seq = Seq(ledger)
+    b = ChainBuilder(chain.operator_key)
+    late = Facility("late-mine", "Late Mine", "AU", [Kind.BATCH_EXTRACTED])
+    reg = b.register(late)
+    ev = b.transform("late-mine", Kind.BATCH_EXTRACTED, [out("LATE-1", "ore", "10", li="1")])
+    # the sequencer has seen the store before the registration (its registry lacks the facility)
+    seq.process(records([verified(ledger, chain.chain_events[0].raw, "material-events/0/0")]))
+    with Ledger(ledger.url, operator_key=chain.operator_key) as cli:  # another process: the CLI
+        assert cli.append([reg.raw])[0].status == "appended"
+    assert "late-mine" not in ledger.registry.facilities
+    out_ = seq.process(records([verified(ledger, ev.raw, "material-events/0/1")], start=1))
+    assert [r.status for _, r in out_.results] == ["appended"], out_.results
+    assert ledger.decisions([ev.event_id])[ev.event_id][0] == "appended"
+
+
+def test_an_event_waiting_for_a_facility_registered_elsewhere_is_released(
+    ledger: Ledger, chain: DemoChain
+) -> None:
+    from batteryledger.sample import ChainBuilder, Facility, out
+    from schemas.events import Kind
+
+    seq = Seq(ledger)
+    b = ChainBuilder(chain.operator_key)
+    late = Facility("late-ref", "Late Refinery", "US", [Kind.BATCH_EXTRACTED])
+    b.facilities[late.facility_id] = late
+    ev = b.transform("late-ref", Kind.BATCH_EXTRACTED, [out("LATE-2", "ore", "10", li="1")])
+    first = seq.process(records([verified(ledger, ev.raw, "material-events/0/0")]))
+    assert [r.status for _, r in first.results] == ["parked"]
+    with Ledger(ledger.url, operator_key=chain.operator_key) as cli:
+        assert cli.append([b.register(late).raw])[0].status == "appended"
+    nxt = seq.process(records([verified(ledger, chain.chain_events[0].raw, "material-events/0/1")], start=1))
+    # released by whichever writer saw the registration first (here the CLI's, which found it waiting)
+    assert ledger.decisions([ev.event_id])[ev.event_id][0] == "appended", nxt.results
+    assert ledger.parked_count() == 0
