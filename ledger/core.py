@@ -487,6 +487,8 @@ class Ledger:
                 if it.park_id is not None and res.status != "parked":
                     parked_done.add(it.park_id)  # this copy is decided: its parked row goes
                 if slot is None:
+                    if res.status == "parked":
+                        return  # released, still waiting: nothing new to report
                     # released from the parked table: the caller holds neither its bytes nor its source
                     res = replace(res, source=it.source, raw=it.raw if res.status == "rejected" else None)
                     unparked.append(res)
