@@ -66,7 +66,6 @@ def test_expired_waiting_events_reach_the_rejected_topic_with_bytes_and_source(r
     mine = rig.chain.facilities["mine-au-greenbushes"]
     ore = extraction(mine.facility_id, mine.key, "NC-ORE-1", 1)
     ref = rig.chain.facilities["mine-cl-atacama"]  # every registered facility may receive
-    )
     from schemas.signing import sign_object
 
     receipt, _ = sign_object(
@@ -185,3 +184,18 @@ def test_the_publisher_stays_usable_after_the_broker_refuses_a_message(rig: Rig)
             assert "MessageSizeTooLarge" in str(exc) or "too large" in str(exc).lower()
         eid = pub.publish_signed(extraction(mine.facility_id, mine.key, "AFTER-REFUSAL", 3))
     assert rig.decided([eid])[eid][0] == "appended"
+
+
+def test_the_kafka_key_is_not_checked(rig: Rig) -> None:  # noqa: F811
+    """docs/contract.md: the key only places the message; the signed facility id identifies the sender."""
+    rig.start_worker()
+    rig.register()
+    mine = rig.chain.facilities["mine-au-greenbushes"]
+    ids = []
+    for j, key in enumerate((b"someone-else", b"")):
+        raw = extraction(mine.facility_id, mine.key, f"KEY-{j}", j)
+        msg = to_binary(decode(raw))
+        rig.pub().publish_raw(msg.value, headers=msg.headers, key=key)
+        ids.append(decode(raw).event_id)
+    dec = rig.decided(ids)
+    assert [dec[i][0] for i in ids] == ["appended", "appended"]
