@@ -241,6 +241,33 @@ def test_sigkill_mid_stream_then_restart_appends_every_event_exactly_once(rig: R
         chain_ok(led)
 
 
+def test_sigkill_mid_batch_appends_every_event_exactly_once(rig: Rig) -> None:
+    """One verified record carries up to 500 events; with max_batch 40 the sequencer appends it in
+    several transactions, so a SIGKILL lands inside a record: the restart must neither lose nor double."""
+    rig.settings = rig.settings.with_(max_batch=40, verify_batch=500)
+    rig.start_worker()
+    rig.register()
+    facs = [f for f in rig.chain.facilities.values() if "batch.extracted" in {r.value for r in f.roles}][:4]
+    events = [
+        extraction(f.facility_id, f.key, f"MID-{i}-{j}", j) for j in range(600) for i, f in enumerate(facs)
+    ]
+    ids = [decode(raw).event_id for raw in events]
+    base = 1 + len(rig.chain.registry_events)
+    rig.pub().publish_many(events)
+    rig.wait_for("the worker to be mid-stream", lambda: rig.entries() > base + 100)
+    rig.workers[-1].kill()
+    killed_at = rig.entries() - base
+    assert killed_at < len(events), "the worker finished before it could be killed: publish more events"
+    rig.start_worker()
+    dec = rig.decided(ids)
+    assert all(v[0] == "appended" for v in dec.values())
+    with rig.ledger as led:
+        assert led.size == base + len(events), f"killed after {killed_at} entries"
+        assert sorted(v[1] for v in dec.values()) == list(range(base, base + len(events)))
+        assert led.stats()["rejections"] == {}
+        chain_ok(led)
+
+
 def test_children_published_before_parents_wait_then_append(rig: Rig) -> None:
     rig.start_worker()
     rig.register()
