@@ -51,10 +51,11 @@ from pathlib import Path
 from typing import Protocol
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from pydantic import ValidationError
 
 from ledger.core import AppendResult, Incoming, Ledger
 from schemas.cloudevents import check_attributes, unwrap
-from schemas.events import MAX_EVENT_BYTES
+from schemas.events import EVENT_ADAPTER, MAX_EVENT_BYTES
 from schemas.reasons import EventError, Reason
 from schemas.signing import DecodedEvent, decode
 
@@ -325,8 +326,12 @@ def fit_for_forwarding(incoming: Incoming, limit: int = HOP_MAX_BYTES) -> Incomi
 def _encode_item(it: Incoming) -> bytes:
     src = _h(it.source)
     if it.error is None and it.decoded is not None:
+        # what the sequencer needs so it need not decode again: the unsigned canonical bytes (the event
+        # id is their SHA-256, the model is validated straight from them) and the detached signature
         flags = _F_CHECKED if it.signature_checked else 0
-        body, meta, event = it.decoded.signed, b"", b""
+        d = it.decoded
+        body, event = d.signed, d.unsigned
+        meta = d.key_id.encode("utf-8") + b"\n" + d.signature
     else:
         err = it.error or EventError(Reason.INTERNAL_ERROR, "neither decoded nor rejected")
         flags = _F_REJECTED
@@ -415,6 +420,26 @@ def unpack_verified(
         return [Incoming(raw=raw, source=position, error=err)]
 
 
+def _carried(signed: bytes, meta: bytes, unsigned: bytes) -> DecodedEvent:
+    """The decoded event the verify stage vouched for, rebuilt without parsing it twice: the model is
+    validated from the unsigned canonical bytes (pydantic's JSON parser), the id is their SHA-256."""
+    kid, sep, signature = meta.partition(b"\n")
+    if not sep or not unsigned:
+        return decode(signed)
+    try:
+        event = EVENT_ADAPTER.validate_json(unsigned)
+    except ValidationError:
+        return decode(signed)  # cannot happen for what a verify stage accepted; decide it in full
+    return DecodedEvent(
+        event_id=hashlib.sha256(unsigned).hexdigest(),
+        unsigned=bytes(unsigned),
+        signed=bytes(signed),
+        key_id=kid.decode("utf-8"),
+        signature=bytes(signature),
+        event=event,
+    )
+
+
 def _items(value: bytes, known: Mapping[str, DecodedEvent] | None) -> list[Incoming]:
     if not value.startswith(_MAGIC):
         raise ValueError("not a verified batch")
@@ -450,7 +475,11 @@ def _items(value: bytes, known: Mapping[str, DecodedEvent] | None) -> list[Incom
             out.append(Incoming(raw=body, decoded=mine, signature_checked=checked, source=source))
             continue
         try:
-            out.append(Incoming(raw=body, decoded=decode(body), signature_checked=checked, source=source))
+            out.append(
+                Incoming(
+                    raw=body, decoded=_carried(body, meta, event), signature_checked=checked, source=source
+                )
+            )
         except EventError as exc:
             out.append(Incoming(raw=body, source=source, error=exc))
     if pos != len(value):

@@ -193,6 +193,9 @@ def test_a_batch_travels_in_order_in_one_authenticated_record(ledger: Ledger, ch
     assert [it.source for it in back] == [f"material-events/0/{i}" for i in range(21)]
     assert [it.decoded.event_id for it in back[:20]] == [e.event_id for e in chain.chain_events[:20]]  # type: ignore[union-attr]
     assert back[20].error is not None and back[20].raw == b"{nope"
+    # carried, not decoded twice: equal to what a full decode of the signed bytes gives
+    assert all(it.decoded == decode(it.raw) for it in back[:20])
+    assert all(it.signature_checked for it in back[:20])
 
 
 def test_large_batches_split_under_the_record_limit(ledger: Ledger, chain: DemoChain) -> None:
