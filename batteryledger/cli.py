@@ -157,7 +157,9 @@ def keys_worker(
         return
     key = HopKey.generate()
     key.save(path)
-    console.print(f"worker key {path} (0600), key id {key.kid}: set BATTERYLEDGER_WORKER_KEY={path} on every worker")
+    console.print(
+        f"worker key {path} (0600), key id {key.kid}: set BATTERYLEDGER_WORKER_KEY={path} on every worker"
+    )
 
 
 @keys_app.command("show")
