@@ -5,10 +5,9 @@ Same rig as test_end_to_end (own topics, own SQLite ledger, own worker process);
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
-from kafka import KafkaConsumer, KafkaProducer
+from kafka import KafkaProducer
 
 from batteryledger.sample import ChainBuilder, Facility, out
 from ledger.intake import HopKey, pack_verified, verify_message
@@ -18,37 +17,11 @@ from schemas.signing import decode
 from streams.publisher import Publisher, PublishError
 from streams.topics import (
     MATERIAL_EVENTS,
-    MATERIAL_EVENTS_REJECTED,
     MATERIAL_EVENTS_VERIFIED,
     TOPIC_MAX_MESSAGE_BYTES,
 )
-from tests.integration.test_end_to_end import DECIDE_TIMEOUT_S, Rig, extraction, rig  # noqa: F401
+from tests.integration.test_end_to_end import Rig, extraction, rejected_records, rig  # noqa: F401
 from tests.support.streams_helpers import family
-
-
-def rejected_records(r: Rig, sources: set[str], timeout: float = DECIDE_TIMEOUT_S) -> dict[str, Any]:
-    """Records of the rejected topic by bl_source, once every source in `sources` is there."""
-    from kafka import TopicPartition
-
-    consumer = KafkaConsumer(
-        bootstrap_servers=r.bootstrap, enable_auto_commit=False, consumer_timeout_ms=1000
-    )
-    tp = TopicPartition(r.topics[MATERIAL_EVENTS_REJECTED], 0)
-    consumer.assign([tp])
-    consumer.seek_to_beginning(tp)
-    found: dict[str, Any] = {}
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline and not sources <= set(found):
-            for batch in consumer.poll(timeout_ms=500).values():
-                for rec in batch:
-                    hdrs = {k: v for k, v in rec.headers}
-                    found[hdrs.get("bl_source", b"").decode()] = (rec.value, hdrs)
-    finally:
-        consumer.close()
-    missing = sources - set(found)
-    assert not missing, f"no record on the rejected topic for {sorted(missing)}\n{r.logs()}"
-    return found
 
 
 def test_expired_waiting_events_reach_the_rejected_topic_with_bytes_and_source(rig: Rig) -> None:  # noqa: F811
