@@ -150,13 +150,16 @@ def keys_worker(
     ] = False,
 ) -> None:
     """Generate the worker key that authenticates the verified hop (give every worker BATTERYLEDGER_WORKER_KEY)."""
-    from ledger.intake import HopKey
+    from ledger.intake import HopKey, HopKeyError
 
-    if if_missing and path.exists():
-        console.print(f"worker key {path} kept (key id {HopKey.load(path).kid})")
-        return
-    key = HopKey.generate()
-    key.save(path)
+    try:
+        if if_missing and path.exists():
+            console.print(f"worker key {path} kept (key id {HopKey.load(path).kid})")
+            return
+        key = HopKey.generate()
+        key.save(path)
+    except (HopKeyError, OSError) as exc:
+        fail(exc.diagnostics() if isinstance(exc, HopKeyError) else f"cannot write {path}: {exc.strerror}", 2)
     console.print(
         f"worker key {path} (0600), key id {key.kid}: set BATTERYLEDGER_WORKER_KEY={path} on every worker"
     )
