@@ -22,7 +22,7 @@ from decimal import Decimal
 from typing import Any, Literal
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from sqlalchemy import String, func, literal, select, text
+from sqlalchemy import MetaData, String, Table, func, inspect, literal, select, text
 from sqlalchemy.engine import Connection, Engine
 
 from ledger import chain, tree
@@ -367,10 +367,26 @@ class Ledger:
                     continue
                 self.registry.apply(d.event, row.event_id)
             self._parked_index = {}
-            for row in conn.execute(select(PARKED.c.park_id, PARKED.c.missing)):
-                for b in json.loads(row.missing):
-                    self._parked_index.setdefault(b, set()).add(row.park_id)
+            self._parked_legacy = "park_id" not in {c["name"] for c in inspect(conn).get_columns("parked")}
+            if not self._parked_legacy:
+                for row in conn.execute(select(PARKED.c.park_id, PARKED.c.missing)):
+                    for b in json.loads(row.missing):
+                        self._parked_index.setdefault(b, set()).add(row.park_id)
         self._recheck_parked = bool(self._parked_index)
+
+    def _upgrade_parked(self) -> None:
+        """A store made before parked copies had their own key (park_id): rebuild its parked table once,
+        keeping every waiting event (only a writer does this, on its first append)."""
+        with self.engine.begin() as conn:
+            old = Table("parked", MetaData(), autoload_with=conn)
+            rows = [dict(r._mapping) for r in conn.execute(select(old))]
+            old.drop(conn)
+            PARKED.create(conn)
+            names = [c.name for c in PARKED.columns]
+            for r in rows:
+                r["park_id"] = park_id_of(str(r["source"]), bytes(r["data"]))
+                conn.execute(PARKED.insert().values(**{k: r[k] for k in names if k in r}))
+        self._load()
 
     def sync(self) -> bool:
         """Reload head, registry and parked index if another process appended to the store since.
@@ -406,6 +422,8 @@ class Ledger:
         same transaction. With `park`, an event whose inputs are unknown waits (see PARK_MAX_*).
         """
         incoming = [it if isinstance(it, Incoming) else Incoming(raw=it) for it in items]
+        if self._parked_legacy:
+            self._upgrade_parked()
         try:
             with self.engine.begin() as conn:
                 results = self._append_in(conn, incoming, park)

@@ -182,3 +182,44 @@ def test_expired_waiting_events_come_back_with_bytes_and_source_for_every_reason
     assert expired["t/1/1"].raw == orphan.raw
     assert expired["t/1/2"].raw == received.raw
     assert expired["t/1/3"].raw == stray.raw
+
+
+def test_a_store_from_before_park_ids_keeps_its_waiting_events(tmp_path: Path) -> None:
+    """Parked rows keyed by event id (the old table) are carried over on the first append."""
+    from sqlalchemy import text
+
+    led, b = setup(tmp_path)
+    ore = b.transform("mine", Kind.BATCH_EXTRACTED, [out("ORE-OLD", "ore", "100", li="3")])
+    child = b.transform(
+        "mine", Kind.BATCH_EXTRACTED, [out("ORE-OLD-2", "ore", "1", li="0.1")]
+    )  # placeholder to advance the clock
+    use = b.transform(
+        "ref",
+        Kind.BATCH_PROCESSED,
+        [out("LC-OLD", "lithium_carbonate", "1", li="0.1")],
+        inputs=[("ORE-OLD", "5")],
+    )
+    assert led.append([use.raw], park=True)[0].status == "parked"
+    with led.engine.begin() as conn:  # rebuild the table as the old schema had it, rows kept
+        conn.execute(
+            text(
+                "CREATE TABLE parked_old AS SELECT event_id, data, raw, missing, reason, detail, source, parked_at FROM parked"
+            )
+        )
+        conn.execute(text("DROP TABLE parked"))
+        conn.execute(
+            text(
+                "CREATE TABLE parked (event_id VARCHAR(64) PRIMARY KEY, data BLOB NOT NULL, raw BLOB NOT NULL, "
+                "missing VARCHAR NOT NULL, reason VARCHAR(48) NOT NULL, detail VARCHAR NOT NULL, source VARCHAR NOT NULL, "
+                "parked_at DATETIME NOT NULL)"
+            )
+        )
+        conn.execute(text("INSERT INTO parked SELECT * FROM parked_old"))
+        conn.execute(text("DROP TABLE parked_old"))
+    reopened = Ledger(led.url)
+    assert reopened.parked_count() == 1  # a reader reads it as it is
+    res = reopened.append([ore.raw, child.raw], park=True)
+    assert [r.status for r in res] == ["appended", "appended"]
+    assert reopened.parked_count() == 1  # carried over (it now waits for the shipment to the refinery)
+    [expired] = reopened.expire_parked(timedelta(0))
+    assert expired.event_id == use.event_id and expired.reason == "not_custodian" and expired.raw == use.raw
