@@ -1,9 +1,11 @@
 """The ledger's Faust agents: thin. Each decodes a message, calls a plain function, routes the result.
 
 * ``verify`` on material-events (N partitions; scales with partitions and worker processes), in
-  ``take_events`` batches (acked after the batch; about a tenth cheaper than one event at a time):
-  ``ledger.intake.verify_message`` -> material-events-verified (good events AND verify-stage rejections,
-  see below) and, for rejections, material-events-rejected (original bytes + reason headers).
+  ``take_events`` batches (acked after the batch): ``ledger.intake.verify_message`` per message, then the
+  whole batch as one (or a few) material-events-verified record(s) authenticated with the worker key's
+  HMAC (``ledger.intake.pack_verified``; good events AND verify-stage rejections, see below) and, for
+  rejections, material-events-rejected (original bytes + reason headers). Every send is awaited until the
+  broker acknowledges it (retried with back-off), so Faust never commits a raw offset past an unsent record.
 * ``sequencer`` on material-events-verified (1 partition: one total order, one writer):
   ``ledger.intake.Sequencer.process`` appends a batch (``stream.take_events``) in one store transaction
   together with the consumed offset; its rejections go to material-events-rejected.
