@@ -217,6 +217,29 @@ def keys_new(
     console.print(f"private key {path} (0600), public key {pub}")
 
 
+@keys_app.command("worker")
+def keys_worker(
+    path: Annotated[Path, typer.Argument(help="Worker key file to create (64 hex characters, mode 0600).")],
+    if_missing: Annotated[
+        bool, typer.Option("--if-missing", help="Keep an existing key file instead of refusing.")
+    ] = False,
+) -> None:
+    """Generate the worker key that authenticates the verified hop (give every worker BATTERYLEDGER_WORKER_KEY)."""
+    from ledger.intake import HopKey, HopKeyError
+
+    try:
+        if if_missing and path.exists():
+            console.print(f"worker key {path} kept (key id {HopKey.load(path).kid})")
+            return
+        key = HopKey.generate()
+        key.save(path)
+    except (HopKeyError, OSError) as exc:
+        fail(exc.diagnostics() if isinstance(exc, HopKeyError) else f"cannot write {path}: {exc.strerror}", 2)
+    console.print(
+        f"worker key {path} (0600), key id {key.kid}: set BATTERYLEDGER_WORKER_KEY={path} on every worker"
+    )
+
+
 @keys_app.command("show")
 def keys_show(
     path: Annotated[Path, typer.Argument(help="A private (.key) or public (.pub) key file.")],

@@ -13,16 +13,17 @@ is the single writer of its store (the sequencer); readers may open the same URL
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Literal
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from sqlalchemy import String, func, literal, select, text
+from sqlalchemy import MetaData, String, Table, func, inspect, literal, select, text
 from sqlalchemy.engine import Connection, Engine
 
 from ledger import chain, tree
@@ -86,6 +87,9 @@ Status = Literal["appended", "duplicate", "rejected", "parked"]
 # many events (bounded memory and storage) and at most PARK_MAX_AGE (see expire_parked).
 PARK_MAX_EVENTS = 100_000
 FACILITY_WAIT = "facility:"  # parked-index key prefix: waiting for a facility's registration or key
+# every waiting copy also waits for its own event id: once one copy is appended, the others (other
+# signatures, other sources) are decided at once (a duplicate, or a conflict naming the winner)
+EVENT_WAIT = "event:"
 PARK_MAX_AGE = timedelta(seconds=30)
 
 
@@ -96,6 +100,15 @@ class AppendResult:
     seq: int | None = None
     reason: str | None = None
     detail: str | None = None
+    #: where the decided message came from and, for a rejection, its original bytes: set on the results
+    #: of events released from (or expired in) the parked table, whose caller no longer holds them
+    source: str | None = field(default=None, compare=False)
+    raw: bytes | None = field(default=None, compare=False, repr=False)
+
+
+def park_id_of(source: str, signed: bytes) -> str:
+    """Key of one waiting copy: two messages with one event id (other signatures) are two rows."""
+    return hashlib.sha256(source.encode("utf-8", "replace") + b"\x00" + signed).hexdigest()
 
 
 @dataclass(slots=True)
@@ -108,6 +121,7 @@ class Incoming:
     source: str = "api"
     error: EventError | None = None  # decided upstream (verify stage): record the rejection only
     parked_at: datetime | None = None  # set when it comes back from the parked table
+    park_id: str | None = None  # its row in the parked table, when it comes back from there
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +138,7 @@ class _Overlay(StateView):
         self.conn = conn
         self.batches: dict[str, BatchState | None] = {}
         self.new_events: dict[str, bytes] = {}
+        self.new_seqs: dict[str, int] = {}
         self.stored_events: dict[str, bytes | None] = {}
 
     def prefetch(self, batch_ids: Iterable[str], event_ids: Iterable[str]) -> None:
@@ -270,8 +285,9 @@ class Ledger:
         ):
             raise StoreError("the operator key given is not this ledger's operator key")
         self.registry = Registry()
-        self._parked_index: dict[str, set[str]] = {}
         self.writer_wait_s = WRITER_WAIT_S  # one writer per store: see store.write_transaction
+        self._parked_index: dict[str, set[str]] = {}  # what is waited for -> park ids waiting
+        self._recheck_parked = False  # set when the store moved under this object (see sync)
         self._load()
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -361,9 +377,43 @@ class Ledger:
                     continue
                 self.registry.apply(d.event, row.event_id)
             self._parked_index = {}
-            for row in conn.execute(select(PARKED.c.event_id, PARKED.c.missing)):
-                for b in json.loads(row.missing):
-                    self._parked_index.setdefault(b, set()).add(row.event_id)
+            self._parked_legacy = "park_id" not in {c["name"] for c in inspect(conn).get_columns("parked")}
+            if not self._parked_legacy:
+                for row in conn.execute(select(PARKED.c.park_id, PARKED.c.missing)):
+                    for b in json.loads(row.missing):
+                        self._parked_index.setdefault(b, set()).add(row.park_id)
+        self._recheck_parked = bool(self._parked_index)
+
+    def _upgrade_parked(self) -> None:
+        """A store made before parked copies had their own key (park_id): rebuild its parked table once,
+        keeping every waiting event (only a writer does this, on its first append)."""
+        with self.engine.begin() as conn:
+            old = Table("parked", MetaData(), autoload_with=conn)
+            rows = [dict(r._mapping) for r in conn.execute(select(old))]
+            old.drop(conn)
+            PARKED.create(conn)
+            names = [c.name for c in PARKED.columns]
+            for r in rows:
+                r["park_id"] = park_id_of(str(r["source"]), bytes(r["data"]))
+                conn.execute(PARKED.insert().values(**{k: r[k] for k in names if k in r}))
+        self._load()
+
+    def sync(self) -> bool:
+        """Reload head, registry and parked index if another process appended to the store since.
+
+        One indexed query. True when it reloaded (a facility registered with the CLI while a worker runs
+        becomes known to that worker's sequencer here, and events waiting for it are retried).
+        """
+        with self.engine.connect() as conn:
+            last = conn.execute(
+                select(ENTRIES.c.seq, ENTRIES.c.entry_hash).order_by(ENTRIES.c.seq.desc()).limit(1)
+            ).first()
+        size = 0 if last is None else last.seq + 1
+        head = chain.GENESIS if last is None else bytes(last.entry_hash)
+        if size == self.size and head == self.head_hash:
+            return False
+        self._load()
+        return True
 
     # -- append ---------------------------------------------------------------------------------
     def append(
@@ -382,6 +432,8 @@ class Ledger:
         same transaction. With `park`, an event whose inputs are unknown waits (see PARK_MAX_*).
         """
         incoming = [it if isinstance(it, Incoming) else Incoming(raw=it) for it in items]
+        if self._parked_legacy:
+            self._upgrade_parked()
         try:
             with write_transaction(self.engine, self.url, self.writer_wait_s) as conn:
                 self._follow_head(conn)
@@ -415,6 +467,8 @@ class Ledger:
                     it.decoded = decode(it.raw)
                 except EventError as exc:
                     it.error = exc
+                except Exception as exc:  # a bug costs this event, never the rest of the batch
+                    it.error = EventError(Reason.INTERNAL_ERROR, f"decode: {type(exc).__name__}: {exc}")
         # 2. one round trip for every batch and event id this append will look at
         bids: set[str] = set()
         eids: set[str] = set()
@@ -432,7 +486,7 @@ class Ledger:
         # "appended"); events unparked from earlier calls report after the items
         slots: list[AppendResult | None] = [None] * len(incoming)
         unparked: list[AppendResult] = []
-        parked_slot: dict[str, int] = {}  # event parked by this call -> its item index
+        parked_slot: dict[str, int] = {}  # park id of an item parked by this call -> its item index
         entry_rows: list[dict[str, Any]] = []
         leaves: list[bytes] = []
         new_batches: dict[str, BatchState] = {}
@@ -447,13 +501,38 @@ class Ledger:
         ts = now()
 
         queue: list[tuple[int | None, Incoming]] = list(enumerate(incoming))
+        if self._recheck_parked:
+            # the store moved under this object (another process appended): whatever waits for a
+            # facility or batch that is there now tries again
+            self._recheck_parked = False
+            waits = list(self._parked_index)
+            ov.prefetch(
+                [w for w in waits if not w.startswith((FACILITY_WAIT, EVENT_WAIT))],
+                [w[len(EVENT_WAIT) :] for w in waits if w.startswith(EVENT_WAIT)],
+            )
+            for w in sorted(waits):
+                if w.startswith(FACILITY_WAIT):
+                    there = w[len(FACILITY_WAIT) :] in self.registry.facilities
+                elif w.startswith(EVENT_WAIT):
+                    there = ov.event_bytes(w[len(EVENT_WAIT) :]) is not None
+                else:
+                    there = ov.batch(w) is not None
+                if there:
+                    for waiting in sorted(self._parked_index.pop(w, set())):
+                        queue.append((None, self._unpark(conn, waiting, parked_new)))
         i = 0
         while i < len(queue):
             slot, it = queue[i]
             i += 1
 
-            def emit(res: AppendResult, slot: int | None = slot) -> None:
+            def emit(res: AppendResult, slot: int | None = slot, it: Incoming = it) -> None:
+                if it.park_id is not None and res.status != "parked":
+                    parked_done.add(it.park_id)  # this copy is decided: its parked row goes
                 if slot is None:
+                    if res.status == "parked":
+                        return  # released, still waiting: nothing new to report
+                    # released from the parked table: the caller holds neither its bytes nor its source
+                    res = replace(res, source=it.source, raw=it.raw if res.status == "rejected" else None)
                     unparked.append(res)
                 else:
                     slots[slot] = res
@@ -476,13 +555,15 @@ class Ledger:
                 if existing == d.signed:
                     emit(AppendResult(d.event_id, "duplicate"))
                 else:
+                    # two copies of one event (another signature): the first that passed every check
+                    # won; this one is decided under its own source, never dropped
                     err = EventError(
                         Reason.DUPLICATE_CONFLICT,
-                        f"event {d.event_id} is already in the ledger with a different signature",
+                        f"event {d.event_id} is already in the ledger with a different signature "
+                        f"({self._winner(conn, ov, d.event_id)}); this copy is signed with key {d.key_id}",
                     )
                     rejections.append(self._rejection(d.event_id, err, it, ts))
                     emit(AppendResult(d.event_id, "rejected", reason=err.reason.value, detail=err.detail))
-                parked_done.add(d.event_id)
                 continue
             # 4. identity, then the append rules
             try:
@@ -500,32 +581,33 @@ class Ledger:
                     missing = [FACILITY_WAIT + d.facility_id]
                 else:
                     missing = []
-                if park and missing and self._park_room():
-                    parked_new[d.event_id] = {
+                if park and missing and (it.park_id is not None or self._park_room()):
+                    pid = it.park_id or park_id_of(it.source, d.signed)
+                    parked_new[pid] = {
+                        "park_id": pid,
                         "event_id": d.event_id,
                         "data": d.signed,
                         "raw": it.raw,
-                        "missing": json.dumps(sorted(set(missing))),
+                        "missing": json.dumps(sorted({*missing, EVENT_WAIT + d.event_id})),
                         "reason": exc.reason.value,
                         "detail": exc.detail[:2000],
                         "source": it.source,
                         "parked_at": it.parked_at or ts,  # waiting time counts from the first park
                     }
-                    for bid in missing:
-                        self._parked_index.setdefault(bid, set()).add(d.event_id)
+                    for bid in (*missing, EVENT_WAIT + d.event_id):
+                        self._parked_index.setdefault(bid, set()).add(pid)
+                    parked_done.discard(pid)
                     if slot is not None:
-                        parked_slot[d.event_id] = slot
+                        parked_slot[pid] = slot
                     emit(AppendResult(d.event_id, "parked", reason=exc.reason.value, detail=exc.detail))
                     continue
                 rejections.append(self._rejection(d.event_id, exc, it, ts))
                 emit(AppendResult(d.event_id, "rejected", reason=exc.reason.value, detail=exc.detail))
-                parked_done.add(d.event_id)
                 continue
             except Exception as exc:
                 err = EventError(Reason.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
                 rejections.append(self._rejection(d.event_id, err, it, ts))
                 emit(AppendResult(d.event_id, "rejected", reason=err.reason.value, detail=err.detail))
-                parked_done.add(d.event_id)
                 continue
             # 5. accepted: chain it, apply its changes to the overlay and the registry
             leaf = chain.leaf_of(d.signed)
@@ -545,6 +627,7 @@ class Ledger:
             )
             leaves.append(leaf)
             ov.new_events[d.event_id] = d.signed
+            ov.new_seqs[d.event_id] = seq
             for b in outcome.new_batches:
                 ov.batches[b.batch_id] = b
                 new_batches[b.batch_id] = b
@@ -564,9 +647,10 @@ class Ledger:
                 for waiting in sorted(self._parked_index.pop(FACILITY_WAIT + subject, set())):
                     queue.append((parked_slot.pop(waiting, None), self._unpark(conn, waiting, parked_new)))
             emit(AppendResult(d.event_id, "appended", seq=seq))
-            parked_done.add(d.event_id)
-            parked_new.pop(d.event_id, None)
             seq += 1
+            # other copies of this event still waiting (other signatures or sources): decide them now
+            for waiting in sorted(self._parked_index.pop(EVENT_WAIT + d.event_id, set())):
+                queue.append((parked_slot.pop(waiting, None), self._unpark(conn, waiting, parked_new)))
             # 6. children before parents: events waiting for the batches just made (or whose custody
             #    just changed) try again
             for b in (*outcome.new_batches, *outcome.touched):
@@ -619,19 +703,31 @@ class Ledger:
         self._write_facilities(conn, facilities_changed, seq)
         done = sorted(parked_done - set(parked_new))
         for part in chunks(done):
-            conn.execute(PARKED.delete().where(PARKED.c.event_id.in_(part)))
+            conn.execute(PARKED.delete().where(PARKED.c.park_id.in_(part)))
         for row in parked_new.values():
-            conn.execute(PARKED.delete().where(PARKED.c.event_id == row["event_id"]))
+            conn.execute(PARKED.delete().where(PARKED.c.park_id == row["park_id"]))
             conn.execute(PARKED.insert().values(**row))
         self.size = seq
         self.head_hash = prev
         return [r for r in slots if r is not None] + unparked
 
-    def _unpark(self, conn: Connection, event_id: str, parked_new: dict[str, dict[str, Any]]) -> Incoming:
+    def _winner(self, conn: Connection, ov: _Overlay, event_id: str) -> str:
+        """Which copy of an event is in the ledger: its seq and key id (for a conflict's detail)."""
+        seq = ov.new_seqs.get(event_id)
+        if seq is None:
+            seq = conn.execute(select(ENTRIES.c.seq).where(ENTRIES.c.event_id == event_id)).scalar()
+        data = ov.event_bytes(event_id) or b"{}"
+        try:
+            kid = json.loads(data).get("sig", {}).get("key_id", "?")
+        except ValueError:
+            kid = "?"
+        return f"appended at seq {seq}, signed with key {kid}, the first copy that passed every check"
+
+    def _unpark(self, conn: Connection, park_id: str, parked_new: dict[str, dict[str, Any]]) -> Incoming:
         for ids in self._parked_index.values():
-            ids.discard(event_id)
-        if event_id in parked_new:
-            row = parked_new.pop(event_id)
+            ids.discard(park_id)
+        if park_id in parked_new:
+            row = parked_new.pop(park_id)
             data, raw, source, since = (
                 bytes(row["data"]),
                 bytes(row["raw"]),
@@ -641,21 +737,28 @@ class Ledger:
         else:
             stored = conn.execute(
                 select(PARKED.c.data, PARKED.c.raw, PARKED.c.source, PARKED.c.parked_at).where(
-                    PARKED.c.event_id == event_id
+                    PARKED.c.park_id == park_id
                 )
             ).first()
             if stored is None:
                 return Incoming(
-                    raw=b"", error=EventError(Reason.INTERNAL_ERROR, f"parked event {event_id} vanished")
+                    raw=b"",
+                    error=EventError(Reason.INTERNAL_ERROR, f"parked copy {park_id} vanished"),
+                    park_id=park_id,
                 )
             data, raw, source = bytes(stored.data), bytes(stored.raw), str(stored.source)
             since = _aware(stored.parked_at)
         try:
             return Incoming(
-                raw=raw, decoded=decode(data), signature_checked=False, source=source, parked_at=since
+                raw=raw,
+                decoded=decode(data),
+                signature_checked=False,
+                source=source,
+                parked_at=since,
+                park_id=park_id,
             )
         except EventError as exc:
-            return Incoming(raw=raw, error=exc, source=source)
+            return Incoming(raw=raw, error=exc, source=source, park_id=park_id)
 
     def _park_room(self) -> bool:
         return sum(len(v) for v in self._parked_index.values()) < PARK_MAX_EVENTS
@@ -740,7 +843,7 @@ class Ledger:
             out: list[AppendResult] = []
             ts = now()
             for row in rows:
-                missing = json.loads(row.missing)
+                missing = [m for m in json.loads(row.missing) if not m.startswith(EVENT_WAIT)]
                 waited = f"{max_age.total_seconds():g} s"
                 if row.reason == Reason.NOT_CUSTODIAN.value:  # the shipment or receipt never came
                     err = EventError(
@@ -763,10 +866,19 @@ class Ledger:
                         created_at=ts,
                     )
                 )
-                conn.execute(PARKED.delete().where(PARKED.c.event_id == row.event_id))
+                conn.execute(PARKED.delete().where(PARKED.c.park_id == row.park_id))
                 for ids in self._parked_index.values():
-                    ids.discard(row.event_id)
-                out.append(AppendResult(row.event_id, "rejected", reason=err.reason.value, detail=err.detail))
+                    ids.discard(row.park_id)
+                out.append(
+                    AppendResult(
+                        row.event_id,
+                        "rejected",
+                        reason=err.reason.value,
+                        detail=err.detail,
+                        source=str(row.source),
+                        raw=bytes(row.raw),
+                    )
+                )
         self._parked_index = {k: v for k, v in self._parked_index.items() if v}
         return out
 

@@ -20,55 +20,71 @@ stale copy never rejects what the authoritative one accepts, except for an unkno
 events pass on with ``signature_checked=False`` and the sequencer, which holds the authoritative
 registry, checks them in full.
 
+The verified hop (:func:`pack_verified` / :func:`unpack_verified`): one verified-topic record carries a
+batch of verify-stage outcomes, authenticated once with HMAC-SHA256 under the worker key
+(:class:`HopKey`); the sequencer appends only what a valid MAC vouches for.
+
 Sequence stage (:class:`Sequencer`, single writer): turns records of the verified topic back into
 :class:`~ledger.core.Incoming`, drops what the store has already decided (at-least-once delivery upstream
 means re-deliveries), and appends a batch in ONE store transaction together with two tracking records:
 the next offset of the verified topic, and per source partition of the raw topic the highest source
 offset seen (which is how re-deliveries of the verify stage are recognised without a query per event).
 
-Verify-stage rejections also travel through the verified topic (as records carrying a reason header and
-the original bytes) instead of being written by a second agent: the store keeps exactly one writer, and
+Verify-stage rejections also travel through the verified topic (items carrying a reason and the
+original bytes) instead of being written by a second agent: the store keeps exactly one writer, and
 the rejection is recorded exactly once, in the same transaction as the offset that consumed it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import struct
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
+from pathlib import Path
 from typing import Protocol
 
-from sqlalchemy import ColumnElement, select
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from pydantic import ValidationError
 
 from ledger.core import AppendResult, Incoming, Ledger
-from ledger.store import REJECTIONS, chunks
 from schemas.cloudevents import check_attributes, unwrap
-from schemas.events import MAX_EVENT_BYTES
+from schemas.events import EVENT_ADAPTER, MAX_EVENT_BYTES
 from schemas.reasons import EventError, Reason
 from schemas.signing import DecodedEvent, decode
 
 __all__ = [
     "ENVELOPE_SLACK_BYTES",
+    "HOP_MAX_BYTES",
     "H_DETAIL",
-    "H_EVENT",
     "H_EVENT_ID",
+    "H_HOP",
+    "H_HOP_KID",
+    "H_HOP_MAC",
     "H_REASON",
-    "H_SIG_CHECKED",
     "H_SOURCE",
     "H_STAGE",
     "MAX_MESSAGE_BYTES",
     "Headers",
+    "HopKey",
+    "HopKeyError",
     "KeyLookup",
     "Position",
     "SequencedBatch",
     "Sequencer",
     "VerifiedRecord",
-    "from_verified",
+    "fit_for_forwarding",
+    "pack_verified",
     "parse_source",
     "rejection_headers",
     "source_of",
-    "to_verified",
+    "unpack_verified",
     "verify_message",
 ]
 
@@ -79,13 +95,11 @@ ENVELOPE_SLACK_BYTES = 4096
 MAX_MESSAGE_BYTES = MAX_EVENT_BYTES + ENVELOPE_SLACK_BYTES
 
 # Headers of the internal verified topic and of the rejected topic (prefix ``bl_`` like CloudEvents' ``ce_``).
-H_SIG_CHECKED = "bl_sig_checked"  # "1": the verify stage checked the signature; "0": the sequencer must
 H_SOURCE = "bl_source"  # "<topic>/<partition>/<offset>" of the original message on the raw topic
 H_REASON = "bl_reason"  # stable reason code (schemas.reasons.Reason) of a rejection
 H_DETAIL = "bl_detail"  # human detail of a rejection (may change between versions)
 H_EVENT_ID = "bl_event_id"  # event id when the event could be decoded
 H_STAGE = "bl_stage"  # "verify" | "sequence": which stage rejected it
-H_EVENT = "bl_event"  # canonical event bytes of a verify-stage rejection whose original was not them
 
 #: Longest detail put in a header (the store keeps up to 2000 characters).
 _MAX_DETAIL_HEADER = 1000
@@ -171,6 +185,111 @@ def verify_message(
         return Incoming(raw=raw, decoded=decoded, source=source, error=err)
 
 
+# ------------------------------------------------------------------------------------ the verified hop
+#
+# A record of the verified topic carries a BATCH of verify-stage outcomes (accepted events and
+# verify-stage rejections, in the order of their raw messages), authenticated once per record with
+# HMAC-SHA256 under the worker key (see HopKey). The sequencer appends only what a valid MAC vouches
+# for; any other record there (forged, from an old version, another ledger's key) is recorded as an
+# `unauthenticated` rejection under the verified topic's position, its bytes kept, and never appended.
+#
+# Value layout (all lengths big-endian u32):  b"BLH1" | count | count x item
+#   item = flags (u8: 1 = rejected, 2 = signature checked) | len(source) | len(body) | len(meta)
+#          | len(event) | source | body | meta | event
+#   body  = canonical signed bytes (accepted) or the original message bytes (rejected)
+#   meta  = JSON {"reason", "detail", "event_id"} of a rejection; empty when accepted
+#   event = canonical event bytes of a rejection that could be decoded (so the event id is kept)
+# Headers: bl_hop = "1" (layout version), bl_hop_kid = key id, bl_hop_mac = hex HMAC-SHA256(key,
+# topic name || 0x00 || value): binding the topic name keeps a record from being replayed into another
+# ledger's topic that shares the key. An equal record replayed on the same topic changes nothing
+# (every item is deduplicated by its raw source position and event id).
+
+H_HOP = "bl_hop"
+H_HOP_KID = "bl_hop_kid"
+H_HOP_MAC = "bl_hop_mac"
+HOP_VERSION = b"1"
+#: Largest verified-record value the verify stage writes (the topic takes 1 MiB per record; headers
+#: and the record batch need a little room, and Faust's producer refuses above its request size).
+HOP_MAX_BYTES = 900 * 1024
+#: Longest prefix of a rejected message kept when the whole message cannot be forwarded (only a raw
+#: message of more than HOP_MAX_BYTES, i.e. between 0.9 and 1 MiB, the raw topic's limit): its full
+#: length and SHA-256 go into the detail.
+KEEP_OVERSIZED_BYTES = HOP_MAX_BYTES - 16 * 1024
+_MAGIC = b"BLH1"
+_COUNT = struct.Struct(">I")
+_ITEM = struct.Struct(">BIIII")
+_F_REJECTED = 1
+_F_CHECKED = 2
+#: Domain separation of a worker key derived from the operator key.
+_DERIVE_LABEL = b"batteryledger/worker-hop-key/v1"
+
+
+class HopKeyError(Exception):
+    """No usable worker key: one line, actionable."""
+
+    def diagnostics(self) -> str:
+        return str(self)
+
+
+@dataclass(frozen=True, slots=True)
+class HopKey:
+    """The worker key: a 32-byte HMAC-SHA256 secret shared by the ledger's workers only.
+
+    A file holds it as 64 hex characters (``batteryledger keys worker FILE`` writes one, mode 0600);
+    without a file a worker derives it from the operator key it is given, so every worker of one ledger
+    agrees without further provisioning.
+    """
+
+    secret: bytes
+
+    def __post_init__(self) -> None:
+        if len(self.secret) < 32:
+            raise HopKeyError("a worker key must be at least 32 bytes")
+
+    @property
+    def kid(self) -> str:
+        return hashlib.sha256(b"kid" + self.secret).hexdigest()[:16]
+
+    def mac(self, topic: str, value: bytes) -> bytes:
+        return hmac.new(self.secret, topic.encode("utf-8") + b"\x00" + value, hashlib.sha256).digest()
+
+    @classmethod
+    def generate(cls) -> HopKey:
+        return cls(secrets.token_bytes(32))
+
+    @classmethod
+    def derived(cls, operator_key: Ed25519PrivateKey) -> HopKey:
+        raw = operator_key.private_bytes_raw()
+        return cls(hmac.new(raw, _DERIVE_LABEL, hashlib.sha256).digest())
+
+    @classmethod
+    def load(cls, path: Path) -> HopKey:
+        try:
+            text = path.read_text().strip()
+        except OSError as exc:
+            raise HopKeyError(
+                f"cannot read the worker key {path}: {exc.strerror}; make one with "
+                "`batteryledger keys worker FILE`"
+            ) from None
+        try:
+            secret = bytes.fromhex(text)
+        except ValueError:
+            secret = b""
+        if len(secret) < 32:
+            raise HopKeyError(
+                f"{path} is not a worker key (64 hex characters); make one with `batteryledger keys worker FILE`"
+            )
+        return cls(secret)
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists():
+            raise HopKeyError(f"{path} exists; refusing to overwrite a worker key")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(self.secret.hex() + "\n")
+
+
 def _h(text: str) -> bytes:
     return text.encode("utf-8", "replace")
 
@@ -190,26 +309,68 @@ def rejection_headers(
     return hdrs
 
 
-def to_verified(incoming: Incoming) -> tuple[list[tuple[str, bytes]], bytes]:
-    """The (headers, value) of the verified-topic record that carries a verify-stage outcome.
-
-    Accepted: value = canonical signed bytes. Rejected: value = the original bytes, plus reason headers.
-    """
-    if incoming.error is None and incoming.decoded is not None:
-        hdrs = [
-            (H_SIG_CHECKED, b"1" if incoming.signature_checked else b"0"),
-            (H_SOURCE, _h(incoming.source)),
-        ]
-        return hdrs, incoming.decoded.signed
-    err = incoming.error or EventError(Reason.INTERNAL_ERROR, "neither decoded nor rejected")
-    event_id = incoming.decoded.event_id if incoming.decoded is not None else None
-    hdrs = rejection_headers(
-        err.reason.value, err.detail, source=incoming.source, event_id=event_id, stage="verify"
+def fit_for_forwarding(incoming: Incoming, limit: int = HOP_MAX_BYTES) -> Incoming:
+    """An outcome whose message is too large to forward becomes an `oversized` rejection keeping a prefix."""
+    if len(incoming.raw) + 2048 <= limit:
+        return incoming
+    digest = hashlib.sha256(incoming.raw).hexdigest()
+    keep = min(KEEP_OVERSIZED_BYTES, limit - 2048)
+    err = EventError(
+        Reason.OVERSIZED,
+        f"message is {len(incoming.raw)} bytes (SHA-256 {digest}); too large to forward, the first "
+        f"{keep} bytes are kept; an event may be at most {MAX_EVENT_BYTES} bytes",
     )
-    if incoming.decoded is not None and incoming.decoded.signed != incoming.raw:
-        # the canonical event bytes let the sequencer record the event id with the rejection
-        hdrs.append((H_EVENT, incoming.decoded.signed))
-    return hdrs, incoming.raw
+    return Incoming(raw=incoming.raw[:keep], source=incoming.source, error=err)
+
+
+def _encode_item(it: Incoming) -> bytes:
+    src = _h(it.source)
+    if it.error is None and it.decoded is not None:
+        # what the sequencer needs so it need not decode again: the unsigned canonical bytes (the event
+        # id is their SHA-256, the model is validated straight from them) and the detached signature
+        flags = _F_CHECKED if it.signature_checked else 0
+        d = it.decoded
+        body, event = d.signed, d.unsigned
+        meta = d.key_id.encode("utf-8") + b"\n" + d.signature
+    else:
+        err = it.error or EventError(Reason.INTERNAL_ERROR, "neither decoded nor rejected")
+        flags = _F_REJECTED
+        body = it.raw
+        meta = json.dumps(
+            {
+                "reason": err.reason.value,
+                "detail": err.detail[:2000],
+                "event_id": it.decoded.event_id if it.decoded is not None else None,
+            }
+        ).encode()
+        event = it.decoded.signed if it.decoded is not None and it.decoded.signed != it.raw else b""
+    return _ITEM.pack(flags, len(src), len(body), len(meta), len(event)) + src + body + meta + event
+
+
+def pack_verified(
+    items: Sequence[Incoming], key: HopKey, topic: str, *, limit: int = HOP_MAX_BYTES
+) -> list[tuple[list[tuple[str, bytes]], bytes]]:
+    """The verified-topic records ((headers, value), in order) that carry `items`, each under `limit`."""
+    out: list[tuple[list[tuple[str, bytes]], bytes]] = []
+    parts: list[bytes] = []
+    size = len(_MAGIC) + _COUNT.size
+
+    def flush() -> None:
+        nonlocal parts, size
+        if parts:
+            value = _MAGIC + _COUNT.pack(len(parts)) + b"".join(parts)
+            mac = key.mac(topic, value).hex().encode()
+            out.append(([(H_HOP, HOP_VERSION), (H_HOP_KID, key.kid.encode()), (H_HOP_MAC, mac)], value))
+        parts, size = [], len(_MAGIC) + _COUNT.size
+
+    for it in items:
+        enc = _encode_item(fit_for_forwarding(it, limit))
+        if parts and size + len(enc) > limit:
+            flush()
+        parts.append(enc)
+        size += len(enc)
+    flush()
+    return out
 
 
 def _header_map(headers: Headers) -> dict[str, bytes]:
@@ -217,45 +378,113 @@ def _header_map(headers: Headers) -> dict[str, bytes]:
     return {str(k): bytes(v) if v is not None else b"" for k, v in items}
 
 
-def from_verified(
+def unpack_verified(
     headers: Headers,
     value: bytes | None,
+    key: HopKey,
     *,
-    fallback_source: str,
+    topic: str,
+    position: str,
     known: Mapping[str, DecodedEvent] | None = None,
-) -> Incoming:
-    """Rebuild the Incoming a verified-topic record carries. Never raises.
+) -> list[Incoming]:
+    """The outcomes one verified-topic record carries, if its MAC holds. Never raises.
 
+    A record that is not authenticated is one `unauthenticated` rejection under `position` (the
+    verified topic's position), its value kept as the original bytes: nothing in it is appended.
     `known` maps sources to events this process decoded in its own verify stage; one whose canonical
-    bytes are exactly the record's value is reused instead of being parsed a second time.
+    bytes are exactly the item's are reused instead of being parsed a second time.
     """
     raw = b"" if value is None else bytes(value)
     try:
         hdrs = _header_map(headers)
-        source = hdrs.get(H_SOURCE, b"").decode("utf-8", "replace") or fallback_source
-        reason = hdrs.get(H_REASON)
-        if reason is not None:
-            code = reason.decode("utf-8", "replace")
+        mac = hdrs.get(H_HOP_MAC, b"")
+        problem = None
+        if hdrs.get(H_HOP) != HOP_VERSION:
+            problem = "no bl_hop header of layout version 1: not written by a verify stage of this version"
+        else:
             try:
-                rsn = Reason(code)
-            except ValueError:
-                rsn = Reason.INTERNAL_ERROR
-            err = EventError(rsn, hdrs.get(H_DETAIL, b"").decode("utf-8", "replace") or code)
-            decoded: DecodedEvent | None = None
-            with contextlib.suppress(EventError):
-                decoded = decode(hdrs.get(H_EVENT, raw))
-            return Incoming(raw=raw, decoded=decoded, source=source, error=err)
-        checked = hdrs.get(H_SIG_CHECKED) == b"1"
-        mine = known.get(source) if known is not None else None
-        if mine is not None and mine.signed == raw:
-            return Incoming(raw=raw, decoded=mine, signature_checked=checked, source=source)
-        try:
-            return Incoming(raw=raw, decoded=decode(raw), signature_checked=checked, source=source)
-        except EventError as exc:
-            return Incoming(raw=raw, source=source, error=exc)
+                given = bytes.fromhex(mac.decode("ascii"))
+            except (UnicodeDecodeError, ValueError):
+                given = b""
+            if not hmac.compare_digest(given, key.mac(topic, raw)):
+                kid = hdrs.get(H_HOP_KID, b"").decode("utf-8", "replace")
+                problem = (
+                    f"bl_hop_mac does not verify under the worker key {key.kid} (record names key {kid!r})"
+                )
+        if problem is not None:
+            err = EventError(Reason.UNAUTHENTICATED, f"verified-topic record refused: {problem}")
+            return [Incoming(raw=raw, source=position, error=err)]
+        return _items(raw, known)
     except Exception as exc:
         err = EventError(Reason.INTERNAL_ERROR, f"sequence stage: {type(exc).__name__}: {exc}")
-        return Incoming(raw=raw, source=fallback_source, error=err)
+        return [Incoming(raw=raw, source=position, error=err)]
+
+
+def _carried(signed: bytes, meta: bytes, unsigned: bytes) -> DecodedEvent:
+    """The decoded event the verify stage vouched for, rebuilt without parsing it twice: the model is
+    validated from the unsigned canonical bytes (pydantic's JSON parser), the id is their SHA-256."""
+    kid, sep, signature = meta.partition(b"\n")
+    if not sep or not unsigned:
+        return decode(signed)
+    try:
+        event = EVENT_ADAPTER.validate_json(unsigned)
+    except ValidationError:
+        return decode(signed)  # cannot happen for what a verify stage accepted; decide it in full
+    return DecodedEvent(
+        event_id=hashlib.sha256(unsigned).hexdigest(),
+        unsigned=bytes(unsigned),
+        signed=bytes(signed),
+        key_id=kid.decode("utf-8"),
+        signature=bytes(signature),
+        event=event,
+    )
+
+
+def _items(value: bytes, known: Mapping[str, DecodedEvent] | None) -> list[Incoming]:
+    if not value.startswith(_MAGIC):
+        raise ValueError("not a verified batch")
+    (count,) = _COUNT.unpack_from(value, len(_MAGIC))
+    pos = len(_MAGIC) + _COUNT.size
+    out: list[Incoming] = []
+    for _ in range(count):
+        flags, ls, lb, lm, le = _ITEM.unpack_from(value, pos)
+        pos += _ITEM.size
+        source = value[pos : pos + ls].decode("utf-8", "replace")
+        pos += ls
+        body = value[pos : pos + lb]
+        pos += lb
+        meta = value[pos : pos + lm]
+        pos += lm
+        event = value[pos : pos + le]
+        pos += le
+        if flags & _F_REJECTED:
+            m = json.loads(meta)
+            try:
+                rsn = Reason(m.get("reason"))
+            except ValueError:
+                rsn = Reason.INTERNAL_ERROR
+            err = EventError(rsn, str(m.get("detail") or rsn.value))
+            decoded: DecodedEvent | None = None
+            with contextlib.suppress(Exception):
+                decoded = decode(event or body)
+            out.append(Incoming(raw=body, decoded=decoded, source=source, error=err))
+            continue
+        checked = bool(flags & _F_CHECKED)
+        mine = known.get(source) if known is not None else None
+        if mine is not None and mine.signed == body:
+            out.append(Incoming(raw=body, decoded=mine, signature_checked=checked, source=source))
+            continue
+        try:
+            out.append(
+                Incoming(
+                    raw=body, decoded=_carried(body, meta, event), signature_checked=checked, source=source
+                )
+            )
+        except EventError as exc:
+            out.append(Incoming(raw=body, source=source, error=exc))
+    if pos != len(value):
+        raise ValueError(f"{len(value) - pos} trailing bytes in a verified batch")
+    return out
 
 
 # ------------------------------------------------------------------------------------ sequence stage
@@ -286,16 +515,30 @@ class SequencedBatch:
 
 
 def _verify_stage(it: Incoming) -> bool:
-    return it.error is not None
+    """A rejection the verify agent already put on the rejected topic (not a forged verified record)."""
+    err = it.error
+    return (
+        err is not None
+        and err.reason != Reason.UNAUTHENTICATED
+        and not err.detail.startswith("sequence stage:")
+    )
+
+
+#: Most events the sequencer appends in one store transaction when a batch of records carries more.
+SEQUENCE_MAX_ITEMS = 2000
 
 
 class Sequencer:
-    """The single writer's logic: idempotent, offset-tracked batched appends. No Kafka in here."""
+    """The single writer's logic: authenticated, idempotent, offset-tracked batched appends. No Kafka here."""
 
-    def __init__(self, ledger: Ledger, consumer: str) -> None:
+    def __init__(
+        self, ledger: Ledger, consumer: str, hop_key: HopKey, *, max_items: int = SEQUENCE_MAX_ITEMS
+    ) -> None:
         self.ledger = ledger
         self.consumer = consumer
         self.sources_consumer = consumer + "/sources"
+        self.hop_key = hop_key
+        self.max_items = max(1, max_items)
         self.reload()
 
     def reload(self) -> None:
@@ -303,36 +546,58 @@ class Sequencer:
         self.next_offsets: dict[tuple[str, int], int] = self.ledger.stored_offsets(self.consumer)
         self.source_marks: dict[tuple[str, int], int] = self.ledger.stored_offsets(self.sources_consumer)
 
+    def expand(self, rec: VerifiedRecord, known: Mapping[str, DecodedEvent] | None = None) -> list[Incoming]:
+        """The outcomes one record carries (one `unauthenticated` rejection if its MAC fails)."""
+        return unpack_verified(
+            rec.headers,
+            rec.value,
+            self.hop_key,
+            topic=rec.topic,
+            position=source_of(rec.topic, rec.partition, rec.offset),
+            known=known,
+        )
+
     def process(
         self, records: Sequence[VerifiedRecord], *, known: Mapping[str, DecodedEvent] | None = None
     ) -> SequencedBatch:
-        """Append a batch in one transaction with its offsets. Raises only if the store itself fails.
+        """Append the records' events, at most `max_items` per store transaction, each transaction with
+        the offsets of the records it completes. Raises only if the store itself fails.
 
-        `known`: see :func:`from_verified` (events this process already decoded in its verify stage).
+        `known`: see :func:`unpack_verified` (events this process already decoded in its verify stage).
         """
         out = SequencedBatch()
-        fresh: list[tuple[VerifiedRecord, Incoming]] = []
-        offsets: dict[tuple[str, str, int], int] = {}
-        marks: dict[tuple[str, int], int] = {}
+        # another process may have appended (a facility registered with the CLI): reload its registry
+        self.ledger.sync()
+        group: list[tuple[VerifiedRecord, list[Incoming]]] = []
+        n = 0
         for rec in records:
-            tp = (rec.topic, rec.partition)
-            if rec.offset < self.next_offsets.get(tp, 0):
+            if rec.offset < self.next_offsets.get((rec.topic, rec.partition), 0):
                 out.skipped_offsets += 1
                 continue
+            items = self.expand(rec, known)
+            if group and n + len(items) > self.max_items:
+                self._append_group(group, out)
+                group, n = [], 0
+            group.append((rec, items))
+            n += len(items)
+        if group:
+            self._append_group(group, out)
+        return out
+
+    def _append_group(self, group: list[tuple[VerifiedRecord, list[Incoming]]], out: SequencedBatch) -> None:
+        offsets: dict[tuple[str, str, int], int] = {}
+        for rec, _ in group:
             key = (self.consumer, rec.topic, rec.partition)
             offsets[key] = max(offsets.get(key, 0), rec.offset + 1)
-            it = from_verified(
-                rec.headers,
-                rec.value,
-                fallback_source=source_of(rec.topic, rec.partition, rec.offset),
-                known=known,
-            )
-            fresh.append((rec, it))
-        if not offsets:
-            return out
+        self._append_items([it for _, items in group for it in items], offsets, out)
+
+    def _append_items(
+        self, fresh: list[Incoming], offsets: dict[tuple[str, str, int], int], out: SequencedBatch
+    ) -> None:
+        marks: dict[tuple[str, int], int] = {}
         # re-deliveries: a source position at or below what the store has already seen
         maybe_seen: list[Incoming] = []
-        for _, it in fresh:
+        for it in fresh:
             pos = parse_source(it.source)
             if pos is None:
                 continue
@@ -343,7 +608,7 @@ class Sequencer:
         seen = self._already_decided(maybe_seen)
         todo: list[Incoming] = []
         seen_in_batch: set[str] = set()
-        for _, it in fresh:
+        for it in fresh:
             if id(it) in seen or it.source in seen_in_batch:
                 out.redeliveries += 1
                 continue
@@ -357,65 +622,54 @@ class Sequencer:
         # committed: from here on nothing may fail before the tracking records move on
         for (consumer, topic, partition), nxt in offsets.items():
             if consumer == self.consumer:
-                self.next_offsets[(topic, partition)] = nxt
+                self.next_offsets[(topic, partition)] = max(self.next_offsets.get((topic, partition), 0), nxt)
             else:
-                self.source_marks[(topic, partition)] = nxt
+                self.source_marks[(topic, partition)] = max(self.source_marks.get((topic, partition), 0), nxt)
         # one result per item in order, then one per parked event the batch released (children whose
-        # parents just arrived): those are paired with what the store kept of them
-        out.results = list(zip(todo, results[: len(todo)], strict=True))
-        released = results[len(todo) :]
-        if released:
-            out.results.extend(self._released(released))
-        return out
+        # parents just arrived), each with its own bytes and source
+        out.results.extend(zip(todo, results[: len(todo)], strict=True))
+        out.results.extend(self._released(results[len(todo) :]))
 
-    def _released(self, results: Sequence[AppendResult]) -> list[tuple[Incoming, AppendResult]]:
-        rejected = [r.event_id for r in results if r.status == "rejected" and r.event_id]
-        kept = self._rejection_rows(rejected, None) if rejected else {}
-        out: list[tuple[Incoming, AppendResult]] = []
-        for r in results:
-            raw, source = kept.get(r.event_id or "", (b"", "parked"))
-            out.append((Incoming(raw=raw, source=source), r))
-        return out
-
-    def _rejection_rows(
-        self, event_ids: Sequence[str], reason: Reason | None
-    ) -> dict[str, tuple[bytes, str]]:
-        found: dict[str, tuple[bytes, str]] = {}
-        with self.ledger.engine.connect() as conn:
-            for part in chunks(sorted(set(event_ids))):
-                where: ColumnElement[bool] = REJECTIONS.c.event_id.in_(part)
-                if reason is not None:
-                    where = where & (REJECTIONS.c.reason == reason.value)
-                rows = conn.execute(
-                    select(REJECTIONS.c.event_id, REJECTIONS.c.raw, REJECTIONS.c.source)
-                    .where(where)
-                    .order_by(REJECTIONS.c.id)
+    def process_isolated(
+        self, rec: VerifiedRecord, known: Mapping[str, DecodedEvent] | None = None
+    ) -> SequencedBatch:
+        """One record, one event per transaction: an event that breaks the append alone becomes an
+        `internal_error` rejection (its bytes and source kept). The record's offset goes with its last
+        event. Raises only if the store itself fails."""
+        out = SequencedBatch()
+        if rec.offset < self.next_offsets.get((rec.topic, rec.partition), 0):
+            out.skipped_offsets += 1
+            return out
+        items = self.expand(rec, known)
+        for j, it in enumerate(items):
+            last = j == len(items) - 1
+            offsets = {(self.consumer, rec.topic, rec.partition): rec.offset + 1} if last else {}
+            try:
+                self._append_items([it], dict(offsets), out)
+            except Exception as exc:
+                self.ledger.sync()
+                failed = Incoming(
+                    raw=it.raw,
+                    decoded=None,
+                    source=it.source,
+                    error=EventError(
+                        Reason.INTERNAL_ERROR, f"sequence stage: {type(exc).__name__}: {exc}"[:2000]
+                    ),
                 )
-                for row in rows:
-                    found[str(row.event_id)] = (bytes(row.raw), str(row.source))
-        return found
+                [res] = self.ledger.append([failed], offsets=offsets)
+                if last:
+                    self.next_offsets[(rec.topic, rec.partition)] = rec.offset + 1
+                out.results.append((failed, res))
+        return out
 
-    def record_failure(self, rec: VerifiedRecord, exc: BaseException) -> SequencedBatch:
-        """Record one record that broke the append as an internal_error rejection, with its offset."""
-        fallback = source_of(rec.topic, rec.partition, rec.offset)
-        source = from_verified(rec.headers, None, fallback_source=fallback).source
-        it = Incoming(
-            raw=b"" if rec.value is None else bytes(rec.value),
-            source=source,
-            error=EventError(Reason.INTERNAL_ERROR, f"sequence stage: {type(exc).__name__}: {exc}"[:2000]),
-        )
-        nxt = max(self.next_offsets.get((rec.topic, rec.partition), 0), rec.offset + 1)
-        [res] = self.ledger.append([it], offsets={(self.consumer, rec.topic, rec.partition): nxt})
-        self.next_offsets[(rec.topic, rec.partition)] = nxt
-        return SequencedBatch(results=[(it, res)])
+    @staticmethod
+    def _released(results: Sequence[AppendResult]) -> list[tuple[Incoming, AppendResult]]:
+        """Pair each released (formerly parked) result with its own bytes and source (the store's copy)."""
+        return [(Incoming(raw=r.raw or b"", source=r.source or "parked"), r) for r in results]
 
     def expire(self, max_age: timedelta) -> list[tuple[bytes, str, AppendResult]]:
         """Reject parked events older than `max_age`; returns (original bytes, source, result) of each."""
-        results = self.ledger.expire_parked(max_age)
-        if not results:
-            return []
-        found = self._rejection_rows([r.event_id for r in results if r.event_id], Reason.PARENTS_TIMEOUT)
-        return [(*found.get(r.event_id or "", (b"", "")), r) for r in results]
+        return [(r.raw or b"", r.source or "", r) for r in self.ledger.expire_parked(max_age)]
 
     def _already_decided(self, items: Sequence[Incoming]) -> set[int]:
         """ids (object ids) of items whose event id or source the store already knows."""

@@ -172,7 +172,10 @@ class ParkedRow(SQLModel, table=True):
     """Events waiting for parent batches that have not arrived yet (children before parents)."""
 
     __tablename__ = "parked"
-    event_id: str = Field(primary_key=True, max_length=64)
+    # one row per copy received: a second message with the same event id (another signature) never
+    # displaces a waiting one; park_id = SHA-256(source || 0x00 || canonical signed bytes), hex
+    park_id: str = Field(primary_key=True, max_length=64)
+    event_id: str = Field(max_length=64, index=True)
     data: bytes = Field(sa_column=Column(LargeBinary, nullable=False))  # canonical signed event
     raw: bytes = Field(sa_column=Column(LargeBinary, nullable=False))  # as received, kept if it is rejected
     missing: str  # JSON list of the batch ids whose arrival (or custody change) it waits for

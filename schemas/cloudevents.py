@@ -24,7 +24,7 @@ from cloudevents.core.v1.event import CloudEvent
 from schemas.canonical import canonicalize
 from schemas.events import Event, Kind
 from schemas.reasons import EventError, Reason
-from schemas.signing import DecodedEvent
+from schemas.signing import DecodedEvent, loads_strict
 
 TYPE_PREFIX = "org.batteryledger."
 SOURCE_PREFIX = "/facilities/"
@@ -109,16 +109,25 @@ def unwrap(headers: Iterable[tuple[str, bytes]] | Mapping[str, bytes] | None, va
     content_type = hdrs.get("content-type", "")
     if content_type.startswith(STRUCTURED_CONTENT_TYPE):
         try:
-            obj = json.loads(value)
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise EventError(Reason.MALFORMED, f"structured CloudEvent is not JSON: {exc}") from None
+            obj = loads_strict(value)
+        except EventError as exc:
+            raise EventError(Reason.MALFORMED, f"structured CloudEvent: {exc.detail}") from None
         if not isinstance(obj, dict) or not isinstance(obj.get("data"), dict):
             raise EventError(Reason.MALFORMED, "structured CloudEvent needs an object with a `data` object")
         data = obj.pop("data")
-        attrs = {k: str(v) for k, v in obj.items() if k not in ("data_base64",)}
+        attrs: dict[str, str] = {}
+        for k, v in obj.items():
+            if k == "data_base64":
+                continue
+            if not isinstance(v, str | int | bool) or v is None:
+                raise EventError(
+                    Reason.MALFORMED,
+                    f"structured CloudEvent attribute {k!r} must be a string, not {type(v).__name__}",
+                )
+            attrs[k] = str(v)
         try:
             event_bytes = canonicalize(data)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise EventError(Reason.MALFORMED, f"data is not canonicalisable JSON: {exc}") from None
         return Envelope(attrs, event_bytes, "structured")
     attrs = {name[3:]: v for name, v in hdrs.items() if name.startswith("ce_")}

@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     PlainSerializer,
@@ -36,6 +37,15 @@ MAX_TEXT_LEN = 1024  # free text (notes, reasons, legal names)
 MAX_LIST_LEN = 256  # inputs / outputs / roles of one event
 MAX_QUANTITY = Decimal("1e12")  # kg, kWh, kW, USD: 10^12 is above any single batch or plant-year
 MAX_DECIMAL_PLACES = 6  # milligram resolution on kg
+#: Latest time any event field may carry (exclusive). A fixed bound keeps validation the same whenever
+#: it runs (a ledger re-verified in 2090 decides as it did at append); far enough for key validity.
+MAX_TIME = datetime(2100, 1, 1, tzinfo=UTC)
+#: Times are RFC 3339 strings with a zone: `2025-03-01T12:00:00Z`, `...T12:00:00.5+01:00`. Not epoch
+#: numbers, not digit strings, not dates without a time (pydantic alone would read all of those).
+TIME_PATTERN = (
+    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?(Z|[+-][0-9]{2}:[0-9]{2})$"
+)
+_TIME_RE = re.compile(TIME_PATTERN)
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$"
 _ID_RE = re.compile(ID_PATTERN)
@@ -112,7 +122,7 @@ STAGE_OF_KIND: dict[Kind, Stage] = {
 }
 
 
-_DECIMAL_TEXT = re.compile(r"-?[0-9]+(\.[0-9]+)?")
+_DECIMAL_TEXT = re.compile(r"[0-9]+(\.[0-9]+)?")
 
 
 def _quantity(value: Any) -> Decimal:
@@ -123,6 +133,8 @@ def _quantity(value: Any) -> Decimal:
         # plain ASCII digits only: Python's Decimal also reads "1_000", "+5", " 5", "NaN" or full-width
         # digits, which other parsers of the same signed bytes would read differently or not at all
         if not _DECIMAL_TEXT.fullmatch(value):
+            if value.startswith("-") and _DECIMAL_TEXT.fullmatch(value[1:]):  # "-5", "-0" too
+                raise ValueError("must not be negative (no sign, not even -0)")
             raise ValueError(f'{value!r} is not a plain decimal such as "1250.750"')
         d = Decimal(value)
     elif isinstance(value, bool):
@@ -135,7 +147,7 @@ def _quantity(value: Any) -> Decimal:
         raise ValueError(f"expected a decimal string, got {type(value).__name__}")
     if not d.is_finite():
         raise ValueError("must be a finite number")
-    if d < 0:
+    if d < 0 or d.is_signed():
         raise ValueError("must not be negative")
     if d > MAX_QUANTITY:
         raise ValueError(f"must not exceed {MAX_QUANTITY}")
@@ -166,13 +178,33 @@ Text = Annotated[str, Field(max_length=MAX_TEXT_LEN)]
 CountryCode = Annotated[str, Field(pattern=r"^[A-Z]{2}$", description="ISO 3166-1 alpha-2, upper case")]
 
 
+def _rfc3339(value: Any) -> Any:
+    if isinstance(value, datetime):  # built in Python (signers, tests): checked by _utc
+        return value
+    if not isinstance(value, str):
+        raise ValueError(
+            f"time must be an RFC 3339 string such as 2025-03-01T12:00:00Z, not {type(value).__name__}"
+        )
+    if not _TIME_RE.fullmatch(value):
+        raise ValueError(
+            f"time {value[:40]!r} is not an RFC 3339 datetime with a timezone, e.g. 2025-03-01T12:00:00Z"
+        )
+    return value
+
+
 def _utc(value: datetime) -> datetime:
     if value.tzinfo is None or value.utcoffset() is None:
         raise ValueError("time must carry a timezone, e.g. 2025-03-01T12:00:00Z")
-    return value.astimezone(UTC)
+    try:
+        utc = value.astimezone(UTC)
+    except (OverflowError, ValueError):
+        raise ValueError("time is out of range once converted to UTC") from None
+    if utc >= MAX_TIME:
+        raise ValueError(f"time must be before {MAX_TIME:%Y-%m-%d} (UTC)")
+    return utc
 
 
-UtcTime = Annotated[datetime, AfterValidator(_utc)]
+UtcTime = Annotated[datetime, BeforeValidator(_rfc3339), AfterValidator(_utc)]
 
 
 class _Model(BaseModel):

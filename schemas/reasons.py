@@ -37,6 +37,8 @@ class Reason(StrEnum):
     FACILITY_EXISTS = "facility_exists"
     CORRECTION_TARGET = "correction_target_missing"
     PARENTS_TIMEOUT = "parents_timeout"  # waited for parents that never arrived
+    # internal hop (sequencer)
+    UNAUTHENTICATED = "unauthenticated"  # a verified-topic record without a valid worker MAC: never appended
     INTERNAL_ERROR = "internal_error"  # a bug; the event is kept with the traceback summary
 
 

@@ -157,12 +157,7 @@ def decode(raw: bytes) -> DecodedEvent:
     if len(raw) > MAX_EVENT_BYTES:
         raise EventError(Reason.OVERSIZED, f"event is {len(raw)} bytes; the limit is {MAX_EVENT_BYTES}")
     # 2. JSON object, UTF-8
-    try:
-        obj = json.loads(raw)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise EventError(Reason.MALFORMED, f"not UTF-8 JSON: {exc}") from None
-    except RecursionError:
-        raise EventError(Reason.MALFORMED, "JSON nested too deeply") from None
+    obj = loads_strict(raw)
     if not isinstance(obj, dict):
         raise EventError(Reason.MALFORMED, f"expected a JSON object, got {type(obj).__name__}")
     # 3. detached signature
@@ -181,9 +176,11 @@ def decode(raw: bytes) -> DecodedEvent:
         raise EventError(
             Reason.SCHEMA_INVALID, f"unknown fields in sig: {sorted(set(sig) - {'alg', 'key_id', 'value'})}"
         )
+    if not sig["value"].isascii():
+        raise EventError(Reason.SCHEMA_INVALID, "sig.value must be ASCII base64 (standard alphabet)")
     try:
         signature = base64.b64decode(sig["value"], validate=True)
-    except binascii.Error:
+    except (binascii.Error, ValueError):
         raise EventError(Reason.BAD_SIGNATURE, "signature is not base64") from None
     # one signature, one spelling: padding bits must be zero, or a relay could change the stored bytes
     # (and so the leaf) of an event without touching its signature
@@ -219,6 +216,36 @@ def decode(raw: bytes) -> DecodedEvent:
         signature=signature,
         event=event,
     )
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        dup = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
+        raise EventError(Reason.MALFORMED, f"duplicate JSON key {dup!r}: each key may appear once")
+    return obj
+
+
+def _no_constants(name: str) -> Any:
+    raise EventError(Reason.MALFORMED, f"{name} is not JSON")
+
+
+def loads_strict(raw: bytes) -> Any:
+    """JSON as RFC 8259 and I-JSON (RFC 7493) read it: UTF-8 only (no BOM, no UTF-16/32), no duplicate
+    keys, no NaN/Infinity. Raises EventError(MALFORMED)."""
+    try:
+        text = raw.decode("utf-8")  # strict: json.loads(bytes) would also guess UTF-16/32
+    except UnicodeDecodeError as exc:
+        raise EventError(Reason.MALFORMED, f"not UTF-8: {exc}") from None
+    if text.startswith("\ufeff"):
+        raise EventError(Reason.MALFORMED, "starts with a byte order mark: send UTF-8 without a BOM")
+    try:
+        return json.loads(text, object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constants)
+    except ValueError as exc:
+        raise EventError(Reason.MALFORMED, f"not JSON: {exc}") from None
+    except RecursionError:
+        raise EventError(Reason.MALFORMED, "JSON nested too deeply") from None
 
 
 def verify_signature(decoded: DecodedEvent, public_key: Ed25519PublicKey) -> None:

@@ -1,9 +1,11 @@
 """The ledger's Faust agents: thin. Each decodes a message, calls a plain function, routes the result.
 
 * ``verify`` on material-events (N partitions; scales with partitions and worker processes), in
-  ``take_events`` batches (acked after the batch; about a tenth cheaper than one event at a time):
-  ``ledger.intake.verify_message`` -> material-events-verified (good events AND verify-stage rejections,
-  see below) and, for rejections, material-events-rejected (original bytes + reason headers).
+  ``take_events`` batches (acked after the batch): ``ledger.intake.verify_message`` per message, then the
+  whole batch as one (or a few) material-events-verified record(s) authenticated with the worker key's
+  HMAC (``ledger.intake.pack_verified``; good events AND verify-stage rejections, see below) and, for
+  rejections, material-events-rejected (original bytes + reason headers). Every send is awaited until the
+  broker acknowledges it (retried with back-off), so Faust never commits a raw offset past an unsent record.
 * ``sequencer`` on material-events-verified (1 partition: one total order, one writer):
   ``ledger.intake.Sequencer.process`` appends a batch (``stream.take_events``) in one store transaction
   together with the consumed offset; its rejections go to material-events-rejected.
@@ -35,18 +37,20 @@ from faust.types import TP
 
 from ledger.core import Incoming, Ledger
 from ledger.intake import (
+    HopKey,
     SequencedBatch,
     Sequencer,
     VerifiedRecord,
+    fit_for_forwarding,
+    pack_verified,
     rejection_headers,
     source_of,
-    to_verified,
     verify_message,
 )
 from ledger.registry import Registry
 from schemas.reasons import EventError, Reason
 from schemas.signing import DecodedEvent, load_private_key
-from streams.settings import Settings
+from streams.settings import Settings, resolve_hop_key
 
 __all__ = ["LedgerAgents", "install_agents"]
 
@@ -54,8 +58,11 @@ log = logging.getLogger("batteryledger.agents")
 
 #: Most decoded events kept for this process's sequencer (about 2 KiB each); beyond it, it re-parses.
 DECODED_CACHE_MAX = 10_000
-#: Longest back-off between retries of a batch the store could not take.
+#: Longest back-off between retries of a batch the store could not take (or the broker did not ack).
 MAX_RETRY_DELAY_S = 10.0
+#: Largest rejected-topic record value: a larger original keeps its first bytes there (header
+#: bl_truncated carries the full length); the store keeps what the verified hop carried.
+MAX_REJECTED_VALUE_BYTES = 900 * 1024
 
 
 @dataclass
@@ -70,6 +77,7 @@ class Counters:
     skipped: int = 0
     redeliveries: int = 0
     internal_errors: int = 0
+    send_retries: int = 0
 
     def line(self) -> str:
         return ", ".join(f"{k} {v}" for k, v in self.__dict__.items())
@@ -82,6 +90,7 @@ class LedgerAgents:
     app: faust.App
     settings: Settings
     reader: Ledger
+    hop_key: HopKey
     operator_key: Any = None
     writer: Ledger | None = None
     sequencer: Sequencer | None = None
@@ -112,7 +121,7 @@ class LedgerAgents:
                 log.exception("could not re-read the registry from %s", self.settings.store)
 
     # -- verify stage ----------------------------------------------------------------------------
-    async def on_raw_message(self, message: Any) -> None:
+    def verify_one(self, message: Any) -> Incoming:
         source = source_of(message.topic, message.partition, message.offset)
         try:
             incoming = verify_message(message.headers, message.value, self.registry, source=source)
@@ -122,45 +131,97 @@ class LedgerAgents:
                 source=source,
                 error=EventError(Reason.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}"),
             )
+        incoming = fit_for_forwarding(incoming)
         if incoming.error is None and not incoming.signature_checked:
             self.maybe_refresh_registry()
-        headers, value = to_verified(incoming)
-        await self._send("verified", value, headers)
-        if incoming.error is None:
-            self.counters.verified += 1
-            if self.is_sequencer and incoming.decoded is not None and len(self.decoded) < DECODED_CACHE_MAX:
-                self.decoded[source] = incoming.decoded
-            return
-        self.counters.verify_rejected += 1
-        err = incoming.error
-        await self._send(
-            "rejected",
-            incoming.raw,
-            rejection_headers(
-                err.reason.value,
-                err.detail,
-                source=source,
-                event_id=incoming.decoded.event_id if incoming.decoded else None,
-                stage="verify",
-            ),
-        )
+        return incoming
+
+    async def on_raw_batch(self, messages: list[Any]) -> None:
+        """Verify a batch of raw messages; forward it as authenticated verified record(s); route its
+        rejections. Returns only when the broker acknowledged every record (so the raw offsets Faust
+        commits after this never pass an unsent message); retries with back-off until it does."""
+        outcomes = [self.verify_one(m) for m in messages]
+        topic = self.settings.verified_topic
+        records = pack_verified(outcomes, self.hop_key, topic)
+        for headers, value in records:
+            await self._send_acked("verified", value, headers)
+        for it in outcomes:
+            if it.error is None:
+                self.counters.verified += 1
+                if self.is_sequencer and it.decoded is not None and len(self.decoded) < DECODED_CACHE_MAX:
+                    self.decoded[it.source] = it.decoded
+        rejected = [it for it in outcomes if it.error is not None]
+        self.counters.verify_rejected += len(rejected)
+        pending = []
+        for it in rejected:
+            err = it.error
+            assert err is not None
+            pending.append(
+                self._rejection_record(
+                    it.raw,
+                    rejection_headers(
+                        err.reason.value,
+                        err.detail,
+                        source=it.source,
+                        event_id=it.decoded.event_id if it.decoded else None,
+                        stage="verify",
+                    ),
+                )
+            )
+        for value, headers in pending:
+            await self._send_acked("rejected", value, headers)
+
+    @staticmethod
+    def _rejection_record(
+        raw: bytes, headers: list[tuple[str, bytes]]
+    ) -> tuple[bytes, list[tuple[str, bytes]]]:
+        if len(raw) > MAX_REJECTED_VALUE_BYTES:
+            headers = [*headers, ("bl_truncated", str(len(raw)).encode())]
+            raw = raw[:MAX_REJECTED_VALUE_BYTES]
+        return raw, headers
+
+    async def _send_acked(
+        self, topic: str, value: bytes, headers: list[tuple[str, bytes]], key: bytes | None = None
+    ) -> None:
+        """Send one record and wait for the broker's acknowledgement, retrying with back-off until it
+        comes: the caller's input offsets are not committed meanwhile, so nothing is lost."""
+        delay = 0.25
+        while True:
+            try:
+                await self._send(topic, value, headers, key)
+                return
+            except Exception as exc:
+                self.counters.send_retries += 1
+                log.warning(
+                    "the broker did not take a %d-byte record for %s (%s: %s); retrying in %.2f s",
+                    len(value),
+                    topic,
+                    type(exc).__name__,
+                    exc,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, MAX_RETRY_DELAY_S)
 
     async def _send(
         self, topic: str, value: bytes, headers: list[tuple[str, bytes]], key: bytes | None = None
     ) -> None:
-        """Hand a record to the producer (not awaiting the broker: Faust flushes before it commits)."""
+        """Hand a record to the producer and await the broker's acknowledgement (raises if refused)."""
         target = self.topics[topic]
         if self.direct_send:
             # straight to the producer: Faust's Topic.send costs more than the rest of the verify stage
-            await self.app.producer.send(target.get_topic_name(), key, value, None, None, headers)
+            fut = await self.app.producer.send(target.get_topic_name(), key, value, None, None, headers)
         else:
-            await target.send(key=key, value=value, headers=headers)
+            fut = await target.send(key=key, value=value, headers=headers)
+        await fut
 
     # -- sequence stage --------------------------------------------------------------------------
     def _writer(self) -> Sequencer:
         if self.writer is None:
             self.writer = Ledger(self.settings.store, operator_key=self.operator_key)
-            self.sequencer = Sequencer(self.writer, consumer=self.settings.app_id)
+            self.sequencer = Sequencer(
+                self.writer, self.settings.app_id, self.hop_key, max_items=self.settings.max_batch
+            )
             stats = self.writer.stats()
             self.last_checkpoint_size = int(stats["latest_checkpoint_size"] or 0)
             self.needs_reload = False
@@ -216,12 +277,12 @@ class LedgerAgents:
         """Isolate the event that breaks a batch: it alone becomes an internal_error rejection."""
         total = SequencedBatch()
         for rec in records:
-            try:
-                part = seq.process([rec])
-            except Exception as exc:
-                log.exception("event at %s/%d/%d failed the append", rec.topic, rec.partition, rec.offset)
-                self.counters.internal_errors += 1
-                part = seq.record_failure(rec, exc)  # raises only if the store itself is down
+            part = seq.process_isolated(rec, self.decoded)  # raises only if the store itself is down
+            self.counters.internal_errors += sum(
+                1
+                for it, _ in part.results
+                if it.error is not None and it.error.reason == Reason.INTERNAL_ERROR
+            )
             total.results.extend(part.results)
             total.skipped_offsets += part.skipped_offsets
             total.redeliveries += part.redeliveries
@@ -230,8 +291,7 @@ class LedgerAgents:
     async def _publish_rejection(
         self, raw: bytes, source: str, reason: str | None, detail: str | None, event_id: str | None
     ) -> None:
-        await self._send(
-            "rejected",
+        value, headers = self._rejection_record(
             raw,
             rejection_headers(
                 reason or Reason.INTERNAL_ERROR.value,
@@ -241,6 +301,7 @@ class LedgerAgents:
                 stage="sequence",
             ),
         )
+        await self._send_acked("rejected", value, headers)
 
     # -- timers (writer only) --------------------------------------------------------------------
     def owns_sequencer(self) -> bool:
@@ -289,7 +350,13 @@ class LedgerAgents:
 def install_agents(app: faust.App, settings: Settings) -> LedgerAgents:
     """Declare the topics, agents and timers of one ledger on `app`."""
     operator_key = load_private_key(settings.operator_key) if settings.operator_key else None
-    state = LedgerAgents(app=app, settings=settings, reader=Ledger(settings.store), operator_key=operator_key)
+    state = LedgerAgents(
+        app=app,
+        settings=settings,
+        reader=Ledger(settings.store),
+        hop_key=resolve_hop_key(settings),
+        operator_key=operator_key,
+    )
     raw_opts: dict[str, Any] = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw"}
     raw_opts["value_serializer"] = "raw"
     events_topic = app.topic(settings.events_topic, partitions=settings.partitions, **raw_opts)
@@ -305,15 +372,17 @@ def install_agents(app: faust.App, settings: Settings) -> LedgerAgents:
 
     async def verify(stream: Any) -> None:
         async for events in stream.take_events(settings.verify_batch, within=0.005):
-            for event in events:
-                try:
-                    await state.on_raw_message(event.message)
-                except Exception:  # routing failed (e.g. producer error): log, keep the agent alive
-                    state.counters.internal_errors += 1
-                    log.exception("verify agent could not route %s", getattr(event, "message", None))
+            try:
+                await state.on_raw_batch([e.message for e in events])
+            except Exception:  # a bug: log, keep the agent alive (sends themselves retry until acked)
+                state.counters.internal_errors += 1
+                log.exception("verify agent could not route a batch of %d messages", len(events))
 
     async def sequencer(stream: Any) -> None:
-        async for events in stream.take_events(settings.max_batch, within=settings.batch_within_s):
+        # each record carries up to verify_batch events: take few records, the sequencer splits its
+        # transactions at max_batch events
+        take = max(1, settings.max_batch // 20)
+        async for events in stream.take_events(take, within=settings.batch_within_s):
             records = [
                 VerifiedRecord(
                     e.message.topic, e.message.partition, e.message.offset, e.message.headers, e.message.value

@@ -17,6 +17,7 @@ rejected with a reason) is in the ledger store, found by event id or by the Rece
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -95,6 +96,7 @@ class Publisher:
             "client_id": f"batteryledger-publisher-{facility_id}",
         }
         config.update(producer_config)
+        self._config = config
         try:
             self._producer = KafkaProducer(**config)
         except KafkaError as exc:
@@ -204,6 +206,15 @@ class Publisher:
     def flush(self) -> None:
         self._producer.flush(timeout=self.ack_timeout)
 
+    def _reset(self) -> None:
+        from kafka import KafkaProducer
+        from kafka.errors import KafkaError
+
+        with contextlib.suppress(Exception):  # the old producer is already broken: nothing to keep
+            self._producer.close(timeout=1)
+        with contextlib.suppress(KafkaError):  # else the next send fails with a clear PublishError
+            self._producer = KafkaProducer(**self._config)
+
     # -- internals -----------------------------------------------------------------------------
     def _send_signed(self, raw: bytes) -> tuple[str, Any]:
         event_id, msg = self.message(raw)
@@ -217,6 +228,9 @@ class Publisher:
         try:
             md = fut.get(timeout=self.ack_timeout)
         except KafkaError as exc:
+            # an idempotent producer whose batch the broker refused (e.g. MessageSizeTooLarge) keeps
+            # failing every later send: start a fresh one so this Publisher stays usable
+            self._reset()
             raise PublishError(
                 f"Kafka at {self.bootstrap} did not acknowledge "
                 f"{'event ' + event_id if event_id else 'a message'} on {self.topic}: {type(exc).__name__}: {exc}"

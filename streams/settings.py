@@ -8,6 +8,7 @@
 | partitions | BATTERYLEDGER_PARTITIONS | 2 | partitions of material-events (verify parallelism) |
 | topic_suffix | BATTERYLEDGER_TOPIC_SUFFIX | "" | appended as ``-<suffix>`` to every topic name (tests, many ledgers on one cluster) |
 | operator_key | BATTERYLEDGER_OPERATOR_KEY | none | operator's Ed25519 key file; without it no checkpoints are signed |
+| worker_key | BATTERYLEDGER_WORKER_KEY | none | worker key file (HMAC secret of the verified hop, `batteryledger keys worker FILE`); without it the key is derived from operator_key, and a worker with neither refuses to start |
 | max_batch | BATTERYLEDGER_MAX_BATCH | 2000 | most events the sequencer appends in one store transaction |
 | batch_within_s | BATTERYLEDGER_BATCH_WITHIN | 0.05 | longest a partial batch waits before it is appended |
 | verify_batch | BATTERYLEDGER_VERIFY_BATCH | 500 | events the verify agent takes at a time |
@@ -35,6 +36,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ledger.core import PARK_MAX_AGE
+from ledger.intake import HopKey, HopKeyError
 from streams.topics import (
     LEDGER_CHECKPOINTS,
     MATERIAL_EVENTS,
@@ -43,7 +45,7 @@ from streams.topics import (
     partitions_from_env,
 )
 
-__all__ = ["ENV", "Settings", "SettingsError", "normalise_broker"]
+__all__ = ["ENV", "Settings", "SettingsError", "normalise_broker", "resolve_hop_key"]
 
 ENV = {
     "broker": "BATTERYLEDGER_BROKER",
@@ -51,6 +53,7 @@ ENV = {
     "app_id": "BATTERYLEDGER_APP_ID",
     "topic_suffix": "BATTERYLEDGER_TOPIC_SUFFIX",
     "operator_key": "BATTERYLEDGER_OPERATOR_KEY",
+    "worker_key": "BATTERYLEDGER_WORKER_KEY",
     "max_batch": "BATTERYLEDGER_MAX_BATCH",
     "batch_within_s": "BATTERYLEDGER_BATCH_WITHIN",
     "verify_batch": "BATTERYLEDGER_VERIFY_BATCH",
@@ -95,6 +98,7 @@ class Settings:
     partitions: int = 2
     topic_suffix: str = ""
     operator_key: Path | None = None
+    worker_key: Path | None = None
     max_batch: int = 2000
     batch_within_s: float = 0.05
     verify_batch: int = 500
@@ -183,3 +187,20 @@ class Settings:
                 out[var] = str(value)
         out["BATTERYLEDGER_PARTITIONS"] = str(self.partitions)
         return out
+
+
+def resolve_hop_key(settings: Settings) -> HopKey:
+    """The worker key of the verified hop: the key file, else derived from the operator key. One-line errors."""
+    if settings.worker_key is not None:
+        return HopKey.load(settings.worker_key)
+    if settings.operator_key is not None:
+        from schemas.signing import KeyFileError, load_private_key
+
+        try:
+            return HopKey.derived(load_private_key(settings.operator_key))
+        except KeyFileError as exc:
+            raise HopKeyError(f"cannot derive the worker key from the operator key: {exc}") from None
+    raise HopKeyError(
+        "no worker key: the verified hop is authenticated; make one with `batteryledger keys worker FILE` "
+        f"and set {ENV['worker_key']}=FILE on every worker (or give {ENV['operator_key']})"
+    )

@@ -19,8 +19,9 @@ from pathlib import Path
 from types import TracebackType
 
 from ledger.core import Ledger
+from ledger.intake import HopKeyError
 from ledger.store import StoreError
-from streams.settings import Settings, SettingsError
+from streams.settings import Settings, SettingsError, resolve_hop_key
 
 __all__ = ["WorkerError", "WorkerProcess", "check_store", "main", "run_worker"]
 
@@ -33,7 +34,11 @@ class WorkerError(RuntimeError):
 
 
 def check_store(settings: Settings) -> None:
-    """Fail early, in one line, when the store holds no ledger."""
+    """Fail early, in one line, when the store holds no ledger or no worker key is provisioned."""
+    try:
+        resolve_hop_key(settings)
+    except HopKeyError as exc:
+        raise WorkerError(str(exc)) from None
     try:
         Ledger(settings.store).close()
     except StoreError as exc:

@@ -16,7 +16,7 @@ import pytest
 
 from batteryledger.sample import DemoChain, demo_chain
 from ledger.core import Ledger
-from ledger.intake import H_REASON, H_SIG_CHECKED, H_SOURCE, H_STAGE
+from ledger.intake import H_HOP_MAC, H_REASON, H_STAGE, HopKey, unpack_verified
 from schemas.cloudevents import to_binary
 from schemas.signing import decode
 from streams.agents import LedgerAgents, install_agents
@@ -30,8 +30,11 @@ class Recorder:
     def __init__(self) -> None:
         self.sent: list[dict[str, Any]] = []
 
-    async def send(self, **kwargs: Any) -> None:
+    async def send(self, **kwargs: Any) -> Any:
         self.sent.append(kwargs)
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)  # the broker's acknowledgement
+        return done
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +48,11 @@ def agents(tmp_path: Path, chain: DemoChain) -> LedgerAgents:
     led = Ledger.init(store, operator_key=chain.operator_key, origin="test/agents")
     led.append([e.raw for e in chain.registry_events])
     led.close()
-    settings = Settings(broker="127.0.0.1:9", store=store, app_id="functional", data_dir=tmp_path / "faust")
+    key = tmp_path / "worker.key"
+    HopKey.generate().save(key)
+    settings = Settings(
+        broker="127.0.0.1:9", store=store, app_id="functional", data_dir=tmp_path / "faust", worker_key=key
+    )
     app = create_app(settings, install=False)
     state = install_agents(app, settings)
     app.finalize()
@@ -71,42 +78,57 @@ def test_verify_agent_routes_good_and_bad(agents: LedgerAgents, chain: DemoChain
     run(go())
     verified: Recorder = agents.topics["verified"]
     rejected: Recorder = agents.topics["rejected"]
-    assert len(verified.sent) == 3  # good + two verify-stage rejections, all for the store
-    first = dict(verified.sent[0]["headers"])
-    assert first[H_SIG_CHECKED] == b"1" and H_SOURCE in first
-    assert verified.sent[0]["value"] == decode(chain.chain_events[0].raw).signed
+    # good + two verify-stage rejections, all for the store, in authenticated batch records
+    items = [
+        it
+        for m in verified.sent
+        for it in unpack_verified(
+            m["headers"], m["value"], agents.hop_key, topic=agents.settings.verified_topic, position="v/0/0"
+        )
+    ]
+    assert all(H_HOP_MAC in dict(m["headers"]) for m in verified.sent)
+    assert len(items) == 3 and items[0].error is None and items[0].signature_checked
+    assert (
+        items[0].decoded is not None and items[0].decoded.signed == decode(chain.chain_events[0].raw).signed
+    )
     reasons = [dict(m["headers"])[H_REASON] for m in rejected.sent]
     assert reasons == [b"malformed", b"missing_headers"]
     assert all(dict(m["headers"])[H_STAGE] == b"verify" for m in rejected.sent)
     assert rejected.sent[0]["value"] == b"{broken"  # the original bytes
 
 
-def test_verify_agent_survives_a_failing_route(agents: LedgerAgents, chain: DemoChain) -> None:
-    """A producer error on one event is logged; the agent goes on with the next."""
+def test_verify_agent_retries_a_refused_send_until_acked(agents: LedgerAgents, chain: DemoChain) -> None:
+    """A record the broker refuses is sent again (the raw offsets wait): never acked past, never lost."""
     good = to_binary(decode(chain.chain_events[0].raw))
 
     class Flaky(Recorder):
-        async def send(self, **kwargs: Any) -> None:
-            if not self.sent and not getattr(self, "failed", False):
-                self.failed = True
+        failed = 0
+
+        async def send(self, **kwargs: Any) -> Any:
+            if self.failed < 2:
+                self.failed += 1
                 raise RuntimeError("broker went away")
-            await super().send(**kwargs)
+            return await super().send(**kwargs)
 
     agents.topics["verified"] = Flaky()
 
-    async def go() -> None:
-        async with agents.agents["verify"].test_context() as agent:
-            await agent.put(value=good.value, key=good.key, headers=good.headers)
-            await agent.put(value=good.value, key=good.key, headers=good.headers)
+    @dataclasses.dataclass
+    class Message:  # what the verify agent reads of a Faust message
+        topic: str
+        partition: int
+        offset: int
+        headers: Any
+        value: bytes
 
-    run(go())
-    assert len(agents.topics["verified"].sent) == 1
-    assert agents.counters.internal_errors == 1
+    run(agents.on_raw_batch([Message("material-events", 0, 0, good.headers, good.value)]))
+    sent = agents.topics["verified"].sent
+    assert len(sent) == 1 and agents.counters.send_retries == 2
+    assert agents.counters.verified == 1 and agents.counters.internal_errors == 0
 
 
 def test_sequencer_batch_appends_and_routes_its_rejections(agents: LedgerAgents, chain: DemoChain) -> None:
     """The sequencer's batch handler (what the agent calls for each `take_events` batch)."""
-    from ledger.intake import VerifiedRecord, to_verified, verify_message
+    from ledger.intake import VerifiedRecord, pack_verified, verify_message
 
     # a good extraction, then an event of an unregistered facility (the sequencer rejects it)
     events = [chain.chain_events[0].raw, chain.bad_events[2][1]]
@@ -114,7 +136,7 @@ def test_sequencer_batch_appends_and_routes_its_rejections(agents: LedgerAgents,
     for i, raw in enumerate(events):
         msg = to_binary(decode(raw))
         inc = verify_message(msg.headers, msg.value, agents.registry, source=f"material-events/0/{i}")
-        h, v = to_verified(inc)
+        [(h, v)] = pack_verified([inc], agents.hop_key, "material-events-verified")
         recs.append(VerifiedRecord("material-events-verified", 0, i, h, v))
     run(agents.on_verified_batch(recs))
     assert agents.counters.appended == 1

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from kafka import KafkaConsumer, TopicPartition
 
 from batteryledger.sample import DemoChain, demo_chain
 from ledger.core import Ledger, verify_ledger
@@ -24,7 +25,7 @@ from schemas.cloudevents import to_binary
 from schemas.signing import decode, save_private_key, sign_object
 from streams.publisher import Publisher, Receipt
 from streams.settings import Settings
-from streams.topics import MATERIAL_EVENTS, TOPIC_MAX_MESSAGE_BYTES
+from streams.topics import MATERIAL_EVENTS, MATERIAL_EVENTS_REJECTED, TOPIC_MAX_MESSAGE_BYTES
 from streams.worker import WorkerProcess
 from tests.support.streams_helpers import family
 
@@ -154,6 +155,29 @@ def extraction(fac_id: str, key: Any, batch_id: str, minute: int) -> bytes:
     return sign_object(obj, key)[0]
 
 
+def rejected_records(r: Rig, sources: set[str], timeout: float = DECIDE_TIMEOUT_S) -> dict[str, Any]:
+    """Records of the rejected topic by bl_source, once every source in `sources` is there."""
+    consumer = KafkaConsumer(
+        bootstrap_servers=r.bootstrap, enable_auto_commit=False, consumer_timeout_ms=1000
+    )
+    tp = TopicPartition(r.topics[MATERIAL_EVENTS_REJECTED], 0)
+    consumer.assign([tp])
+    consumer.seek_to_beginning(tp)
+    found: dict[str, Any] = {}
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline and not sources <= set(found):
+            for batch in consumer.poll(timeout_ms=500).values():
+                for rec in batch:
+                    hdrs = {k: v for k, v in rec.headers}
+                    found[hdrs.get("bl_source", b"").decode()] = (rec.value, hdrs)
+    finally:
+        consumer.close()
+    missing = sources - set(found)
+    assert not missing, f"no record on the rejected topic for {sorted(missing)}\n{r.logs()}"
+    return found
+
+
 # ------------------------------------------------------------------------------------------------ tests
 
 
@@ -208,7 +232,9 @@ def test_duplicate_publish_gives_one_entry(rig: Rig) -> None:
 
 
 def _consumed(led: Ledger, rig: Rig, n: int) -> bool:
-    return sum(led.stored_offsets(rig.settings.app_id).values()) >= n
+    """At least `n` raw messages consumed: the per-raw-partition marks the sequencer stores (verified-topic
+    offsets count batches, not events)."""
+    return sum(led.stored_offsets(rig.settings.app_id + "/sources").values()) >= n
 
 
 def test_sigkill_mid_stream_then_restart_appends_every_event_exactly_once(rig: Rig) -> None:
@@ -238,6 +264,33 @@ def test_sigkill_mid_stream_then_restart_appends_every_event_exactly_once(rig: R
         assert led.stats()["rejections"] == {}
         seqs = sorted(v[1] for v in dec.values())
         assert seqs == list(range(base, base + len(events)))  # each once, no gaps
+        chain_ok(led)
+
+
+def test_sigkill_mid_batch_appends_every_event_exactly_once(rig: Rig) -> None:
+    """One verified record carries up to 500 events; with max_batch 40 the sequencer appends it in
+    several transactions, so a SIGKILL lands inside a record: the restart must neither lose nor double."""
+    rig.settings = rig.settings.with_(max_batch=40, verify_batch=500)
+    rig.start_worker()
+    rig.register()
+    facs = [f for f in rig.chain.facilities.values() if "batch.extracted" in {r.value for r in f.roles}][:4]
+    events = [
+        extraction(f.facility_id, f.key, f"MID-{i}-{j}", j) for j in range(600) for i, f in enumerate(facs)
+    ]
+    ids = [decode(raw).event_id for raw in events]
+    base = 1 + len(rig.chain.registry_events)
+    rig.pub().publish_many(events)
+    rig.wait_for("the worker to be mid-stream", lambda: rig.entries() > base + 100)
+    rig.workers[-1].kill()
+    killed_at = rig.entries() - base
+    assert killed_at < len(events), "the worker finished before it could be killed: publish more events"
+    rig.start_worker()
+    dec = rig.decided(ids)
+    assert all(v[0] == "appended" for v in dec.values())
+    with rig.ledger as led:
+        assert led.size == base + len(events), f"killed after {killed_at} entries"
+        assert sorted(v[1] for v in dec.values()) == list(range(base, base + len(events)))
+        assert led.stats()["rejections"] == {}
         chain_ok(led)
 
 
@@ -307,6 +360,14 @@ def test_bad_messages_are_rejected_with_reasons_and_nothing_is_lost(rig: Rig) ->
         expected = next(b[3] for b in bad if b[0] == label)
         assert dec[receipt.source][2] == expected, (label, dec[receipt.source])
     assert all(dec[i][0] == "appended" for i in good_ids)
+    # the plants' feed: each rejection on material-events-rejected with its original bytes and source
+    bad_sources = {r.source: label for label, r in published if not label.startswith("good")}
+    found = rejected_records(rig, set(bad_sources))
+    for source, label in bad_sources.items():
+        value, hdrs = found[source]
+        sent = next(b for b in bad if b[0] == label)
+        assert hdrs["bl_reason"].decode() == sent[3] and hdrs["bl_stage"] == b"verify", (label, hdrs)
+        assert (value or b"") == (sent[1] or b""), label
     with rig.ledger as led:
         stats = led.stats()
         n_published = len(published) + 1

@@ -37,7 +37,7 @@ def compose() -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
     found: dict[str, dict[str, Any]] = compose["services"]
-    assert set(found) == {"kafka", "postgres", "topics", "worker", "api"}
+    assert set(found) == {"kafka", "postgres", "topics", "worker-key", "worker", "api"}
     return found
 
 
@@ -93,7 +93,11 @@ def test_services_start_in_order(services: dict[str, dict[str, Any]]) -> None:
         "kafka": {"condition": "service_healthy"},
         "postgres": {"condition": "service_healthy"},
         "topics": {"condition": "service_completed_successfully"},
+        "worker-key": {"condition": "service_completed_successfully"},
     }
+    # the verified hop's worker key is provisioned once and given to the worker (docs/contract.md)
+    assert services["worker"]["environment"]["BATTERYLEDGER_WORKER_KEY"] == "/keys/worker.key"
+    assert services["worker-key"]["command"] == "batteryledger keys worker /keys/worker.key --if-missing"
     assert services["api"]["depends_on"]["postgres"] == {"condition": "service_healthy"}
 
 

@@ -847,6 +847,7 @@ def test_every_ledger_reason_code_is_covered_here() -> None:
     }  # fmt: skip
     not_producible = {
         "missing_headers": "CloudEvents stage only (tests/unit/test_cloudevents.py)",
+        "unauthenticated": "verified hop only (tests/unit/test_intake.py, tests/integration/test_hostile_input.py)",
         "internal_error": "a bug by definition; no input should produce it",
     }
     assert produced_here | set(not_producible) == {r.value for r in Reason}
