@@ -263,6 +263,15 @@ def main() -> None:
                     f"Publisher, pre-signed send + ack:           {pub['publisher_presigned_send_acked_per_s']:10,.0f} /s"
                     f"  ({pub['acks_reported']:,} acks reported; crc32c wheel: {pub['crc32c_wheel']})"
                 )
+                from bench.bench_kafka import Chain
+                from bench.reference import run_reference
+
+                ref = run_reference(Path(tmpdir), bootstrap, Chain(), n)
+                results["no_faust_reference"] = ref
+                print(
+                    f"no-Faust reference (verify | sequence):     {ref['events_per_s_store_span']:10,.0f} /s"
+                    f"  ({ref['events_per_s_store_span'] / relay:.0%} of the relay)"
+                )
             finally:
                 broker.stop()
     print(json.dumps(results, sort_keys=True))
