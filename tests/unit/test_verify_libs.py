@@ -143,3 +143,32 @@ def test_wrong_lengths_are_refused() -> None:
         assert verify_ed25519(pk[:31], sig, b"m", backend=b) is False
         assert verify_ed25519(pk, sig[:63], b"m", backend=b) is False
         assert verify_ed25519(pk, sig + b"\0", b"m", backend=b) is False
+
+
+def test_verify_signature_gives_the_same_verdict_with_either_backend(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The event-level check (what the verify agent, `verify` and the bundle verifier call)."""
+    import schemas.signing as signing
+    from schemas.reasons import EventError
+
+    key, other = generate_key(), generate_key()
+    obj = {
+        "spec": "batteryledger/1",
+        "kind": "batch.extracted",
+        "facility_id": "mine-a",
+        "time": "2025-03-01T00:00:00Z",
+        "outputs": [
+            {
+                "batch_id": "ORE-1",
+                "material": "spodumene_concentrate",
+                "kg": "1000",
+                "contained_kg": {"li": "28"},
+            }
+        ],
+    }
+    decoded = signing.decode(signing.sign_object(obj, key)[0])
+    for backend in BACKENDS:
+        monkeypatch.setattr(signing, "ED25519_BACKEND", backend)
+        signing.verify_signature(decoded, key.public_key())
+        with pytest.raises(EventError) as err:
+            signing.verify_signature(decoded, other.public_key())
+        assert err.value.reason.value == "bad_signature"
