@@ -43,7 +43,7 @@ test: $(STAMP) system-deps-test broker-fetch lint typecheck
 	$(BIN)/pytest -q
 
 bench: $(STAMP) broker-fetch
-	$(BIN)/python -m bench
+	$(BIN)/python -m bench $(ARGS)
 
 clean:
 	rm -rf $(VENV) .cache build *.egg-info

@@ -1,5 +1,7 @@
 """`make bench`: run every benchmark module in turn (each in its own process) and print a summary.
 
+`python -m bench soak [--events N]` (`make bench ARGS=soak`) runs the 1M-event soak instead (bench/soak.py).
+
 Each module prints its own figures and ends with one JSON line; this collects those lines into one.
 """
 
@@ -10,10 +12,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-MODULES = ["bench_core", "bench_merkle", "bench_store", "bench_proofs", "bench_kafka"]
+MODULES = ["bench_ceilings", "bench_core", "bench_merkle", "bench_store", "bench_proofs", "bench_kafka"]
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["soak"]:  # the 1M-event soak: only when asked (make bench ARGS=soak)
+        from bench.soak import main as soak_main
+
+        soak_main(sys.argv[2:])
+        return
     here = Path(__file__).parent
     summary: dict[str, object] = {}
     failed = []

@@ -349,6 +349,16 @@ def main() -> None:
                     f"{r['events_per_s_store_span']:10,.0f} /s  ({r['events_per_s_store_span'] / ed_per_s:.2f} x raw "
                     f"verify, {r['events_per_s_store_span'] / raw['produce_plus_consume_per_s']:.2f} x raw produce+consume)"
                 )
+            from bench.reference import run_reference
+
+            ref = run_reference(tmp, bootstrap, chain, args.events)
+            results["no_faust_reference"] = ref
+            one_w = results["end_to_end_1_worker"]["events_per_s_store_span"]
+            results["faust_vs_reference"] = one_w / ref["events_per_s_store_span"]
+            print(
+                f"no-Faust reference (aiokafka verify | sequence): {ref['events_per_s_store_span']:10,.0f} /s"
+                f"  (1 Faust worker = {results['faust_vs_reference']:.2f} x reference; target >= 0.8)"
+            )
             lat = bench_latency(tmp, bootstrap, chain, args.rate, args.seconds)
             results["latency"] = lat
             print(

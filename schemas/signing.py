@@ -249,13 +249,112 @@ def loads_strict(raw: bytes) -> Any:
 
 
 def verify_signature(decoded: DecodedEvent, public_key: Ed25519PublicKey) -> None:
-    try:
-        public_key.verify(decoded.signature, decoded.unsigned)
-    except InvalidSignature:
+    if not verify_ed25519(public_bytes(public_key), decoded.signature, decoded.unsigned):
         raise EventError(
             Reason.BAD_SIGNATURE,
             f"signature does not verify under key {decoded.key_id} of {decoded.facility_id}",
-        ) from None
+        )
+
+
+# -- Ed25519 verification: one rule, two libraries ------------------------------------------------------
+#
+# pyca/cryptography (OpenSSL) and libsodium (PyNaCl) do not agree on every Ed25519 edge case ("Taming
+# the many EdDSAs", Chalkias, Garillot, Nikolaenko 2020): libsodium refuses small-order public keys and
+# small-order R, OpenSSL accepts them. The project's rule is strict and is checked here *before* either
+# library runs, so the answer never depends on which one is installed (tests/unit/test_verify_libs.py
+# holds both to it on the speccheck vectors and on every small-order and non-canonical encoding):
+#   1. a signature is 64 bytes and a public key 32;
+#   2. S is canonical: S < L (RFC 8032 section 5.1.7 step 1; no malleable twin S + L);
+#   3. A and R are canonical encodings: y < p (so x = 0 with the sign bit set is out too, see 4);
+#   4. neither A nor R is a small-order point (order 1, 2, 4 or 8): such a key "verifies" signatures
+#      on messages its holder never saw, and such an R makes a signature that does not bind its key;
+#   5. then the cofactorless equation [S]B = R + [k]A, compared as encodings (both libraries).
+# Mixed-order points (a torsion component plus a prime-order one) are left to step 5, where both
+# libraries compute the same cofactorless check.
+
+#: 2^255 - 19, the field prime.
+ED25519_P = 2**255 - 19
+#: The prime order of the base point.
+ED25519_L = 2**252 + 27742317777372353535851937790883648493
+_Y_MASK = (1 << 255) - 1
+# y coordinates of the 8 small-order points: 1 (identity), p - 1 (order 2), 0 (the two of order 4),
+# and the two y values of the four points of order 8. A point with one of these y is small order
+# whatever its sign bit.
+_Y8 = int.from_bytes(
+    bytes.fromhex("c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a"), "little"
+)
+_SMALL_ORDER_Y = frozenset({0, 1, ED25519_P - 1, _Y8 & _Y_MASK, ED25519_P - (_Y8 & _Y_MASK)})
+
+
+def ed25519_point_is_strict(encoded: bytes) -> bool:
+    """Rules 3 and 4 for one 32-byte point encoding: canonical (y < p) and not of small order."""
+    if len(encoded) != 32:
+        return False
+    y = int.from_bytes(encoded, "little") & _Y_MASK
+    return y < ED25519_P and y not in _SMALL_ORDER_Y
+
+
+def ed25519_strict_precheck(public_key: bytes, signature: bytes) -> bool:
+    """Rules 1 to 4 (see above): what the project refuses before any library looks at a signature."""
+    return (
+        len(signature) == 64
+        and int.from_bytes(signature[32:], "little") < ED25519_L
+        and ed25519_point_is_strict(public_key)
+        and ed25519_point_is_strict(signature[:32])
+    )
+
+
+def _verify_pyca(public_key: bytes, signature: bytes, message: bytes) -> bool:
+    try:
+        Ed25519PublicKey.from_public_bytes(public_key).verify(signature, message)
+    except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
+def _load_nacl() -> Any:
+    """libsodium's verify through PyNaCl's bindings, or None when PyNaCl is not installed."""
+    if os.environ.get("BATTERYLEDGER_ED25519") == "pyca":
+        return None
+    try:
+        from nacl.bindings import crypto_sign_open
+        from nacl.exceptions import BadSignatureError
+    except ImportError:
+        return None
+
+    def verify(public_key: bytes, signature: bytes, message: bytes) -> bool:
+        try:
+            crypto_sign_open(signature + message, public_key)
+        except (BadSignatureError, ValueError):
+            return False
+        return True
+
+    return verify
+
+
+_nacl_verify = _load_nacl()
+
+#: Which library checks the equation (rule 5): "libsodium" when PyNaCl is importable (about twice as
+#: fast), else "pyca". `BATTERYLEDGER_ED25519=pyca` forces pyca. The answer is the same either way.
+ED25519_BACKEND = "libsodium" if _nacl_verify is not None else "pyca"
+
+
+def verify_ed25519(
+    public_key: bytes, signature: bytes, message: bytes, *, backend: str | None = None
+) -> bool:
+    """True when `signature` is a valid Ed25519 signature of `message` under the raw 32-byte key,
+    by the project's strict rule (see above). `backend` ("libsodium" or "pyca") is for tests and
+    benchmarks; by default the fastest library installed is used."""
+    if not ed25519_strict_precheck(public_key, signature):
+        return False
+    which = backend or ED25519_BACKEND
+    if which == "libsodium":
+        if _nacl_verify is None:
+            raise RuntimeError("PyNaCl is not installed: libsodium verification is unavailable")
+        return bool(_nacl_verify(public_key, signature, message))
+    if which == "pyca":
+        return _verify_pyca(public_key, signature, message)
+    raise ValueError(f"unknown Ed25519 backend {which!r}: 'libsodium' or 'pyca'")
 
 
 def _summarise(exc: ValidationError) -> str:
