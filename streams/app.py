@@ -22,6 +22,8 @@ What is configured and why (see shared/kafka.md for the traps):
 from __future__ import annotations
 
 import logging
+import os
+import socket
 from collections.abc import Mapping
 from typing import Any
 
@@ -62,6 +64,9 @@ def faust_config(settings: Settings) -> dict[str, Any]:
         "web_host": "127.0.0.1",
         "web_bind": "127.0.0.1",
         "worker_redirect_stdouts": False,
+        # The Kafka client id names host and pid: the consumer group's member list then says which
+        # worker holds material-events-verified, i.e. the sequencer (`kafka-consumer-groups --describe`).
+        "broker_client_id": f"batteryledger-{socket.gethostname()}-{os.getpid()}",
     }
     if settings.web_port is not None:
         config["web_port"] = settings.web_port
