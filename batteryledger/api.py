@@ -831,6 +831,7 @@ def create_app(store_url: str) -> FastAPI:
         resp.headers["X-Content-Type-Options"] = "nosniff"
         return resp
 
+    app.include_router(__import__("batteryledger.api_feed", fromlist=["x"]).feed_router(store_url))
     app.mount("/static", StaticFiles(directory=WEB_DIR), name="static")
     return app
 

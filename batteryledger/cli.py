@@ -549,6 +549,7 @@ def _mount_optional() -> None:
     cli_api.register(app)
     cli_proofs.register(app)
     cli_audit.register(app)
+    __import__("batteryledger.cli_mirror", fromlist=["register"]).register(app)  # mirror, backup
     try:
         from batteryledger import cli_streams
     except ImportError:

@@ -916,8 +916,8 @@ class LocalCluster:
         try:
             for info in admin.describe_topics([topic]):
                 for p in info.get("partitions") or []:
-                    if p["partition"] == partition:
-                        return int(p["leader"])
+                    if p["partition_index"] == partition:
+                        return int(p["leader_id"])
         finally:
             admin.close()
         raise BrokerError(f"topic {topic!r} has no partition {partition}")

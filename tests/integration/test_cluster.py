@@ -107,9 +107,10 @@ def test_topics_create_on_a_cluster_says_and_uses_rf_3_min_isr_2(cluster: LocalC
     try:
         name = f"{MATERIAL_EVENTS_VERIFIED}-{suffix}"
         [info] = admin.describe_topics([name])
-        assert all(len(p["replicas"]) == 3 for p in info["partitions"])
-        [resp] = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, name)])
-        configs = {c[0]: c[1] for c in resp.resources[0][4]}
+        assert all(len(p["replica_nodes"]) == 3 for p in info["partitions"])
+        found = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, name)])
+        [by_name] = [v for v in found.values() if name in v]
+        configs = {k: (v["value"] if isinstance(v, dict) else v) for k, v in by_name[name].items()}
     finally:
         admin.close()
     assert configs["min.insync.replicas"] == "2"
