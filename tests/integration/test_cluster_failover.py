@@ -24,6 +24,7 @@ from streams.publisher import Publisher
 from streams.settings import Settings
 from streams.topics import MATERIAL_EVENTS, MATERIAL_EVENTS_VERIFIED
 from tests.integration.test_end_to_end import Rig, chain_ok, extraction
+from tests.support.pg import ThrowawayPostgres
 
 
 @pytest.fixture
@@ -116,3 +117,61 @@ def test_two_workers_on_postgresql_sigkill_the_sequencer_holder_the_other_takes_
     print(
         f"\nsequencer failover on PostgreSQL: {failover_s:.1f} s from SIGKILL to the next entry (session timeout {rig.settings.session_timeout_s:g} s)"
     )
+
+
+def test_postgresql_restarted_under_load_the_sequencer_retries_and_loses_nothing(
+    pg_rig: Rig, pg_server: ThrowawayPostgres
+) -> None:
+    rig = pg_rig
+    rig.start_worker()
+    rig.register()
+    base = 1 + len(rig.chain.registry_events)
+    facs = [f for f in rig.chain.facilities.values() if "batch.extracted" in {r.value for r in f.roles}][:4]
+    events = [
+        extraction(f.facility_id, f.key, f"PG-{i}-{j}", j) for j in range(400) for i, f in enumerate(facs)
+    ]
+    ids = [decode(raw).event_id for raw in events]
+    failures: list[BaseException] = []
+
+    def publish() -> None:
+        try:
+            with Publisher(rig.bootstrap, "registry", None, topic=rig.topics[MATERIAL_EVENTS]) as pub:
+                for i in range(0, len(events), 50):
+                    pub.publish_many(events[i : i + 50])
+                    time.sleep(0.05)
+        except BaseException as exc:
+            failures.append(exc)
+
+    sender = threading.Thread(target=publish)
+    sender.start()
+    rig.wait_for("the sequencer to be mid-stream", lambda: rig.entries() > base + 200)
+    # An immediate stop is PostgreSQL's crash: open transactions are lost, the append batch in flight
+    # rolls back; the worker must retry it (and store no offset past it) until the server is back.
+    root = pg_server._root()
+    pg_server._run(
+        [
+            pg_server.binaries["pg_ctl"],
+            "stop",
+            "-D",
+            str(pg_server.data_dir),
+            "-m",
+            "immediate",
+            "-w",
+            "-t",
+            "30",
+        ],
+        cwd=root,
+    )
+    time.sleep(3.0)
+    pg_server._pg_ctl_start()
+    pg_server._wait_ready()
+    sender.join(timeout=300)
+    assert not failures, failures
+    dec = rig.decided(ids)
+    assert all(v[0] == "appended" for v in dec.values()), [v for v in dec.values() if v[0] != "appended"][:3]
+    with rig.ledger as led:
+        assert led.size == base + len(events)
+        assert led.stats()["rejections"] == {}
+        assert sorted(v[1] for v in dec.values()) == list(range(base, base + len(events)))
+        chain_ok(led)
+    assert all(w.is_running() for w in rig.workers), f"a worker died with the database\n{rig.logs()}"
