@@ -78,6 +78,9 @@ def _assigned(value: Any, topic: str) -> bool:
             return False
         start = at + 2 + len(name)
         return int.from_bytes(value[start : start + 4], "big") > 0
+    if isinstance(value, dict):  # to_dict() of a decoded assignment
+        parts = value.get("assigned_partitions") or value.get("assignment") or []
+        return any(isinstance(tp, dict) and tp.get("topic") == topic and tp.get("partitions") for tp in parts)
     for tp in getattr(value, "assigned_partitions", None) or []:
         if getattr(tp, "topic", None) == topic and getattr(tp, "partitions", None):
             return True
