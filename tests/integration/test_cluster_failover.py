@@ -203,7 +203,17 @@ def test_postgresql_restarted_under_load_the_sequencer_retries_and_loses_nothing
     pg_server._wait_ready()
     sender.join(timeout=300)
     assert not failures, failures
-    dec = rig.decided(ids)
+    try:
+        dec = rig.decided(ids)
+    except pytest.fail.Exception as exc:
+        with rig.ledger as led:
+            seen = led.decisions(ids, [])
+            missing = [i for i in ids if i not in seen]
+            stats = led.stats()
+        raise AssertionError(
+            f"{len(missing)} of {len(ids)} events never decided after the restart (first: {missing[:3]}); "
+            f"entries {stats['entries']}, rejections {stats['rejections']}\n{str(exc)[-3000:]}"
+        ) from None
     assert all(v[0] == "appended" for v in dec.values()), [v for v in dec.values() if v[0] != "appended"][:3]
     with rig.ledger as led:
         assert led.size == base + len(events)
