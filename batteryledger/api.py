@@ -49,7 +49,7 @@ from sqlalchemy.exc import OperationalError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from batteryledger import auth, views
+from batteryledger import api_feed, auth, views
 from batteryledger.views import BREAKDOWN_CATEGORIES, provenance_breakdown
 from ledger import chain, queries, tree
 from ledger.core import Ledger
@@ -604,6 +604,10 @@ ROUTE_POLICIES: dict[str, auth.Policy] = {
     f"{_P}/events": auth.Policy(_FACILITY, "batch"),
     f"{_P}/epcis": auth.Policy(_FACILITY, "batch"),
     f"{API_PREFIX}/facilities": auth.Policy(_FACILITY),
+    # mirrors: the signed checkpoints and the origin are public; the entries themselves are evidence
+    f"{API_PREFIX}/checkpoints": auth.Policy(_PUBLIC),
+    f"{API_PREFIX}/origin": auth.Policy(_PUBLIC),
+    f"{API_PREFIX}/entries": auth.Policy(_AUDITOR),
     # an auditor: every entry, evidence, audits, rejections (forensics)
     f"{API_PREFIX}/entries/{{seq}}": auth.Policy(_AUDITOR),
     f"{_P}/bundle": auth.Policy(_AUDITOR),
@@ -1155,6 +1159,7 @@ def create_app(
         resp.headers["X-Content-Type-Options"] = "nosniff"
         return resp
 
+    app.include_router(api_feed.feed_router(store_url))  # entries and checkpoints for mirrors
     _add_docs(ops)
     for router in (bundles, public, auditor, operator, ops, *routers):
         app.include_router(router)

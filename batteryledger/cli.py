@@ -776,6 +776,7 @@ def _mount_optional() -> None:
     from batteryledger import cli_auth
 
     app.add_typer(cli_auth.auth_app, name="auth")
+    __import__("batteryledger.cli_mirror", fromlist=["register"]).register(app)  # mirror, backup
     try:
         from batteryledger import cli_streams
     except ImportError:

@@ -73,11 +73,17 @@ def init(
     file: AuthFileOpt = Path("auth.json"),
     key: KeyOpt = Path("api-token.key"),
     passphrase_env: PassEnvOpt = None,
+    if_missing: Annotated[
+        bool, typer.Option("--if-missing", help="Do nothing (exit 0) when both files exist already.")
+    ] = False,
 ) -> None:
     """Create the API token key and an auth file that trusts it (refuses to overwrite either)."""
     from batteryledger.keyfiles import passphrase_from_env
     from schemas.signing import generate_key, save_private_key
 
+    if if_missing and file.exists() and key.exists():
+        typer.echo(f"{file} and {key} exist: kept")
+        return
     for p in (file, key):
         if p.exists():
             raise _fail(f"{p} exists: refusing to overwrite it")

@@ -361,13 +361,16 @@ def topics_create(
     topic_suffix: SuffixOpt = "",
 ) -> None:
     """Create the ledger's topics (idempotent; refuses an existing topic with another partition count)."""
-    from streams.localbroker import create_topics
-    from streams.topics import ALL_TOPICS
+    from streams.localbroker import cluster_size, create_topics
+    from streams.topics import ALL_TOPICS, replication_for
 
     with _one_line_errors():
         settings = Settings(broker=broker, partitions=partitions, topic_suffix=topic_suffix)
         specs = [s.renamed(settings.topic(s.name)) for s in ALL_TOPICS(partitions)]
-        created = create_topics(bootstrap_of(settings.broker), specs)
+        bootstrap = bootstrap_of(settings.broker)
+        replication = replication_for(cluster_size(bootstrap))
+        console.print(f"cluster of {replication.describe()} (new topics; existing ones keep theirs)")
+        created = create_topics(bootstrap, specs, replication=replication)
         for spec in specs:
             state = "created" if spec.name in created else "exists"
             console.print(

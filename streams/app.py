@@ -13,6 +13,8 @@ What is configured and why (see shared/kafka.md for the traps):
   and a group join takes seconds, heartbeat at a third of it.
 * ``processing_guarantee="at_least_once"``: Faust's exactly-once has open bugs; the ledger is idempotent
   by event id and stores the consumed offset in the append transaction.
+* producers ``acks=all`` and idempotent (:class:`IdempotentProducer`): a retried send after a leader
+  change is never a second record on the verified or rejected topic.
 * web server off unless a port is given (then bound to 127.0.0.1): queries go through the HTTP API over
   the store, because Faust's views answer 500 before partitions are assigned.
 """
@@ -20,13 +22,17 @@ What is configured and why (see shared/kafka.md for the traps):
 from __future__ import annotations
 
 import logging
+import os
+import socket
+from collections.abc import Mapping
 from typing import Any
 
 import faust
+from faust.transport.drivers.aiokafka import Producer as AIOKafkaProducerDriver
 
 from streams.settings import Settings
 
-__all__ = ["create_app"]
+__all__ = ["IdempotentProducer", "create_app"]
 
 
 def faust_config(settings: Settings) -> dict[str, Any]:
@@ -58,15 +64,32 @@ def faust_config(settings: Settings) -> dict[str, Any]:
         "web_host": "127.0.0.1",
         "web_bind": "127.0.0.1",
         "worker_redirect_stdouts": False,
+        # The Kafka client id names host and pid: the consumer group's member list then says which
+        # worker holds material-events-verified, i.e. the sequencer (`kafka-consumer-groups --describe`).
+        "broker_client_id": f"batteryledger-{socket.gethostname()}-{os.getpid()}",
     }
     if settings.web_port is not None:
         config["web_port"] = settings.web_port
     return config
 
 
+class IdempotentProducer(AIOKafkaProducerDriver):
+    """Faust's aiokafka producer with ``acks=all`` and ``enable_idempotence=True`` on every send.
+
+    Faust turns idempotence on only inside its transactions (exactly-once mode, which we do not use), so
+    without this a send retried after a leader change could be written twice to the verified topic.
+    Idempotence makes the broker drop the retried copy. The sequencer is idempotent by event id anyway;
+    this keeps the topic itself free of duplicates, as the Publisher's producer keeps material-events.
+    """
+
+    def _settings_extra(self) -> Mapping[str, Any]:
+        return {**super()._settings_extra(), "acks": "all", "enable_idempotence": True}
+
+
 def create_app(settings: Settings, *, install: bool = True) -> faust.App:
     """A Faust app for `settings`, with the ledger's agents installed (unless `install=False`)."""
     app = faust.App(settings.app_id, **faust_config(settings))
+    app.transport.Producer = IdempotentProducer  # type: ignore[misc]  # this app only, not the class
     logging.getLogger("faust").setLevel(logging.WARNING)
     if install:
         from streams.agents import install_agents

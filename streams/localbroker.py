@@ -16,6 +16,7 @@ Entry points:
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import fcntl
 import hashlib
@@ -29,16 +30,18 @@ import subprocess
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from streams.topics import TopicSpec
+from streams.topics import Replication, TopicSpec, replication_for
 
 __all__ = [
     "BROKER_SETTINGS",
     "CACHE_ENV",
+    "CLUSTER_SETTINGS",
     "KAFKA_VERSION",
     "LOG4J_CONFIG",
     "POM_PATH",
@@ -46,11 +49,14 @@ __all__ = [
     "BrokerError",
     "BrokerStatus",
     "LocalBroker",
+    "LocalCluster",
     "broker_config",
+    "cluster_size",
     "create_topics",
     "default_cache_dir",
     "default_state_dir",
     "fetch",
+    "node_settings",
     "start_background",
     "status",
     "stop_background",
@@ -296,14 +302,17 @@ def _admin(bootstrap: str, timeout: float) -> Any:
     )
 
 
-def _cluster_ready(bootstrap: str, timeout: float) -> bool:
+def _cluster_ready(bootstrap: str, timeout: float, node_id: int | None = None) -> bool:
     """True once the broker answers metadata and lists itself (registered and unfenced)."""
     try:
         admin = _admin(bootstrap, timeout)
     except Exception:
         return False
     try:
-        return bool(admin.describe_cluster().get("brokers"))
+        brokers = admin.describe_cluster().get("brokers") or []
+        if node_id is None:
+            return bool(brokers)
+        return any(int(b.get("broker_id", -1)) == node_id and not b.get("is_fenced") for b in brokers)
     except Exception:
         return False
     finally:
@@ -338,11 +347,61 @@ BROKER_SETTINGS: dict[str, str] = {
 }
 
 
-def broker_config(*, port: int, controller_port: int, log_dir: Path) -> dict[str, str]:
-    """server.properties of a single-node KRaft broker+controller bound to 127.0.0.1."""
+#: What a cluster of 3 or more nodes changes (docker-compose.yml's `cluster` profile sets the same):
+#: three copies of every internal topic, a write acknowledged by acks=all only once 2 replicas have it,
+#: and never an out-of-sync replica elected leader (it would silently drop acknowledged records).
+CLUSTER_SETTINGS: dict[str, str] = {
+    "default.replication.factor": "3",
+    "min.insync.replicas": "2",
+    "offsets.topic.replication.factor": "3",
+    "transaction.state.log.replication.factor": "3",
+    "transaction.state.log.min.isr": "2",
+    "share.coordinator.state.topic.replication.factor": "3",
+    "share.coordinator.state.topic.min.isr": "2",
+    "unclean.leader.election.enable": "false",
+    # A SIGKILLed node is fenced (and leaves every ISR, so leadership moves) after this long without a
+    # heartbeat; Kafka's default is 9 s. 6 s keeps failover tests short without flapping on a loaded box.
+    "broker.session.timeout.ms": "6000",
+    "broker.heartbeat.interval.ms": "1000",
+}
+
+
+#: Cluster sizes `broker start --nodes` accepts. Two nodes are refused: a KRaft quorum of 2 stops when
+#: either dies, and min.insync.replicas 2 of 2 blocks every write when one broker is away.
+MIN_CLUSTER_NODES = 3
+MAX_CLUSTER_NODES = 9
+
+
+def node_settings(nodes: int) -> dict[str, str]:
+    """BROKER_SETTINGS for a cluster of ``nodes`` (1: the demo's single node, unchanged)."""
+    if nodes == 1:
+        return dict(BROKER_SETTINGS)
+    if not MIN_CLUSTER_NODES <= nodes <= MAX_CLUSTER_NODES:
+        raise BrokerError(
+            f"--nodes {nodes} is not a usable cluster size: use 1 (one node) or "
+            f"{MIN_CLUSTER_NODES} to {MAX_CLUSTER_NODES} (a quorum survives one node lost)"
+        )
+    return {**BROKER_SETTINGS, **CLUSTER_SETTINGS}
+
+
+def broker_config(
+    *,
+    port: int,
+    controller_port: int,
+    log_dir: Path,
+    node_id: int = 1,
+    voters: str | None = None,
+    settings: dict[str, str] | None = None,
+) -> dict[str, str]:
+    """server.properties of a KRaft broker+controller bound to 127.0.0.1.
+
+    One node by default; a cluster node passes its ``node_id``, the shared ``voters`` string
+    (``1@127.0.0.1:P1,2@127.0.0.1:P2,...``) and :func:`node_settings`.
+    """
     return {
-        **BROKER_SETTINGS,
-        "controller.quorum.voters": f"1@127.0.0.1:{controller_port}",
+        **(BROKER_SETTINGS if settings is None else settings),
+        "node.id": str(node_id),
+        "controller.quorum.voters": voters or f"{node_id}@127.0.0.1:{controller_port}",
         "listeners": f"PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
         "advertised.listeners": f"PLAINTEXT://127.0.0.1:{port}",
         "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
@@ -369,9 +428,17 @@ class LocalBroker:
         port: int | None = None,
         controller_port: int | None = None,
         heap: str = "1g",
+        node_id: int = 1,
+        voters: str | None = None,
+        cluster_id: str | None = None,
+        settings: dict[str, str] | None = None,
     ) -> None:
         if not _HEAP.match(heap):
             raise BrokerError(f"heap size {heap!r} is not a JVM size: use e.g. '1g' or '768m'")
+        self.node_id = node_id
+        self.voters = voters
+        self.cluster_id = cluster_id
+        self.settings = settings
         self.data_dir = Path(data_dir).resolve()
         self.cache_dir = default_cache_dir() if cache_dir is None else Path(cache_dir)
         self.heap = heap
@@ -498,6 +565,25 @@ class LocalBroker:
             return self.bootstrap
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def _launch_fixed(self, java: str, libs: Path) -> None:
+        """Write properties, format once and launch on the ports given (a cluster node); no wait."""
+        assert self._want_port is not None and self._want_controller_port is not None
+        try:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            self.log_path.touch()
+        except OSError as exc:
+            raise BrokerError(
+                f"cannot use {self.data_dir} as a broker's data dir ({exc.strerror}): pass another --data-dir"
+            ) from None
+        self._write_properties(self._want_port, self._want_controller_port)
+        self._format_storage(java, libs)
+        self._launch(java, libs)
+        self._port, self._controller_port = self._want_port, self._want_controller_port
+
+    def kill(self) -> None:
+        """SIGKILL the broker (a crash: no controlled shutdown, no flush). Safe to call twice."""
+        self._kill()
+
     def stop(self, timeout: float = 20.0) -> None:
         """SIGTERM (controlled shutdown), wait up to ``timeout`` s, then SIGKILL. Safe to call twice."""
         proc = self._proc
@@ -525,7 +611,14 @@ class LocalBroker:
     # -- steps
 
     def _write_properties(self, port: int, cport: int) -> None:
-        config = broker_config(port=port, controller_port=cport, log_dir=self.data_dir / "kraft-logs")
+        config = broker_config(
+            port=port,
+            controller_port=cport,
+            log_dir=self.data_dir / "kraft-logs",
+            node_id=self.node_id,
+            voters=self.voters,
+            settings=self.settings,
+        )
         header = "# Written by batteryledger's LocalBroker at every start (streams/localbroker.py:broker_config).\n"
         self.properties_path.write_text(header + "".join(f"{k}={v}\n" for k, v in config.items()))
 
@@ -533,6 +626,9 @@ class LocalBroker:
         if (self.data_dir / "kraft-logs" / "meta.properties").is_file():
             return  # formatted before: keep the topics
         base = [java, "-Xmx256m", "-cp", f"{libs}/*", "kafka.tools.StorageTool"]
+        if self.cluster_id is not None:  # a cluster node: every node is formatted with the same id
+            self._run_tool([*base, "format", "-t", self.cluster_id, "-c", str(self.properties_path)])
+            return
         uuid_run = self._run_tool([*base, "random-uuid"])
         ids = [ln.strip() for ln in uuid_run.splitlines() if _CLUSTER_ID.match(ln.strip())]
         if not ids:
@@ -613,7 +709,10 @@ class LocalBroker:
                     f"Kafka did not answer on {bootstrap} within {timeout:.0f} s: see its log; on a slow machine "
                     "allow more time (--timeout)"
                 )
-            if _port_open(self._port) and _cluster_ready(bootstrap, min(2.0, max(1.0, remaining))):
+            wait = min(2.0, max(1.0, remaining))
+            if _port_open(self._port) and _cluster_ready(
+                bootstrap, wait, self.node_id if self.voters else None
+            ):
                 if self._proc.poll() is None:
                     return
                 continue
@@ -671,6 +770,173 @@ def _signal_group(pid: int, sig: signal.Signals) -> None:
         os.kill(pid, sig)
 
 
+# --------------------------------------------------------------------------------------- cluster
+
+
+def _new_cluster_id() -> str:
+    """A Kafka Uuid (22 base64url characters of 16 random bytes), as ``StorageTool random-uuid``."""
+    while True:
+        text = base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("=")
+        if not text.startswith("-"):  # Kafka avoids these too: they read as a command-line flag
+            return text
+
+
+class LocalCluster:
+    """``nodes`` Kafka nodes on 127.0.0.1, each broker AND controller (KRaft combined mode).
+
+    Combined mode, because on one machine separate controllers only add JVMs: three controllers form
+    the metadata quorum either way, and a quorum of 3 survives one node lost, exactly as the brokers'
+    replication factor 3 with ``min.insync.replicas`` 2 does. In production, run dedicated controllers
+    (``process.roles=controller`` on 3 small nodes) so that a broker's load or a broker's crash never
+    costs the quorum a voter; the broker settings (:data:`CLUSTER_SETTINGS`) stay the same.
+
+    ``data_dir/node-<id>`` holds each node's properties, log and Kafka data; the cluster id is kept in
+    ``data_dir/cluster.id`` so a restarted cluster reuses its formatted storage. Ports are free ones
+    picked at each :meth:`start`; a node restarted alone (:meth:`restart`) keeps its ports.
+    """
+
+    def __init__(
+        self, data_dir: Path, *, nodes: int = 3, cache_dir: Path | None = None, heap: str = "512m"
+    ) -> None:
+        self.settings = node_settings(nodes)
+        if nodes < MIN_CLUSTER_NODES:
+            raise BrokerError(f"a cluster has at least {MIN_CLUSTER_NODES} nodes; use LocalBroker for one")
+        if not _HEAP.match(heap):
+            raise BrokerError(f"heap size {heap!r} is not a JVM size: use e.g. '512m' or '1g'")
+        self.data_dir = Path(data_dir).resolve()
+        self.cache_dir = default_cache_dir() if cache_dir is None else Path(cache_dir)
+        self.size = nodes
+        self.heap = heap
+        self.nodes: list[LocalBroker] = []
+
+    def __enter__(self) -> LocalCluster:
+        if not self.nodes:
+            self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def bootstrap(self) -> str:
+        """``127.0.0.1:P1,127.0.0.1:P2,...``: every node, so a client starts from any live one."""
+        if not self.nodes:
+            raise BrokerError("the cluster is not running: call start() first")
+        return ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
+
+    def node(self, node_id: int) -> LocalBroker:
+        for n in self.nodes:
+            if n.node_id == node_id:
+                return n
+        raise BrokerError(f"no node {node_id} in this cluster (nodes 1 to {self.size})")
+
+    def _cluster_id(self) -> str:
+        path = self.data_dir / "cluster.id"
+        if path.is_file():
+            return path.read_text().strip()
+        cid = _new_cluster_id()
+        path.write_text(cid + "\n")
+        return cid
+
+    def start(self, timeout: float = 180.0) -> str:
+        """Launch every node, then wait until each has joined (the quorum needs a majority up first)."""
+        java = shutil.which("java")
+        if java is None:
+            raise BrokerError(
+                "java is not on PATH: install Java 17 or newer (apt-get install openjdk-17-jre-headless)"
+            )
+        libs = fetch(self.cache_dir)
+        try:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise BrokerError(
+                f"cannot create {self.data_dir} ({exc.strerror}): pass another --data-dir"
+            ) from None
+        cluster_id = self._cluster_id()
+        ports: list[int] = []
+        for _ in range(2 * self.size):
+            ports.append(_free_port(avoid=ports))
+        voters = ",".join(f"{i + 1}@127.0.0.1:{ports[2 * i + 1]}" for i in range(self.size))
+        self.nodes = [
+            LocalBroker(
+                self.data_dir / f"node-{i + 1}",
+                cache_dir=self.cache_dir,
+                port=ports[2 * i],
+                controller_port=ports[2 * i + 1],
+                heap=self.heap,
+                node_id=i + 1,
+                voters=voters,
+                cluster_id=cluster_id,
+                settings=self.settings,
+            )
+            for i in range(self.size)
+        ]
+        deadline = time.monotonic() + timeout
+        try:
+            # Formatting is one short JVM per node: run them side by side, then launch every node.
+            with ThreadPoolExecutor(max_workers=self.size) as pool:
+                list(pool.map(lambda n: n._launch_fixed(java, libs), self.nodes))
+            for n in self.nodes:
+                n._wait_ready(max(1.0, deadline - time.monotonic()))
+        except _PortTaken:
+            self.stop(timeout=5)
+            raise BrokerError(
+                "a free port was taken by another process while the cluster started: try again"
+            ) from None
+        except BaseException:
+            self.stop(timeout=5)
+            raise
+        return self.bootstrap
+
+    def kill(self, node_id: int) -> None:
+        """SIGKILL one node (a crash)."""
+        self.node(node_id).kill()
+
+    def restart(self, node_id: int, timeout: float = 120.0) -> None:
+        """Start one stopped or killed node again on its ports, and wait until it has rejoined."""
+        n = self.node(node_id)
+        if n.is_running():
+            return
+        java = shutil.which("java")
+        assert java is not None
+        n._launch_fixed(java, fetch(self.cache_dir))
+        n._wait_ready(timeout)
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """SIGTERM every node at once (one by one, the last would wait for a quorum), then SIGKILL."""
+        for n in self.nodes:
+            if n.is_running() and n.pid is not None:
+                _signal_group(n.pid, signal.SIGTERM)
+        for n in self.nodes:
+            n.stop(timeout=timeout)
+
+    def leader(self, topic: str, partition: int = 0, timeout: float = 10.0) -> int:
+        """Node id leading ``topic``'s ``partition`` now (-1: none, the partition is offline)."""
+        admin = _admin(self.bootstrap, timeout)
+        try:
+            for info in admin.describe_topics([topic]):
+                for p in info.get("partitions") or []:
+                    if p["partition_index"] == partition:
+                        return int(p["leader_id"])
+        finally:
+            admin.close()
+        raise BrokerError(f"topic {topic!r} has no partition {partition}")
+
+    def nodes_status(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "node_id": n.node_id,
+                "pid": n.pid,
+                "port": n.port,
+                "controller_port": n.controller_port,
+                "data_dir": str(n.data_dir),
+                "log_path": str(n.log_path),
+                "properties_path": str(n.properties_path),
+            }
+            for n in self.nodes
+        ]
+
+
 # ------------------------------------------------------------------------------- background broker
 
 
@@ -688,6 +954,9 @@ class BrokerStatus:
     properties_path: str | None = None
     kafka_version: str | None = None
     detail: str = ""
+    #: A cluster's nodes (``broker start --nodes 3``): node_id, pid, port, controller_port, data_dir,
+    #: log_path, properties_path and, in a status, ``running``. Empty for the single-node broker.
+    nodes: tuple[dict[str, Any], ...] = ()
 
 
 def _alive(pid: int) -> bool:
@@ -721,6 +990,7 @@ def _read_state(state_dir: Path) -> BrokerStatus | None:
     path = state_dir / _STATE_FILE
     try:
         raw = json.loads(path.read_text())
+        raw["nodes"] = tuple(raw.get("nodes") or ())
         return BrokerStatus(**{**raw, "running": False, "detail": ""})
     except (FileNotFoundError, NotADirectoryError):
         return None
@@ -729,17 +999,31 @@ def _read_state(state_dir: Path) -> BrokerStatus | None:
 
 
 def status(state_dir: Path | None = None) -> BrokerStatus:
-    """Is the background broker of ``state_dir`` running, and where?"""
+    """Is the background broker (or cluster) of ``state_dir`` running, and where?"""
     state_dir = default_state_dir() if state_dir is None else Path(state_dir)
     state = _read_state(state_dir)
     if state is None:
         return BrokerStatus(running=False, detail=f"no broker was started with state dir {state_dir}")
+    if state.nodes:
+        nodes = tuple({**n, "running": _is_our_broker(n["pid"], n["properties_path"])} for n in state.nodes)
+        up = sum(1 for n in nodes if n["running"])
+        down = [str(n["node_id"]) for n in nodes if not n["running"]]
+        detail = f"{up} of {len(nodes)} nodes running" + (f" (down: node {', '.join(down)})" if down else "")
+        return BrokerStatus(**{**asdict(state), "nodes": nodes, "running": up > 0, "detail": detail})
     assert state.pid is not None and state.properties_path is not None
     if _is_our_broker(state.pid, state.properties_path):
         return BrokerStatus(**{**asdict(state), "running": True, "detail": "running"})
     return BrokerStatus(
         **{**asdict(state), "running": False, "detail": f"broker process {state.pid} has exited"}
     )
+
+
+def _write_state(state_dir: Path, result: BrokerStatus) -> None:
+    stored = {k: v for k, v in asdict(result).items() if k not in ("running", "detail")}
+    stored["nodes"] = list(stored.get("nodes") or ())
+    tmp = state_dir / f"{_STATE_FILE}.tmp"
+    tmp.write_text(json.dumps(stored, indent=2) + "\n")
+    tmp.replace(state_dir / _STATE_FILE)
 
 
 def start_background(
@@ -749,19 +1033,25 @@ def start_background(
     cache_dir: Path | None = None,
     port: int | None = None,
     controller_port: int | None = None,
-    heap: str = "1g",
+    heap: str | None = None,
     timeout: float = 60.0,
+    nodes: int = 1,
 ) -> BrokerStatus:
-    """Start a broker that outlives this process; its pid and ports go to ``<state_dir>/broker.json``.
+    """Start a broker (or a ``nodes``-node cluster) that outlives this process.
 
-    Already running: returns its status (``detail='already running'``) unless another port was asked for.
+    Its pids and ports go to ``<state_dir>/broker.json``. Already running: returns its status
+    (``detail='already running'``) unless another port or cluster size was asked for.
     """
     state_dir = default_state_dir() if state_dir is None else Path(state_dir)
+    settings_check = node_settings(nodes)  # refuses a bad --nodes before anything starts
+    del settings_check
     current = status(state_dir)
     if current.running:
-        if port is not None and port != current.port:
+        have = max(1, len(current.nodes))
+        if (port is not None and port != current.port) or have != nodes:
+            what = f"a {have}-node cluster" if have > 1 else "a broker"
             raise BrokerError(
-                f"a broker is already running at {current.bootstrap}: stop it first with "
+                f"{what} is already running at {current.bootstrap}: stop it first with "
                 "`batteryledger broker stop`"
             )
         return BrokerStatus(**{**asdict(current), "detail": "already running"})
@@ -772,8 +1062,37 @@ def start_background(
             f"cannot create the broker state dir {state_dir} ({exc.strerror}): set {STATE_ENV} "
             "or pass --state-dir"
         ) from None
+    if nodes > 1:
+        if port is not None:
+            raise BrokerError("--port applies to one node; a cluster picks free ports for every node")
+        cluster_dir = state_dir / f"cluster-{nodes}" if data_dir is None else Path(data_dir)
+        cluster = LocalCluster(cluster_dir, nodes=nodes, cache_dir=cache_dir, heap=heap or "512m")
+        bootstrap = cluster.start(timeout=max(timeout, 180.0))
+        result = BrokerStatus(
+            running=True,
+            bootstrap=bootstrap,
+            pid=cluster.nodes[0].pid,
+            port=cluster.nodes[0].port,
+            controller_port=cluster.nodes[0].controller_port,
+            data_dir=str(cluster.data_dir),
+            log_path=str(cluster.nodes[0].log_path),
+            properties_path=str(cluster.nodes[0].properties_path),
+            kafka_version=KAFKA_VERSION,
+            detail="started",
+            nodes=tuple(cluster.nodes_status()),
+        )
+        try:
+            _write_state(state_dir, result)
+        except OSError:
+            cluster.stop()
+            raise
+        for n in cluster.nodes:
+            n._detach()
+        return result
     data_dir = state_dir / "data" if data_dir is None else Path(data_dir)
-    broker = LocalBroker(data_dir, cache_dir=cache_dir, port=port, controller_port=controller_port, heap=heap)
+    broker = LocalBroker(
+        data_dir, cache_dir=cache_dir, port=port, controller_port=controller_port, heap=heap or "1g"
+    )
     bootstrap = broker.start(timeout=timeout)
     result = BrokerStatus(
         running=True,
@@ -787,11 +1106,8 @@ def start_background(
         kafka_version=KAFKA_VERSION,
         detail="started",
     )
-    stored = {k: v for k, v in asdict(result).items() if k not in ("running", "detail")}
-    tmp = state_dir / f"{_STATE_FILE}.tmp"
     try:
-        tmp.write_text(json.dumps(stored, indent=2) + "\n")
-        tmp.replace(state_dir / _STATE_FILE)
+        _write_state(state_dir, result)
     except OSError:
         broker.stop()
         raise
@@ -800,7 +1116,7 @@ def start_background(
 
 
 def stop_background(state_dir: Path | None = None, timeout: float = 20.0) -> BrokerStatus:
-    """Stop the background broker of ``state_dir`` (SIGTERM, bounded wait, SIGKILL) and forget it.
+    """Stop the background broker or cluster of ``state_dir`` (SIGTERM, bounded wait, SIGKILL).
 
     Returns the status it had; ``running=False`` with a detail when nothing was running.
     """
@@ -810,14 +1126,16 @@ def stop_background(state_dir: Path | None = None, timeout: float = 20.0) -> Bro
     if not current.running:
         state_file.unlink(missing_ok=True)
         return current
-    assert current.pid is not None
-    _signal_group(current.pid, signal.SIGTERM)
-    if not _wait_gone(current.pid, timeout):
-        _signal_group(current.pid, signal.SIGKILL)
-        if not _wait_gone(current.pid, 10.0):
-            raise BrokerError(
-                f"broker process {current.pid} survived SIGKILL: check it with `ps -p {current.pid}`"
-            )
+    pids = (
+        [int(n["pid"]) for n in current.nodes if n["running"]] if current.nodes else [int(current.pid or 0)]
+    )
+    for pid in pids:  # all at once: a cluster stopped node by node waits for a quorum at the end
+        _signal_group(pid, signal.SIGTERM)
+    for pid in pids:
+        if not _wait_gone(pid, timeout):
+            _signal_group(pid, signal.SIGKILL)
+            if not _wait_gone(pid, 10.0):
+                raise BrokerError(f"broker process {pid} survived SIGKILL: check it with `ps -p {pid}`")
     state_file.unlink(missing_ok=True)
     return BrokerStatus(**{**asdict(current), "detail": "stopped"})
 
@@ -834,24 +1152,46 @@ def _wait_gone(pid: int, timeout: float) -> bool:
 # ------------------------------------------------------------------------------------------ topics
 
 
+def cluster_size(bootstrap: str, timeout: float = 30.0) -> int:
+    """How many live (registered, unfenced) brokers the cluster at ``bootstrap`` has."""
+    try:
+        admin = _admin(bootstrap, timeout)
+    except Exception as exc:
+        raise BrokerError(
+            f"cannot reach Kafka at {bootstrap} ({type(exc).__name__}): start it with "
+            "`batteryledger broker start` or pass the right --broker"
+        ) from None
+    try:
+        return len(admin.describe_cluster().get("brokers") or [])
+    except Exception as exc:
+        raise BrokerError(
+            f"cannot describe the cluster at {bootstrap}: {type(exc).__name__}: {exc}"
+        ) from None
+    finally:
+        admin.close()
+
+
 def create_topics(
     bootstrap: str,
     specs: Iterable[TopicSpec],
     *,
-    replication_factor: int | None = None,
+    replication: Replication | None = None,
     timeout: float = 30.0,
 ) -> list[str]:
     """Create ``specs`` on the cluster at ``bootstrap``; returns the names created now.
 
     Idempotent: a topic that already exists with the same partition count is left as it is. One that
     exists with another count is an error (partition counts decide key placement and Faust's changelog
-    layout, so we never silently use it). ``replication_factor`` None = the cluster's default.
+    layout, so we never silently use it). ``replication`` None = picked from the cluster's size
+    (:func:`streams.topics.replication_for`): RF 3 and min ISR 2 on 3 brokers or more.
     """
     from kafka.errors import TopicAlreadyExistsError, for_code
 
     specs = list(specs)
     if not specs:
         return []
+    if replication is None:
+        replication = replication_for(cluster_size(bootstrap, timeout))
     try:
         admin = _admin(bootstrap, timeout)
     except Exception as exc:
@@ -864,8 +1204,8 @@ def create_topics(
             {
                 spec.name: {
                     "num_partitions": spec.partitions,
-                    "replication_factor": -1 if replication_factor is None else replication_factor,
-                    "configs": dict(spec.config),
+                    "replication_factor": replication.replication_factor,
+                    "configs": {**replication.config, **dict(spec.config)},
                 }
                 for spec in specs
             },

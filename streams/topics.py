@@ -23,9 +23,11 @@ __all__ = [
     "MAX_EVENT_BYTES",
     "PARTITIONS_ENV",
     "TOPIC_MAX_MESSAGE_BYTES",
+    "Replication",
     "TopicConfigError",
     "TopicSpec",
     "partitions_from_env",
+    "replication_for",
 ]
 
 #: Raw signed events from plant systems. Key = facility id (the CloudEvents ``source``), so one
@@ -108,3 +110,42 @@ def ALL_TOPICS(partitions: int | None = None) -> list[TopicSpec]:
         TopicSpec(MATERIAL_EVENTS_REJECTED, 1, dict(size)),
         TopicSpec(LEDGER_CHECKPOINTS, 1, {**size, **_KEEP_FOREVER}),
     ]
+
+
+@dataclass(frozen=True)
+class Replication:
+    """How many copies of each topic a cluster keeps, and how many must have a write before acks=all.
+
+    A cluster of 3 or more brokers: replication factor 3, ``min.insync.replicas`` 2, unclean leader
+    election off. A write the producers (acks=all, idempotent) see acknowledged is then on 2 brokers at
+    least, one broker may die without losing or blocking anything, and with 2 of 3 gone producers get
+    NotEnoughReplicas errors instead of a write that one more crash would lose. One or two brokers:
+    every broker holds a copy and one copy suffices (a demo or a developer's machine, no redundancy).
+    """
+
+    brokers: int
+    replication_factor: int
+    min_insync_replicas: int
+
+    @property
+    def config(self) -> dict[str, str]:
+        return {
+            "min.insync.replicas": str(self.min_insync_replicas),
+            "unclean.leader.election.enable": "false",
+        }
+
+    def describe(self) -> str:
+        return (
+            f"{self.brokers} broker{'s' if self.brokers != 1 else ''}: replication factor "
+            f"{self.replication_factor}, min.insync.replicas {self.min_insync_replicas}, "
+            "unclean leader election off"
+        )
+
+
+def replication_for(brokers: int) -> Replication:
+    """The replication a cluster of ``brokers`` gets (see :class:`Replication`)."""
+    if brokers < 1:
+        raise TopicConfigError(f"a cluster has at least 1 broker, got {brokers}")
+    if brokers >= 3:
+        return Replication(brokers, 3, 2)
+    return Replication(brokers, brokers, 1)

@@ -18,13 +18,34 @@ from typing import Any
 import pytest
 import yaml
 
-from streams.localbroker import BROKER_SETTINGS, KAFKA_VERSION, POM_PATH
-from streams.topics import ALL_TOPICS, DEFAULT_PARTITIONS, PARTITIONS_ENV
+from streams.localbroker import BROKER_SETTINGS, KAFKA_VERSION, POM_PATH, node_settings
+from streams.topics import (
+    ALL_TOPICS,
+    DEFAULT_PARTITIONS,
+    LEDGER_CHECKPOINTS,
+    MATERIAL_EVENTS,
+    MATERIAL_EVENTS_REJECTED,
+    MATERIAL_EVENTS_VERIFIED,
+    PARTITIONS_ENV,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 SCHEMA_FILE = ROOT / "tests" / "assets" / "compose-spec.json"
 STORE_URL = "postgresql+psycopg://batteryledger:batteryledger@postgres:5432/batteryledger"
+CLUSTER_STORE_URL = STORE_URL.replace("@postgres:", "@postgres-cluster:")
+CLUSTER_BROKERS = "kafka-1:9092,kafka-2:9092,kafka-3:9092"
+CLUSTER_SERVICES = (
+    "kafka-1",
+    "kafka-2",
+    "kafka-3",
+    "postgres-cluster",
+    "acls",
+    "topics-cluster",
+    "worker-1",
+    "worker-2",
+    "api-cluster",
+)
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +58,10 @@ def compose() -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
     found: dict[str, dict[str, Any]] = compose["services"]
-    assert set(found) == {"kafka", "postgres", "topics", "worker-key", "worker", "api"}
+    single = {"kafka", "postgres", "topics", "worker-key", "worker", "api-auth", "api"}
+    assert {name for name, svc in found.items() if not svc.get("profiles")} == single
+    assert set(found) - single == set(CLUSTER_SERVICES)
+    assert all(found[name]["profiles"] == ["cluster"] for name in CLUSTER_SERVICES)
     return found
 
 
@@ -128,9 +152,17 @@ def _cli_command(words: list[str]) -> Any:
 @pytest.mark.parametrize(
     ("service", "expected"),
     [
+        ("topics-cluster", f"batteryledger topics create --broker {CLUSTER_BROKERS}"),
+        ("worker-1", f"batteryledger worker --broker {CLUSTER_BROKERS} --store {CLUSTER_STORE_URL}"),
+        ("worker-2", f"batteryledger worker --broker {CLUSTER_BROKERS} --store {CLUSTER_STORE_URL}"),
+        (
+            "api-cluster",
+            f"batteryledger serve --host 0.0.0.0 --port 8000 --auth /auth/auth.json --store {CLUSTER_STORE_URL}",
+        ),
         ("topics", "batteryledger topics create --broker kafka:9092"),
         ("worker", f"batteryledger worker --broker kafka:9092 --store {STORE_URL}"),
-        ("api", f"batteryledger serve --host 0.0.0.0 --port 8000 --store {STORE_URL}"),
+        ("api", f"batteryledger serve --host 0.0.0.0 --port 8000 --auth /auth/auth.json --store {STORE_URL}"),
+        ("api-auth", "batteryledger auth init --file /auth/auth.json --key /auth/api-token.key --if-missing"),
     ],
 )
 def test_commands_use_real_cli_flags(
@@ -162,3 +194,59 @@ def test_dockerfile_installs_the_package_on_python_311() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert re.search(r"^FROM python:3\.11-slim$", dockerfile, re.MULTILINE)
     assert "pip install ." in dockerfile
+
+
+# ------------------------------------------------------------------------------- profile `cluster`
+
+
+@pytest.mark.parametrize("node", [1, 2, 3])
+def test_cluster_nodes_match_local_cluster_settings(services: dict[str, dict[str, Any]], node: int) -> None:
+    env = {k: str(v) for k, v in services[f"kafka-{node}"]["environment"].items()}
+    assert services[f"kafka-{node}"]["image"] == f"apache/kafka:{KAFKA_VERSION}"
+    for key, value in node_settings(3).items():
+        variable = "KAFKA_" + key.upper().replace(".", "_")
+        want = str(node) if key == "node.id" else value
+        assert env.get(variable) == want, f"kafka-{node}: {variable} should be {want!r} like LocalCluster"
+    assert env["KAFKA_CONTROLLER_QUORUM_VOTERS"] == "1@kafka-1:9093,2@kafka-2:9093,3@kafka-3:9093"
+    assert env["KAFKA_ADVERTISED_LISTENERS"] == f"PLAINTEXT://kafka-{node}:9092"
+    assert env["KAFKA_AUTHORIZER_CLASS_NAME"].endswith("StandardAuthorizer")
+    assert len({services[f"kafka-{n}"]["environment"]["CLUSTER_ID"] for n in (1, 2, 3)}) == 1
+
+
+def _ip(service: dict[str, Any]) -> str:
+    return str(service["networks"]["ledger-cluster"]["ipv4_address"])
+
+
+def test_acls_let_only_the_workers_write_the_internal_topics(services: dict[str, dict[str, Any]]) -> None:
+    script = " ".join(services["acls"]["command"])
+    loop = re.search(r"for t in ([^;]+); do", script)
+    assert loop, script
+    internal = {MATERIAL_EVENTS_VERIFIED, MATERIAL_EVENTS_REJECTED, LEDGER_CHECKPOINTS}
+    assert set(loop.group(1).split()) == internal
+    assert MATERIAL_EVENTS not in loop.group(1).split()  # plants write raw events: no ACL, open
+    rules = [shlex.split(part) for part in script.split(";") if "kafka-acls.sh" in part]
+    writers = {
+        h
+        for rule in rules
+        if "Write" in rule
+        for i, h in enumerate(rule)
+        if i and rule[i - 1] == "--allow-host"
+    }
+    assert writers == {_ip(services["worker-1"]), _ip(services["worker-2"])}
+    creators = {
+        h
+        for rule in rules
+        if "Create" in rule
+        for i, h in enumerate(rule)
+        if i and rule[i - 1] == "--allow-host"
+    }
+    assert creators == {_ip(services["topics-cluster"])}
+    readers = [rule for rule in rules if "Read" in rule]
+    assert readers and all("Write" not in r and "*" in r for r in readers)
+    for node in (1, 2, 3):
+        env = services[f"kafka-{node}"]["environment"]
+        # resources without ACLs (the cluster, material-events, groups) stay open to everyone
+        assert str(env["KAFKA_ALLOW_EVERYONE_IF_NO_ACL_FOUND"]) == "true"
+    assert services["topics-cluster"]["depends_on"] == {
+        "acls": {"condition": "service_completed_successfully"}
+    }
