@@ -128,7 +128,16 @@ class Publisher:
         self.close()
 
     def close(self, timeout: float = 10.0) -> None:
-        self._producer.close(timeout=timeout)
+        """Close the producer; sends still unacknowledged by then raise PublishError (they may be lost)."""
+        from kafka.errors import KafkaError
+
+        try:
+            self._producer.close(timeout=timeout)
+        except KafkaError as exc:
+            raise PublishError(
+                f"closing the publisher to {self.bootstrap}: sends not acknowledged within {timeout:g} s "
+                f"({type(exc).__name__}: {exc})"
+            ) from None
 
     # -- building messages ---------------------------------------------------------------------
     def sign(self, event: Mapping[str, Any] | BaseModel) -> bytes:
@@ -211,9 +220,15 @@ class Publisher:
             raw = ev if isinstance(ev, bytes) else self.sign(ev)
             pending.append(self._send_signed(raw))
             drain(window)
-        self._producer.flush(timeout=self.ack_timeout)
+        self._flush_quietly()  # a flush that times out leaves futures unresolved: drain names them
         drain(0)
         return receipts
+
+    def _flush_quietly(self) -> None:
+        from kafka.errors import KafkaError
+
+        with contextlib.suppress(KafkaError):
+            self._producer.flush(timeout=self.ack_timeout)
 
     def flush(self) -> None:
         self._producer.flush(timeout=self.ack_timeout)
@@ -229,8 +244,16 @@ class Publisher:
 
     # -- internals -----------------------------------------------------------------------------
     def _send_signed(self, raw: bytes) -> tuple[str, Any]:
+        from kafka.errors import KafkaError
+
         event_id, msg = self.message(raw)
-        fut = self._producer.send(self.topic, value=msg.value, key=msg.key, headers=msg.headers)
+        try:
+            fut = self._producer.send(self.topic, value=msg.value, key=msg.key, headers=msg.headers)
+        except KafkaError as exc:  # e.g. no metadata for the topic within max_block_ms: say so, once
+            raise PublishError(
+                f"Kafka at {self.bootstrap} did not take event {event_id} for {self.topic}: "
+                f"{type(exc).__name__}: {exc}"
+            ) from None
         return event_id, fut
 
     def _wait(self, pending: tuple[str | None, Any]) -> Receipt:

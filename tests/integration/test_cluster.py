@@ -17,7 +17,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from kafka.errors import KafkaTimeoutError
 from typer.testing import CliRunner
 
 from batteryledger.cli import app as cli_app
@@ -176,13 +175,12 @@ def test_two_of_three_brokers_down_producers_fail_loudly_then_nothing_lost_or_do
     for node_id in down:
         cluster.kill(node_id)
     # 1 of 3 in sync < min.insync.replicas 2 (and the KRaft quorum is lost too): an acks=all producer
-    # gets no acknowledgement and fails. The Publisher should say so as a PublishError; today its flush
-    # lets kafka-python's KafkaTimeoutError through (streams/publisher.py, reported): loud either way.
+    # gets no acknowledgement and fails: the Publisher says so as a PublishError naming an event.
     stuck = Publisher(cluster.bootstrap, "registry", None, topic=topic, ack_timeout=15.0)
-    with pytest.raises((PublishError, KafkaTimeoutError)):
+    with pytest.raises(PublishError, match="did not (acknowledge|take) event"):
         stuck.publish_many(events[500:600])
-    # closing a producer with unacknowledged sends raises too (kafka-python's flush in close): same report
-    with contextlib.suppress(PublishError, KafkaTimeoutError):
+    # closing a producer with unacknowledged sends says so too (the sends may be lost: publish again)
+    with contextlib.suppress(PublishError):
         stuck.close(timeout=5.0)
     for node_id in down:
         cluster.restart(node_id)
