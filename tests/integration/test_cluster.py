@@ -177,7 +177,7 @@ def test_two_of_three_brokers_down_producers_fail_loudly_then_nothing_lost_or_do
     # 1 of 3 in sync < min.insync.replicas 2 (and the KRaft quorum is lost too): an acks=all producer
     # gets no acknowledgement and fails: the Publisher says so as a PublishError naming an event.
     stuck = Publisher(cluster.bootstrap, "registry", None, topic=topic, ack_timeout=15.0)
-    with pytest.raises(PublishError, match="did not (acknowledge|take) event"):
+    with pytest.raises(PublishError, match=r"did not (acknowledge|take) event"):
         stuck.publish_many(events[500:600])
     # closing a producer with unacknowledged sends says so too (the sends may be lost: publish again)
     with contextlib.suppress(PublishError):
