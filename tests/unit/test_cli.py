@@ -231,7 +231,7 @@ def test_usage_errors_are_one_line_exit_2(tmp_path: Path, args: list[str], words
 def test_store_that_cannot_be_opened_is_named(tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("not a database, just words " * 100)
     proc = run(tmp_path, "provenance", "X", "--store", "notes.txt", ok=False)
-    one_line_error(proc, "cannot open the store notes.txt: the file is not a SQLite database")
+    one_line_error(proc, "store notes.txt is not a SQLite database")
     assert proc.returncode == 2
     sock = __import__("socket").socket()
     sock.bind(("127.0.0.1", 0))
@@ -239,7 +239,7 @@ def test_store_that_cannot_be_opened_is_named(tmp_path: Path) -> None:
     sock.close()  # nothing listens there now
     url = f"postgresql://u:secret@127.0.0.1:{port}/db"
     proc = run(tmp_path, "stats", "--store", url, ok=False)
-    one_line_error(proc, f"cannot open the store postgresql://u:***@127.0.0.1:{port}/db: cannot connect")
+    one_line_error(proc, f"store postgresql://u:***@127.0.0.1:{port}/db is unreachable")
     assert "secret" not in proc.stderr
 
 
