@@ -27,6 +27,10 @@ from tests.integration.test_web_page import SERVER_START_TIMEOUT_S, STEP_TIMEOUT
 pytestmark = pytest.mark.integration
 
 
+# Assertions wait up to a step's bound too (an audit on a loaded 2-core machine can take seconds).
+expect.set_options(timeout=STEP_TIMEOUT_MS)
+
+
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, Ed25519PrivateKey]]:
     c = demo_chain()

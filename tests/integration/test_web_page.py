@@ -51,6 +51,10 @@ def find_chromium() -> str:
     )
 
 
+# Assertions wait up to a step's bound too (an audit on a loaded 2-core machine can take seconds).
+expect.set_options(timeout=STEP_TIMEOUT_MS)
+
+
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
     """(base URL, operator verifier key) of an API server over the demo chain."""
