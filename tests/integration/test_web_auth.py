@@ -6,25 +6,23 @@ Same set-up as test_web_page.py (uvicorn on a free loopback port, Debian's Chrom
 from __future__ import annotations
 
 import re
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import uvicorn
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 
 from batteryledger.api import create_app
 from batteryledger.auth import AuthConfig, Role, issue_token, public_key_text
 from batteryledger.sample import demo_chain
 from ledger.bundle_verify import verify_bundle
 from ledger.core import Ledger
-from tests.integration.test_web_page import SERVER_START_TIMEOUT_S, STEP_TIMEOUT_MS, find_chromium, snap
+from tests.integration import test_web_page as web
+from tests.integration.test_web_page import STEP_TIMEOUT_MS, serving, snap
 
 pytestmark = pytest.mark.integration
+browser, shots = web.browser, web.shots  # the same fixtures as the page tests
 
 
 # Assertions wait up to a step's bound too (an audit on a loaded 2-core machine can take seconds).
@@ -42,34 +40,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str,
     led.close()
     token_key = Ed25519PrivateKey.generate()
     cfg = AuthConfig(token_public_keys=[public_key_text(token_key)])
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(url, auth_config=cfg), log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            server.should_exit = True
-            pytest.fail("the API server did not start (see the log above)", pytrace=False)
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}", vkey, token_key
-    finally:
-        server.should_exit = True
-        thread.join(timeout=SERVER_START_TIMEOUT_S)
-        sock.close()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=find_chromium(), args=["--no-sandbox", "--disable-gpu"])
-        try:
-            yield b
-        finally:
-            b.close()
+    with serving(create_app(url, auth_config=cfg)) as base:
+        yield base, vkey, token_key
 
 
 @pytest.fixture
@@ -84,16 +56,6 @@ def page(browser: Browser, served: tuple[str, str, Ed25519PrivateKey]) -> Iterat
     yield pg
     context.close()
     assert not errors, f"errors in the page's script: {errors}"
-
-
-@pytest.fixture(scope="module")
-def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import os
-
-    wanted = os.environ.get("BATTERYLEDGER_SCREENSHOTS")
-    folder = Path(wanted) if wanted else tmp_path_factory.mktemp("screenshots")
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
 
 
 def test_without_a_credential_the_page_says_so_then_an_auditor_token_opens_it(
@@ -115,6 +77,7 @@ def test_without_a_credential_the_page_says_so_then_an_auditor_token_opens_it(
     page.goto("/")
     page.get_by_role("navigation").get_by_role("link", name="Audits").click()
     page.get_by_label("Start from an example").select_option("45x-cell.yaml")
+    expect(page.get_by_label("Claim (YAML or JSON)")).to_have_value(re.compile("kind: 45x"))
     page.get_by_role("button", name="Run the audit").click()
     expect(page.locator("#audit-status")).to_have_text(re.compile(r"US-CELL-001.*PASS"))
     with page.expect_download() as dl:

@@ -11,6 +11,7 @@ $BATTERYLEDGER_SCREENSHOTS when set) so a person can look at what the tests saw.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -19,6 +20,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import uvicorn
@@ -67,11 +69,18 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]
     vkey = led.operator_vkey
     led.close()
 
+    with serving(create_app(url)) as base:
+        yield base, vkey
+
+
+@contextlib.contextmanager
+def serving(api: Any) -> Iterator[str]:
+    """Run `api` under uvicorn on a free loopback port (held from the start: no race); yield its URL."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))  # a free port, held from here on: no race with other tests
+    sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(url), log_level="warning", lifespan="on"))
+    server = uvicorn.Server(uvicorn.Config(api, log_level="warning", lifespan="on"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + SERVER_START_TIMEOUT_S
@@ -81,7 +90,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]
             pytest.fail("the API server did not start (see the log above)", pytrace=False)
         time.sleep(0.05)
     try:
-        yield f"http://127.0.0.1:{port}", vkey
+        yield f"http://127.0.0.1:{port}"
     finally:
         server.should_exit = True
         thread.join(timeout=SERVER_START_TIMEOUT_S)
