@@ -402,18 +402,11 @@ class Ledger:
         """Reload head, registry and parked index if another process appended to the store since.
 
         One indexed query. True when it reloaded (a facility registered with the CLI while a worker runs
-        becomes known to that worker's sequencer here, and events waiting for it are retried).
+        becomes known to that worker's sequencer here, and events waiting for it are retried). `append`
+        does the same under the writer lock, so a writer need not call this before appending.
         """
         with self.engine.connect() as conn:
-            last = conn.execute(
-                select(ENTRIES.c.seq, ENTRIES.c.entry_hash).order_by(ENTRIES.c.seq.desc()).limit(1)
-            ).first()
-        size = 0 if last is None else last.seq + 1
-        head = chain.GENESIS if last is None else bytes(last.entry_hash)
-        if size == self.size and head == self.head_hash:
-            return False
-        self._load()
-        return True
+            return self._follow_head(conn)
 
     # -- append ---------------------------------------------------------------------------------
     def append(
@@ -449,14 +442,17 @@ class Ledger:
             raise err from exc
         return results
 
-    def _follow_head(self, conn: Connection) -> None:
-        """Under the writer lock: if another writer appended since we last looked, reload our state."""
+    def _follow_head(self, conn: Connection) -> bool:
+        """If another writer appended since we last looked, reload our state (True when it did)."""
         last = conn.execute(
             select(ENTRIES.c.seq, ENTRIES.c.entry_hash).order_by(ENTRIES.c.seq.desc()).limit(1)
         ).first()
         size = 0 if last is None else int(last.seq) + 1
-        if size != self.size or (last is not None and bytes(last.entry_hash) != self.head_hash):
-            self._load()
+        head = chain.GENESIS if last is None else bytes(last.entry_hash)
+        if size == self.size and head == self.head_hash:
+            return False
+        self._load()
+        return True
 
     def _append_in(self, conn: Connection, incoming: list[Incoming], park: bool) -> list[AppendResult]:
         ov = _Overlay(conn)

@@ -566,8 +566,8 @@ class Sequencer:
         `known`: see :func:`unpack_verified` (events this process already decoded in its verify stage).
         """
         out = SequencedBatch()
-        # another process may have appended (a facility registered with the CLI): reload its registry
-        self.ledger.sync()
+        # another process may have appended (a facility registered with the CLI): each append reloads
+        # the registry under the writer lock when the store's head moved (Ledger._follow_head)
         group: list[tuple[VerifiedRecord, list[Incoming]]] = []
         n = 0
         for rec in records:
