@@ -346,8 +346,11 @@ class Ledger:
         self.close()
 
     def _load(self) -> None:
-        """Rebuild in-memory state: head, registry (from registry entries), parked index."""
-        self.registry = Registry()
+        """Rebuild in-memory state: head, registry (from registry entries), parked index.
+
+        The registry is built aside and swapped in whole, so a reader in another thread (the verify
+        agent's thread) sees either the old registry or the new one, never a half-filled one."""
+        registry = Registry()
         with self.engine.connect() as conn:
             last = conn.execute(
                 select(ENTRIES.c.seq, ENTRIES.c.entry_hash).order_by(ENTRIES.c.seq.desc()).limit(1)
@@ -375,7 +378,8 @@ class Ledger:
                 except EventError as exc:  # a tampered registry entry: open anyway so `verify` can say so
                     self.load_errors.append(f"registry entry {row.event_id}: {exc.detail}")
                     continue
-                self.registry.apply(d.event, row.event_id)
+                registry.apply(d.event, row.event_id)
+            self.registry = registry
             self._parked_index = {}
             self._parked_legacy = "park_id" not in {c["name"] for c in inspect(conn).get_columns("parked")}
             if not self._parked_legacy:

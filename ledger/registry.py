@@ -26,7 +26,7 @@ from schemas.events import (
     PublicKeyInfo,
 )
 from schemas.reasons import EventError, Reason
-from schemas.signing import DecodedEvent, key_id, public_key_from_b64, verify_signature
+from schemas.signing import DecodedEvent, key_id, public_bytes, public_key_from_b64, verify_signature
 
 AUTHORITY_ROLES: tuple[Kind, ...] = (*sorted(REGISTRY_KINDS), Kind.CORRECTION)
 
@@ -39,6 +39,11 @@ class KeyRecord:
     valid_from: datetime
     valid_until: datetime | None = None
     revoked_at: datetime | None = None
+    raw: bytes = b""  # the 32 raw public-key bytes, kept so the verify path does not re-encode per event
+
+    def __post_init__(self) -> None:
+        if not self.raw:
+            self.raw = public_bytes(self.public_key)
 
     def valid_at(self, when: datetime) -> bool:
         if when < self.valid_from:
@@ -129,7 +134,7 @@ class Registry:
             )
         # 4. the signature verifies over the canonical bytes received
         if check_signature:
-            verify_signature(decoded, rec.public_key)
+            verify_signature(decoded, rec.raw)
         # 5. the facility's roles allow this kind
         if decoded.kind not in fac.roles:
             raise EventError(

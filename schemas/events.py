@@ -97,6 +97,7 @@ class Element(StrEnum):
 
 
 ELEMENTS: tuple[Element, ...] = tuple(Element)
+_ELEMENT_FIELD: dict[Element, str] = {e: e.value for e in Element}  # plain str: no enum property per call
 
 
 class Stage(StrEnum):
@@ -125,8 +126,15 @@ STAGE_OF_KIND: dict[Kind, Stage] = {
 _DECIMAL_TEXT = re.compile(r"[0-9]+(\.[0-9]+)?")
 
 
+#: Decimal strings that pass every check below by their spelling alone: at most 12 integer digits
+#: (so below MAX_QUANTITY), at most MAX_DECIMAL_PLACES places, no sign. Nearly every quantity on the wire.
+_QUANTITY_FAST = re.compile(r"[0-9]{1,12}(?:\.[0-9]{1,6})?")
+
+
 def _quantity(value: Any) -> Decimal:
     """Parse and check a quantity in one step (one Python call per field: the verify hot path)."""
+    if type(value) is str and _QUANTITY_FAST.fullmatch(value):
+        return Decimal(value)
     if isinstance(value, Decimal):
         d = value
     elif isinstance(value, str):
@@ -221,8 +229,12 @@ class ElementMass(_Model):
     graphite: Quantity = Decimal(0)
 
     def get(self, element: Element) -> Decimal:
-        value: Decimal = getattr(self, element.value)
+        value: Decimal = getattr(self, _ELEMENT_FIELD[element])
         return value
+
+    def total(self) -> Decimal:
+        """Sum over the tracked elements."""
+        return self.li + self.ni + self.co + self.mn + self.graphite
 
 
 class BatchInput(_Model):
@@ -258,7 +270,7 @@ class BatchOutput(_Model):
 
     @model_validator(mode="after")
     def _contained_within_mass(self) -> BatchOutput:
-        total = sum((self.contained_kg.get(e) for e in ELEMENTS), Decimal(0))
+        total = self.contained_kg.total()
         if total > self.kg:
             raise ValueError(f"contained element mass {total} kg exceeds the batch mass {self.kg} kg")
         return self
@@ -283,7 +295,10 @@ class _Envelope(_Model):
 
 
 class _Transform(_Envelope):
-    inputs: Annotated[list[BatchInput], Field(max_length=MAX_LIST_LEN)] = []
+    inputs: Annotated[
+        list[BatchInput],
+        Field(default_factory=list, max_length=MAX_LIST_LEN, json_schema_extra={"default": []}),
+    ]
     outputs: Annotated[list[BatchOutput], Field(min_length=1, max_length=MAX_LIST_LEN)]
 
     @model_validator(mode="after")
@@ -332,7 +347,10 @@ class PacksAssembled(_Transform):
 class BatchRecycled(_Transform):
     kind: Literal[Kind.BATCH_RECYCLED]
     feed_consumer: Literal["pre", "post"] = "post"
-    external_feed: Annotated[list[ExternalFeed], Field(max_length=MAX_LIST_LEN)] = []
+    external_feed: Annotated[
+        list[ExternalFeed],
+        Field(default_factory=list, max_length=MAX_LIST_LEN, json_schema_extra={"default": []}),
+    ]
 
     @model_validator(mode="after")
     def _has_feed(self) -> BatchRecycled:

@@ -26,6 +26,14 @@ from schemas.canonical import CanonicalError, canonicalize, encode_validated
 from schemas.events import MAX_EVENT_BYTES, Event, Kind, event_to_json_obj, parse_event
 from schemas.reasons import EventError, Reason
 
+try:  # the fast decode path (decode); without it every event takes the strict path
+    import orjson as _orjson
+
+    _SORTED = _orjson.OPT_SORT_KEYS
+except ImportError:  # pragma: no cover - orjson is a dependency
+    _orjson = None  # type: ignore[assignment]
+    _SORTED = 0
+
 SIG_FIELD = "sig"
 ALG = "Ed25519"
 
@@ -152,10 +160,74 @@ class DecodedEvent:
 
 
 def decode(raw: bytes) -> DecodedEvent:
-    """Parse and validate wire bytes. Raises EventError with a stable reason."""
+    """Parse and validate wire bytes. Raises EventError with a stable reason.
+
+    Bytes that are already the canonical encoding of a valid signed event (what every signer of this
+    project sends) take :func:`_decode_canonical`; anything else, and anything that path cannot vouch
+    for, is decided by the strict path below, so both give the same answer on every input.
+    """
     # 1. size limit first: never parse an arbitrarily large body
     if len(raw) > MAX_EVENT_BYTES:
         raise EventError(Reason.OVERSIZED, f"event is {len(raw)} bytes; the limit is {MAX_EVENT_BYTES}")
+    fast = _decode_canonical(raw)
+    if fast is not None:
+        return fast
+    return _decode_strict(raw)
+
+
+def _decode_canonical(raw: bytes) -> DecodedEvent | None:
+    """The fast path: a decoded event when `raw` is exactly the canonical bytes of a valid signed
+    event, else None (never raises; the strict path then decides and words any error).
+
+    orjson parses (RFC 8259, strict UTF-8, no NaN, no BOM; unlike the strict parser it keeps the last
+    of duplicate keys and reads huge integers as floats) and re-encodes with sorted keys, which for the
+    value domain a schema-valid event can hold is byte-identical to RFC 8785 (tests/unit/
+    test_decode_fast.py checks every code point and holds this path equal to the strict one). The
+    re-encoding must give back `raw` exactly, so nothing the strict parser would read differently
+    (duplicate keys, floats, escapes spelled another way, whitespace) passes here.
+    """
+    if _orjson is None or type(raw) is not bytes:
+        return None
+    try:
+        obj = _orjson.loads(raw)
+        if type(obj) is not dict:
+            return None
+        sig = obj.pop(SIG_FIELD, None)
+        if (
+            type(sig) is not dict
+            or len(sig) != 3
+            or sig.get("alg") != ALG
+            or type(sig.get("key_id")) is not str
+            or type(sig.get("value")) is not str
+            or not sig["value"].isascii()
+        ):
+            return None
+        signature = base64.b64decode(sig["value"], validate=True)
+        if len(signature) != 64 or base64.b64encode(signature).decode("ascii") != sig["value"]:
+            return None
+        kind = obj.get("kind")
+        if type(kind) is not str or kind not in Kind._value2member_map_:
+            return None
+        event = parse_event(obj)
+        unsigned = _orjson.dumps(obj, option=_SORTED)
+        obj[SIG_FIELD] = sig
+        if _orjson.dumps(obj, option=_SORTED) != raw:
+            return None
+    except Exception:  # malformed, schema-invalid, not canonical: the strict path says which
+        return None
+    return DecodedEvent(
+        event_id=hashlib.sha256(unsigned).hexdigest(),
+        unsigned=unsigned,
+        signed=raw,
+        key_id=sig["key_id"],
+        signature=signature,
+        event=event,
+    )
+
+
+def _decode_strict(raw: bytes) -> DecodedEvent:
+    """The strict path: the standard library's parser with duplicate-key and constant checks, each
+    failure with its own reason (the order of the checks is part of the contract)."""
     # 2. JSON object, UTF-8
     obj = loads_strict(raw)
     if not isinstance(obj, dict):
@@ -248,8 +320,10 @@ def loads_strict(raw: bytes) -> Any:
         raise EventError(Reason.MALFORMED, "JSON nested too deeply") from None
 
 
-def verify_signature(decoded: DecodedEvent, public_key: Ed25519PublicKey) -> None:
-    if not verify_ed25519(public_bytes(public_key), decoded.signature, decoded.unsigned):
+def verify_signature(decoded: DecodedEvent, public_key: Ed25519PublicKey | bytes) -> None:
+    """Raise BAD_SIGNATURE unless the event's signature verifies (key as an object or 32 raw bytes)."""
+    raw = public_key if isinstance(public_key, bytes) else public_bytes(public_key)
+    if not verify_ed25519(raw, decoded.signature, decoded.unsigned):
         raise EventError(
             Reason.BAD_SIGNATURE,
             f"signature does not verify under key {decoded.key_id} of {decoded.facility_id}",
