@@ -27,9 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -107,9 +105,6 @@ class LedgerAgents:
     is_sequencer: bool = False  # this process holds the verified partition (from the last assignment)
     #: events this process's verify agent decoded, by source, for its own sequencer (saves a second parse)
     decoded: dict[str, DecodedEvent] = field(default_factory=dict)
-    #: threads that run the verify stage's CPU work (None: in the event loop; settings.verify_threads)
-    verify_pool: ThreadPoolExecutor | None = None
-    refresh_lock: threading.Lock = field(default_factory=threading.Lock)
 
     # -- registry (verify stage) -----------------------------------------------------------------
     @property
@@ -117,19 +112,13 @@ class LedgerAgents:
         return self.reader.registry
 
     def maybe_refresh_registry(self, *, force: bool = False) -> None:
-        """Re-read the registry when it is older than registry_refresh_s (from the timer or a verify
-        thread; one refresh at a time, and the new registry is swapped in whole: see Ledger._load)."""
         now = time.monotonic()
         if force or now - self.last_refresh >= self.settings.registry_refresh_s:
-            if not self.refresh_lock.acquire(blocking=False):
-                return  # another thread is refreshing it right now
+            self.last_refresh = now
             try:
-                self.last_refresh = now
                 self.reader.refresh_registry()
             except Exception:
                 log.exception("could not re-read the registry from %s", self.settings.store)
-            finally:
-                self.refresh_lock.release()
 
     # -- verify stage ----------------------------------------------------------------------------
     def verify_one(self, message: Any) -> Incoming:
@@ -147,31 +136,11 @@ class LedgerAgents:
             self.maybe_refresh_registry()
         return incoming
 
-    def verify_many(self, messages: list[Any]) -> list[Incoming]:
-        return [self.verify_one(m) for m in messages]
-
-    async def verify_batch(self, messages: list[Any]) -> list[Incoming]:
-        """The verify stage of a batch, in order. With verify threads the work runs beside the event
-        loop: Ed25519 (libsodium or OpenSSL) releases the GIL, so the signatures of one batch are
-        checked on another core while the loop runs the sequencer and Kafka I/O; with several threads
-        the batch is split among them."""
-        pool = self.verify_pool
-        if pool is None or not messages:
-            return self.verify_many(messages)
-        loop = asyncio.get_running_loop()
-        n = min(self.settings.verify_threads, max(1, len(messages) // 50))
-        if n <= 1:
-            return await loop.run_in_executor(pool, self.verify_many, messages)
-        size = -(-len(messages) // n)
-        parts = [messages[i : i + size] for i in range(0, len(messages), size)]
-        done = await asyncio.gather(*(loop.run_in_executor(pool, self.verify_many, p) for p in parts))
-        return [it for part in done for it in part]
-
     async def on_raw_batch(self, messages: list[Any]) -> None:
         """Verify a batch of raw messages; forward it as authenticated verified record(s); route its
         rejections. Returns only when the broker acknowledged every record (so the raw offsets Faust
         commits after this never pass an unsent message); retries with back-off until it does."""
-        outcomes = await self.verify_batch(messages)
+        outcomes = [self.verify_one(m) for m in messages]
         topic = self.settings.verified_topic
         records = pack_verified(outcomes, self.hop_key, topic)
         for headers, value in records:
@@ -388,8 +357,6 @@ def install_agents(app: faust.App, settings: Settings) -> LedgerAgents:
         hop_key=resolve_hop_key(settings),
         operator_key=operator_key,
     )
-    if settings.verify_threads > 0:
-        state.verify_pool = ThreadPoolExecutor(settings.verify_threads, thread_name_prefix="bl-verify")
     raw_opts: dict[str, Any] = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw"}
     raw_opts["value_serializer"] = "raw"
     events_topic = app.topic(settings.events_topic, partitions=settings.partitions, **raw_opts)
@@ -404,7 +371,7 @@ def install_agents(app: faust.App, settings: Settings) -> LedgerAgents:
     }
 
     async def verify(stream: Any) -> None:
-        async for events in stream.take_events(settings.verify_batch, within=0.005):
+        async for events in stream.take_events(settings.verify_batch, within=settings.verify_within_s):
             try:
                 await state.on_raw_batch([e.message for e in events])
             except Exception:  # a bug: log, keep the agent alive (sends themselves retry until acked)

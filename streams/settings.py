@@ -12,7 +12,7 @@
 | max_batch | BATTERYLEDGER_MAX_BATCH | 2000 | most events the sequencer appends in one store transaction |
 | batch_within_s | BATTERYLEDGER_BATCH_WITHIN | 0.05 | longest a partial batch waits before it is appended |
 | verify_batch | BATTERYLEDGER_VERIFY_BATCH | 500 | events the verify agent takes at a time |
-| verify_threads | BATTERYLEDGER_VERIFY_THREADS | 1 | threads that run the verify stage beside the event loop (Ed25519 releases the GIL, so one worker keeps two cores busy); 0 = in the event loop |
+| verify_within_s | BATTERYLEDGER_VERIFY_WITHIN | 0.02 | longest the verify agent waits to fill a batch |
 | park_max_age_s | BATTERYLEDGER_PARK_MAX_AGE | 30 | how long an event waits for its parents (children before parents) |
 | expire_interval_s | BATTERYLEDGER_EXPIRE_INTERVAL | 2 | how often waiting events are checked against park_max_age_s |
 | checkpoint_every | BATTERYLEDGER_CHECKPOINT_EVERY | 10000 | sign a checkpoint after this many new entries ... |
@@ -58,7 +58,7 @@ ENV = {
     "max_batch": "BATTERYLEDGER_MAX_BATCH",
     "batch_within_s": "BATTERYLEDGER_BATCH_WITHIN",
     "verify_batch": "BATTERYLEDGER_VERIFY_BATCH",
-    "verify_threads": "BATTERYLEDGER_VERIFY_THREADS",
+    "verify_within_s": "BATTERYLEDGER_VERIFY_WITHIN",
     "park_max_age_s": "BATTERYLEDGER_PARK_MAX_AGE",
     "expire_interval_s": "BATTERYLEDGER_EXPIRE_INTERVAL",
     "checkpoint_every": "BATTERYLEDGER_CHECKPOINT_EVERY",
@@ -104,7 +104,7 @@ class Settings:
     max_batch: int = 2000
     batch_within_s: float = 0.05
     verify_batch: int = 500
-    verify_threads: int = 1
+    verify_within_s: float = 0.02
     park_max_age_s: float = PARK_MAX_AGE.total_seconds()
     expire_interval_s: float = 2.0
     checkpoint_every: int = 10_000
@@ -120,9 +120,13 @@ class Settings:
         for name in ("max_batch", "verify_batch", "partitions", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{name} must be at least 1 (set {ENV.get(name, name)})")
-        if not 0 <= self.verify_threads <= 64:
-            raise SettingsError(f"verify_threads must be between 0 and 64 (set {ENV['verify_threads']})")
-        for name in ("batch_within_s", "expire_interval_s", "checkpoint_interval_s", "session_timeout_s"):
+        for name in (
+            "batch_within_s",
+            "verify_within_s",
+            "expire_interval_s",
+            "checkpoint_interval_s",
+            "session_timeout_s",
+        ):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{name} must be positive (set {ENV[name]})")
 
