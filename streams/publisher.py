@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
@@ -27,10 +28,11 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import BaseModel, ValidationError
 
-from schemas.cloudevents import WireMessage, to_binary, to_structured
-from schemas.events import SPEC, event_to_json_obj
+from schemas.canonical import CanonicalError
+from schemas.cloudevents import WireMessage, ce_source, ce_type, subject_of, to_structured
+from schemas.events import MAX_EVENT_BYTES, SPEC, Event, event_to_json_obj, parse_event
 from schemas.reasons import EventError
-from schemas.signing import SIG_FIELD, decode, sign_event
+from schemas.signing import SIG_FIELD, decode, key_id, sign_validated
 from streams.topics import MATERIAL_EVENTS
 
 __all__ = ["PublishError", "Publisher", "Receipt"]
@@ -117,6 +119,7 @@ class Publisher:
                 "`batteryledger broker start` or pass the right --broker"
             ) from None
         self.last_receipt: Receipt | None = None
+        self._key_id = key_id(key.public_key()) if key is not None else None
 
     # -- context manager -----------------------------------------------------------------------
     def __enter__(self) -> Publisher:
@@ -142,6 +145,11 @@ class Publisher:
     # -- building messages ---------------------------------------------------------------------
     def sign(self, event: Mapping[str, Any] | BaseModel) -> bytes:
         """Validate and sign an unsigned event (spec and facility_id default to this publisher's)."""
+        return self._sign(event)[1]
+
+    def _sign(self, event: Mapping[str, Any] | BaseModel) -> tuple[str, bytes, Event]:
+        """(event id, signed bytes, validated event): validated once, canonicalised once, never
+        re-decoded (the bytes are those `decode` computes: tests/unit/test_signing_fast.py)."""
         if self.key is None:
             raise PublishError(f"no signing key for {self.facility_id}: give one (--key FILE)")
         obj = event_to_json_obj(event) if isinstance(event, BaseModel) else dict(event)
@@ -155,10 +163,20 @@ class Publisher:
         if SIG_FIELD in obj:
             raise PublishError("event is already signed: use publish_signed")
         try:
-            raw, _ = sign_event(obj, self.key)
+            event = parse_event(obj)  # refuse to sign what the ledger would reject as schema-invalid
         except ValidationError as exc:
             raise PublishError(f"event is not valid: {_first_error(exc)}") from None
-        return raw
+        try:
+            raw, event_id = sign_validated(obj, self.key, self._key_id)
+        except CanonicalError as exc:
+            raise PublishError(
+                f"event has a value with no JSON form ({exc}): give quantities and times as strings"
+            ) from None
+        if len(raw) > MAX_EVENT_BYTES:  # what decode() would refuse as oversized
+            raise PublishError(
+                f"cannot publish: oversized: event is {len(raw)} bytes; the limit is {MAX_EVENT_BYTES}"
+            )
+        return event_id, raw, event
 
     def message(self, signed: bytes) -> tuple[str, WireMessage]:
         """Event id and CloudEvents Kafka message of already-signed bytes (binary or structured mode)."""
@@ -166,12 +184,16 @@ class Publisher:
             decoded = decode(signed)
         except EventError as exc:
             raise PublishError(f"cannot publish: {exc.diagnostics()}") from None
-        return decoded.event_id, to_structured(decoded) if self.structured else to_binary(decoded)
+        if self.structured:
+            return decoded.event_id, to_structured(decoded)
+        return decoded.event_id, binary_message(decoded.event_id, decoded.event, decoded.signed)
 
     # -- publishing ----------------------------------------------------------------------------
     def publish(self, event: Mapping[str, Any] | BaseModel) -> str:
         """Sign, send, wait for the broker's ack; returns the event id."""
-        return self.publish_signed(self.sign(event))
+        receipt = self._wait(self._send_unsigned(event))
+        assert receipt.event_id is not None
+        return receipt.event_id
 
     def publish_signed(self, raw: bytes) -> str:
         """Send an event signed elsewhere (bytes as signed); returns its event id after the ack."""
@@ -206,19 +228,18 @@ class Publisher:
         Up to `window` sends are in flight before the oldest is awaited, so memory stays bounded. One
         failed acknowledgement raises PublishError after the ones before it were reported via `on_ack`.
         """
-        pending: list[tuple[str | None, Any]] = []
+        pending: deque[tuple[str | None, Any]] = deque()
         receipts: list[Receipt] = []
 
         def drain(keep: int) -> None:
             while len(pending) > keep:
-                r = self._wait(pending.pop(0))
+                r = self._wait(pending.popleft())
                 receipts.append(r)
                 if on_ack is not None:
                     on_ack(r)
 
         for ev in events:
-            raw = ev if isinstance(ev, bytes) else self.sign(ev)
-            pending.append(self._send_signed(raw))
+            pending.append(self._send_signed(ev) if isinstance(ev, bytes) else self._send_unsigned(ev))
             drain(window)
         self._flush_quietly()  # a flush that times out leaves futures unresolved: drain names them
         drain(0)
@@ -243,10 +264,18 @@ class Publisher:
             self._producer = KafkaProducer(**self._config)
 
     # -- internals -----------------------------------------------------------------------------
+    def _send_unsigned(self, event: Mapping[str, Any] | BaseModel) -> tuple[str, Any]:
+        if self.structured:
+            return self._send_signed(self.sign(event))
+        event_id, raw, parsed = self._sign(event)
+        return self._send(event_id, binary_message(event_id, parsed, raw))
+
     def _send_signed(self, raw: bytes) -> tuple[str, Any]:
+        return self._send(*self.message(raw))
+
+    def _send(self, event_id: str, msg: WireMessage) -> tuple[str, Any]:
         from kafka.errors import KafkaError
 
-        event_id, msg = self.message(raw)
         try:
             fut = self._producer.send(self.topic, value=msg.value, key=msg.key, headers=msg.headers)
         except KafkaError as exc:  # e.g. no metadata for the topic within max_block_ms: say so, once
@@ -273,6 +302,29 @@ class Publisher:
         receipt = Receipt(event_id, md.topic, md.partition, md.offset)
         self.last_receipt = receipt
         return receipt
+
+
+def binary_message(event_id: str, event: Event, signed: bytes) -> WireMessage:
+    """`schemas.cloudevents.to_binary` of a decoded event, from its parts, without the CloudEvents SDK
+    (which validates and copies every attribute: as dear as signing). Same headers in the same order,
+    same key and value: tests/unit/test_signing_fast.py holds the two equal."""
+    t = event.time.isoformat()
+    if t.endswith("+00:00"):
+        t = t[:-6] + "Z"
+    fid = event.facility_id
+    return WireMessage(
+        fid.encode(),
+        [
+            ("ce_id", event_id.encode()),
+            ("ce_source", ce_source(fid).encode()),
+            ("ce_type", ce_type(event.kind).encode()),
+            ("ce_specversion", b"1.0"),
+            ("ce_time", t.encode()),
+            ("ce_subject", subject_of(event).encode()),
+            ("content-type", b"application/json"),
+        ],
+        signed,
+    )
 
 
 def _first_error(exc: ValidationError) -> str:
