@@ -35,7 +35,7 @@ from schemas.reasons import EventError
 from schemas.signing import SIG_FIELD, decode, key_id, sign_validated
 from streams.topics import MATERIAL_EVENTS
 
-__all__ = ["PublishError", "Publisher", "Receipt"]
+__all__ = ["PublishError", "Publisher", "Receipt", "binary_message", "kafka_crc32c_native", "producer_config"]
 
 #: Seconds to wait for the broker's acknowledgement of one message before giving up.
 DEFAULT_ACK_TIMEOUT_S = 30.0
@@ -65,6 +65,51 @@ class Receipt:
 EventLike = Mapping[str, Any] | BaseModel | bytes
 
 
+def producer_config(bootstrap: str, facility_id: str, **overrides: Any) -> dict[str, Any]:
+    """The Publisher's kafka-python producer settings (keyword arguments to `Publisher` override them,
+    e.g. linger_ms=0 for the lowest latency of a lone publish). Batching never costs the per-event ack:
+    every send has its own future, and publish / publish_many wait on each one.
+
+    - acks=all + idempotence: an ack means on every in-sync replica; a retried send is not a second
+      record.
+    - linger_ms=50: publish_many lets a batch fill for up to 50 ms, so hundreds of events go in one
+      request (fewer, fuller batches: less per-batch work in the producer's threads, which share the
+      GIL with signing); its final flush sends the tail at once. A lone publish() flushes its event
+      at once, so it never pays the linger.
+    - batch_size=512 KiB: hundreds of ~0.5-1 KiB events per batch, and half the topic's
+      max.message.bytes (1 MiB, streams.topics.TOPIC_MAX_MESSAGE_BYTES), so a full batch is never
+      refused for size.
+    - max_request_size=2 MiB: room for batches of several partitions in one request.
+    - CRC-32C of each batch: kafka-python uses the `crc32c` wheel (a dependency) when installed, else
+      pure Python, several times slower (`kafka_crc32c_native` says which).
+    """
+    config: dict[str, Any] = {
+        "bootstrap_servers": bootstrap,
+        "acks": "all",
+        "enable_idempotence": True,
+        "linger_ms": 50,
+        "batch_size": 512 * 1024,
+        "max_request_size": 2 * 1024 * 1024,
+        "client_id": f"batteryledger-publisher-{facility_id}",
+    }
+    config.update(overrides)
+    return config
+
+
+def kafka_crc32c_native() -> bool:
+    """True when kafka-python's record batches get their CRC-32C from the `crc32c` wheel (C), not from
+    its pure-Python fallback: the function kafka-python calls binds its implementation at import."""
+    try:
+        import crc32c
+    except ImportError:
+        return False
+    from kafka.record import default_records, util
+
+    return default_records.calc_crc32c is util.calc_crc32c and util.calc_crc32c.__defaults__ == (
+        crc32c.crc32c,
+    )
+
+
 class Publisher:
     """Signs and publishes one facility's events. Not thread-safe; one per facility and thread."""
 
@@ -77,7 +122,7 @@ class Publisher:
         topic: str = MATERIAL_EVENTS,
         structured: bool = False,
         ack_timeout: float = DEFAULT_ACK_TIMEOUT_S,
-        **producer_config: Any,
+        **producer_config_overrides: Any,
     ) -> None:
         from kafka import KafkaProducer
         from kafka.errors import KafkaError
@@ -88,28 +133,7 @@ class Publisher:
         self.topic = topic
         self.structured = structured
         self.ack_timeout = ack_timeout
-        # Producer settings (override any of them with keyword arguments, e.g. linger_ms=0 for the lowest
-        # latency of a lone publish). Batching never costs the per-event ack: every send has its own
-        # future, and publish / publish_many wait on each one.
-        # - acks=all + idempotence: an ack means on every in-sync replica; a retried send is not a
-        #   second record.
-        # - linger_ms=10: wait up to 10 ms for more events so a batch goes in one request (publish_many
-        #   fills batches long before that; a lone publish() pays at most the 10 ms).
-        # - batch_size=512 KiB: many ~1 KiB events per batch, and half the topic's max.message.bytes
-        #   (1 MiB, streams.topics.TOPIC_MAX_MESSAGE_BYTES), so a full batch is never refused for size.
-        # - max_request_size=2 MiB: room for batches of several partitions in one request.
-        # - CRC-32C of each batch: kafka-python uses the `crc32c` wheel (a dependency) when installed,
-        #   else pure Python, several times slower.
-        config: dict[str, Any] = {
-            "bootstrap_servers": bootstrap,
-            "acks": "all",
-            "enable_idempotence": True,
-            "linger_ms": 10,
-            "batch_size": 512 * 1024,
-            "max_request_size": 2 * 1024 * 1024,
-            "client_id": f"batteryledger-publisher-{facility_id}",
-        }
-        config.update(producer_config)
+        config = producer_config(bootstrap, facility_id, **producer_config_overrides)
         self._config = config
         try:
             self._producer = KafkaProducer(**config)
@@ -190,14 +214,20 @@ class Publisher:
 
     # -- publishing ----------------------------------------------------------------------------
     def publish(self, event: Mapping[str, Any] | BaseModel) -> str:
-        """Sign, send, wait for the broker's ack; returns the event id."""
-        receipt = self._wait(self._send_unsigned(event))
-        assert receipt.event_id is not None
-        return receipt.event_id
+        """Sign, send, wait for the broker's ack; returns the event id.
+
+        The send is flushed at once: a lone event never waits out `linger_ms` (which is for
+        publish_many's batches). Many events: publish_many, far faster than a loop of publish().
+        """
+        return self._one(self._send_unsigned(event))
 
     def publish_signed(self, raw: bytes) -> str:
         """Send an event signed elsewhere (bytes as signed); returns its event id after the ack."""
-        receipt = self._wait(self._send_signed(raw))
+        return self._one(self._send_signed(raw))
+
+    def _one(self, pending: tuple[str, Any]) -> str:
+        self._flush_quietly()  # a flush that times out leaves the future unresolved: _wait names it
+        receipt = self._wait(pending)
         assert receipt.event_id is not None
         return receipt.event_id
 
@@ -214,6 +244,7 @@ class Publisher:
             key=self.facility_id.encode() if key is None else key,
             headers=list(headers or []),
         )
+        self._flush_quietly()
         return self._wait((None, fut))
 
     def publish_many(
@@ -225,8 +256,11 @@ class Publisher:
     ) -> list[Receipt]:
         """Send many events (unsigned dicts/models are signed; bytes are taken as signed) and wait for all.
 
-        Up to `window` sends are in flight before the oldest is awaited, so memory stays bounded. One
-        failed acknowledgement raises PublishError after the ones before it were reported via `on_ack`.
+        Up to `window` sends are in flight before the oldest is awaited, so memory stays bounded. Every
+        event's acknowledgement is reported via `on_ack`, in order, until the first failure: an event
+        that cannot be signed or sent, or an acknowledgement that fails or times out, raises
+        PublishError after all the events before it were acknowledged and reported (so the events up to
+        the failure are known to be on the topic, and the rest can be sent again).
         """
         pending: deque[tuple[str | None, Any]] = deque()
         receipts: list[Receipt] = []
@@ -238,8 +272,18 @@ class Publisher:
                 if on_ack is not None:
                     on_ack(r)
 
-        for ev in events:
-            pending.append(self._send_signed(ev) if isinstance(ev, bytes) else self._send_unsigned(ev))
+        it = iter(events)
+        while True:
+            try:
+                ev = next(it)
+                sent = self._send_signed(ev) if isinstance(ev, bytes) else self._send_unsigned(ev)
+            except StopIteration:
+                break
+            except Exception:  # cannot sign or send this one (or the iterable failed)
+                self._flush_quietly()
+                drain(0)  # the events before it: acknowledged and reported (or the first failure)
+                raise
+            pending.append(sent)
             drain(window)
         self._flush_quietly()  # a flush that times out leaves futures unresolved: drain names them
         drain(0)
