@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -226,8 +227,9 @@ class Publisher:
         return self._one(self._send_signed(raw))
 
     def _one(self, pending: tuple[str, Any]) -> str:
+        deadline = time.monotonic() + self.ack_timeout
         self._flush_quietly()  # a flush that times out leaves the future unresolved: _wait names it
-        receipt = self._wait(pending)
+        receipt = self._wait(pending, deadline)
         assert receipt.event_id is not None
         return receipt.event_id
 
@@ -244,8 +246,9 @@ class Publisher:
             key=self.facility_id.encode() if key is None else key,
             headers=list(headers or []),
         )
+        deadline = time.monotonic() + self.ack_timeout
         self._flush_quietly()
-        return self._wait((None, fut))
+        return self._wait((None, fut), deadline)
 
     def publish_many(
         self,
@@ -265,9 +268,9 @@ class Publisher:
         pending: deque[tuple[str | None, Any]] = deque()
         receipts: list[Receipt] = []
 
-        def drain(keep: int) -> None:
+        def drain(keep: int, deadline: float | None = None) -> None:
             while len(pending) > keep:
-                r = self._wait(pending.popleft())
+                r = self._wait(pending.popleft(), deadline)
                 receipts.append(r)
                 if on_ack is not None:
                     on_ack(r)
@@ -280,13 +283,15 @@ class Publisher:
             except StopIteration:
                 break
             except Exception:  # cannot sign or send this one (or the iterable failed)
+                deadline = time.monotonic() + self.ack_timeout
                 self._flush_quietly()
-                drain(0)  # the events before it: acknowledged and reported (or the first failure)
+                drain(0, deadline)  # the events before it: acknowledged and reported (or the first failure)
                 raise
             pending.append(sent)
             drain(window)
+        deadline = time.monotonic() + self.ack_timeout  # one ack timeout for the flush and the acks
         self._flush_quietly()  # a flush that times out leaves futures unresolved: drain names them
-        drain(0)
+        drain(0, deadline)
         return receipts
 
     def _flush_quietly(self) -> None:
@@ -329,12 +334,14 @@ class Publisher:
             ) from None
         return event_id, fut
 
-    def _wait(self, pending: tuple[str | None, Any]) -> Receipt:
+    def _wait(self, pending: tuple[str | None, Any], deadline: float | None = None) -> Receipt:
+        """The receipt of one send, waiting up to ack_timeout (or until `deadline`, time.monotonic())."""
         from kafka.errors import KafkaError
 
         event_id, fut = pending
+        timeout = self.ack_timeout if deadline is None else max(0.0, deadline - time.monotonic())
         try:
-            md = fut.get(timeout=self.ack_timeout)
+            md = fut.get(timeout=timeout)
         except KafkaError as exc:
             # an idempotent producer whose batch the broker refused (e.g. MessageSizeTooLarge) keeps
             # failing every later send: start a fresh one so this Publisher stays usable
