@@ -18,7 +18,7 @@ from kafka import KafkaConsumer, TopicPartition
 from schemas.cloudevents import to_binary
 from schemas.signing import decode, generate_key
 from streams.localbroker import LocalBroker
-from streams.publisher import Publisher, PublishError, Receipt, kafka_crc32c_native
+from streams.publisher import PUBLISH_CHUNK, Publisher, PublishError, Receipt, kafka_crc32c_native
 from streams.topics import MATERIAL_EVENTS
 
 FID = "mine-pub-test"
@@ -77,20 +77,22 @@ def test_publish_many_signs_sends_and_reports_every_ack(kafka_bootstrap: str, ma
     assert kafka_crc32c_native()  # the crc32c wheel computed the CRC of those record batches
 
 
+@pytest.mark.parametrize(("total", "bad"), [(50, 30), (PUBLISH_CHUNK + 200, PUBLISH_CHUNK + 100)])
 def test_an_invalid_event_mid_batch_is_refused_after_the_ones_before_it_are_acked(
-    kafka_bootstrap: str, make_topics: Any
+    kafka_bootstrap: str, make_topics: Any, total: int, bad: int
 ) -> None:
     topic = make_topics()[MATERIAL_EVENTS]
     acked: list[Receipt] = []
-    events = [_event(i) for i in range(50)]
-    events[30] = _event(30, outputs=[{"batch_id": "X", "material": "ore", "kg": 1.5}])  # float kg
+    events = [_event(i) for i in range(total)]
+    events[bad] = _event(bad, outputs=[{"batch_id": "X", "material": "ore", "kg": 1.5}])  # float kg
     with (
         Publisher(kafka_bootstrap, FID, generate_key(), topic=topic) as pub,
         pytest.raises(PublishError, match="not valid"),
     ):
         pub.publish_many(events, on_ack=acked.append)
-    assert len(acked) == 30  # events 0-29: each acknowledged and reported, nothing silently dropped
-    assert len(_records(kafka_bootstrap, topic, 30)) == 30
+    assert len(acked) == bad  # the events before it: each acknowledged and reported, none dropped
+    assert [r.offset for r in acked] == sorted(r.offset for r in acked)  # reported in order
+    assert len(_records(kafka_bootstrap, topic, bad + 1)) == bad  # and nothing after it was sent
 
 
 def test_values_with_no_json_form_are_a_publish_error(kafka_bootstrap: str, make_topics: Any) -> None:
