@@ -359,7 +359,7 @@ class Publisher:
 
     def _wait(self, pending: tuple[str | None, Any], deadline: float | None = None) -> Receipt:
         """The receipt of one send, waiting up to ack_timeout (or until `deadline`, time.monotonic())."""
-        from kafka.errors import KafkaError
+        from kafka.errors import KafkaError, KafkaTimeoutError
 
         event_id, fut = pending
         timeout = self.ack_timeout if deadline is None else max(0.0, deadline - time.monotonic())
@@ -368,10 +368,15 @@ class Publisher:
         except KafkaError as exc:
             # an idempotent producer whose batch the broker refused (e.g. MessageSizeTooLarge) keeps
             # failing every later send: start a fresh one so this Publisher stays usable
+            why = (
+                f"KafkaTimeoutError: no acknowledgement within {self.ack_timeout:g} s"
+                if isinstance(exc, KafkaTimeoutError) and not fut.is_done
+                else f"{type(exc).__name__}: {exc}"
+            )
             self._reset()
             raise PublishError(
                 f"Kafka at {self.bootstrap} did not acknowledge "
-                f"{'event ' + event_id if event_id else 'a message'} on {self.topic}: {type(exc).__name__}: {exc}"
+                f"{'event ' + event_id if event_id else 'a message'} on {self.topic}: {why}"
             ) from None
         receipt = Receipt(event_id, md.topic, md.partition, md.offset)
         self.last_receipt = receipt
