@@ -169,7 +169,7 @@ def publish(
     topic_suffix: SuffixOpt = "",
 ) -> None:
     """Publish events from a JSON-lines file to Kafka, then report what the ledger decided for each."""
-    from streams.publisher import Publisher, Receipt, load_json_lines
+    from streams.publisher import Publisher, PublishError, Receipt, load_json_lines
 
     with _one_line_errors():
         try:
@@ -208,17 +208,25 @@ def publish(
         ):
             task = progress.add_task("publish", total=len(objs))
 
-            for n, obj in objs:
-                if "sig" in obj:
-                    raw = canonicalize(obj)
-                else:
-                    if facility is None:
-                        pub.facility_id = str(obj.get("facility_id", facility_id))
-                    raw = pub.sign(obj)
-                pub.publish_signed(raw)
-                assert pub.last_receipt is not None
-                receipts.append((n, pub.last_receipt))
+            def items() -> Iterator[dict[str, Any] | bytes]:
+                # signed lines go as their canonical bytes; unsigned ones are signed (once) by
+                # publish_many, as the facility they name unless --facility was given
+                for _, obj in objs:
+                    if "sig" in obj:
+                        yield canonicalize(obj)
+                    else:
+                        if facility is None:
+                            pub.facility_id = str(obj.get("facility_id", facility_id))
+                        yield obj
+
+            def acked(receipt: Receipt) -> None:
+                receipts.append((objs[len(receipts)][0], receipt))
                 progress.advance(task)
+
+            try:
+                pub.publish_many(items(), on_ack=acked)
+            except PublishError as exc:  # the lines before it are on the topic
+                raise PublishError(f"line {objs[len(receipts)][0]}: {exc}") from None
         console.print(
             f"published {len(receipts)} event(s) to {settings.events_topic} at {settings.bootstrap}"
         )

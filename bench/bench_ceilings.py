@@ -7,7 +7,9 @@
 - a bare aiokafka two-hop relay (produce, consume, produce, consume, no work) against the project's
   own broker (streams/localbroker.py): the ceiling of a worker's Kafka side;
 - the Publisher (kafka-python, its default producer settings, the `crc32c` wheel when installed):
-  events signed, sent and acknowledged per second, each ack reported by `publish_many`.
+  events signed, sent and acknowledged per second, each ack reported by `publish_many`, beside its two
+  ceilings measured in the same rounds: raw Ed25519 signing with pyca, and bare kafka-python
+  produce + ack in the Publisher's producer configuration.
 
 Blocks of the raw and the full-path loops alternate so that load from other processes hits both alike.
 Run: ``python -m bench.bench_ceilings [--events N] [--quick] [--no-kafka]``. Prints figures, then one
@@ -180,41 +182,114 @@ def _unsigned_events(fid: str, n: int) -> list[dict[str, Any]]:
     ]
 
 
-def bench_publisher(bootstrap: str, n: int) -> dict[str, Any]:
-    """Publisher.publish_many with its default producer settings, every ack reported via on_ack:
-    (a) unsigned events (validate + sign + send), (b) bytes signed elsewhere (send only)."""
-    import kafka.record.util as krutil
+def bench_publisher(bootstrap: str, n: int, rounds: int = 4) -> dict[str, Any]:
+    """The Publisher beside its two ceilings, measured in the same run, in alternating rounds so that
+    load from other processes hits all four alike:
 
+    - raw Ed25519 signing with pyca (the canonical unsigned bytes of the same events, one core);
+    - bare kafka-python produce + ack in the Publisher's own producer configuration (`producer_config`,
+      prebuilt CloudEvents messages, every future awaited): the ceiling of its Kafka side;
+    - Publisher.publish_many of unsigned events (validate + sign + send), every ack reported via on_ack;
+    - Publisher.publish_many of bytes signed elsewhere (decode + send), every ack reported via on_ack.
+    """
+    from kafka import KafkaProducer
+
+    from schemas.canonical import encode_validated
+    from schemas.events import SPEC
     from streams.localbroker import create_topics
-    from streams.publisher import Publisher
+    from streams.publisher import Publisher, binary_message, kafka_crc32c_native, producer_config
     from streams.topics import ALL_TOPICS
 
     topic = f"bench-pub-{uuid.uuid4().hex[:6]}"
     create_topics(bootstrap, [ALL_TOPICS(2)[0].renamed(topic)])
     fid, key = "mine-pub", generate_key()
-    unsigned = _unsigned_events(fid, n)
+    per = max(1, n // rounds)
     acks = 0
 
     def on_ack(_: Any) -> None:
         nonlocal acks
         acks += 1
 
+    def unsigned_block() -> list[dict[str, Any]]:
+        return _unsigned_events(fid, per)
+
+    times = {"sign": 0.0, "bare": 0.0, "publisher": 0.0, "presigned": 0.0}
+    bare_acked = 0
+    receipts = 0
     with Publisher(bootstrap, fid, key, topic=topic) as pub:
-        pub.publish_many(unsigned[:200])  # connect, metadata, producer id
-        start = time.perf_counter()
-        receipts = pub.publish_many(unsigned, on_ack=on_ack)
-        sign_rate = n / (time.perf_counter() - start)
-        signed = [pub.sign(ev) for ev in _unsigned_events(fid, n)]
-        start = time.perf_counter()
-        receipts += pub.publish_many(signed, on_ack=on_ack)
-        send_rate = n / (time.perf_counter() - start)
+        bare = KafkaProducer(**producer_config(bootstrap, fid, client_id="bench-bare"))
+        try:
+            pub.publish_many(_unsigned_events(fid, 200))  # connect, metadata, producer id
+            for fut in [bare.send(topic, value=b"warm", key=fid.encode()) for _ in range(200)]:
+                fut.get(timeout=30)
+            for _ in range(rounds):
+                # inputs built outside the timed sections
+                objs = [{**ev, "spec": SPEC, "facility_id": fid} for ev in unsigned_block()]
+                messages = [encode_validated(o) for o in objs]
+                t = time.perf_counter()
+                for m in messages:
+                    key.sign(m)
+                times["sign"] += time.perf_counter() - t
+
+                wire = []
+                for o in objs:
+                    raw = pub.sign(o)
+                    d = decode(raw)
+                    wire.append(binary_message(d.event_id, d.event, raw))
+                t = time.perf_counter()
+                futs = [bare.send(topic, value=w.value, key=w.key, headers=w.headers) for w in wire]
+                bare.flush(timeout=60)
+                for fut in futs:
+                    fut.get(timeout=60)
+                    bare_acked += 1
+                times["bare"] += time.perf_counter() - t
+
+                block = unsigned_block()
+                t = time.perf_counter()
+                receipts += len(pub.publish_many(block, on_ack=on_ack))
+                times["publisher"] += time.perf_counter() - t
+
+                signed = [pub.sign(ev) for ev in unsigned_block()]
+                t = time.perf_counter()
+                receipts += len(pub.publish_many(signed, on_ack=on_ack))
+                times["presigned"] += time.perf_counter() - t
+        finally:
+            bare.close(timeout=10)
+    total = per * rounds
+    rate = {name: total / t for name, t in times.items()}
     return {
-        "publisher_sign_send_acked_per_s": sign_rate,
-        "publisher_presigned_send_acked_per_s": send_rate,
+        "pyca_sign_per_s": rate["sign"],
+        "kafka_python_bare_send_acked_per_s": rate["bare"],
+        "publisher_sign_send_acked_per_s": rate["publisher"],
+        "publisher_presigned_send_acked_per_s": rate["presigned"],
+        "publisher_vs_pyca_sign": rate["publisher"] / rate["sign"],
+        "publisher_vs_bare_kafka_python": rate["publisher"] / rate["bare"],
+        "presigned_vs_bare_kafka_python": rate["presigned"] / rate["bare"],
         "acks_reported": acks,
-        "receipts": len(receipts),
-        "crc32c_wheel": krutil.crc32c_c is not None,
+        "receipts": receipts,
+        "bare_acked": bare_acked,
+        "crc32c_wheel": kafka_crc32c_native(),
+        "load_avg": os.getloadavg(),
     }
+
+
+def _print_publisher(pub: dict[str, Any]) -> None:
+    print(f"raw Ed25519 sign, pyca (ceiling):           {pub['pyca_sign_per_s']:10,.0f} /s")
+    print(
+        f"bare kafka-python produce + ack (ceiling):  {pub['kafka_python_bare_send_acked_per_s']:10,.0f} /s"
+        f"  (the Publisher's producer settings; crc32c wheel: {pub['crc32c_wheel']})"
+    )
+    print(
+        f"Publisher, sign + send + ack:               {pub['publisher_sign_send_acked_per_s']:10,.0f} /s"
+        f"  ({pub['publisher_vs_pyca_sign']:.0%} of raw signing, "
+        f"{pub['publisher_vs_bare_kafka_python']:.0%} of bare kafka-python; target 20k/s)"
+    )
+    print(
+        f"Publisher, pre-signed send + ack:           {pub['publisher_presigned_send_acked_per_s']:10,.0f} /s"
+        f"  ({pub['presigned_vs_bare_kafka_python']:.0%} of bare kafka-python; "
+        f"{pub['acks_reported']:,} acks reported)"
+    )
+    print("load average during the Publisher figures:  " + " ".join(f"{x:.2f}" for x in pub["load_avg"]))
 
 
 def main() -> None:
@@ -222,6 +297,8 @@ def main() -> None:
     ap.add_argument("--events", type=int, default=20000)
     ap.add_argument("--quick", action="store_true", help="small runs (smoke)")
     ap.add_argument("--no-kafka", action="store_true", help="skip the broker figures")
+    ap.add_argument("--publisher-only", action="store_true", help="only the Publisher and its two ceilings")
+    ap.add_argument("--bootstrap", help="use this running broker instead of starting one")
     args, _ = ap.parse_known_args()
     n = 4000 if args.quick else args.events
     results: dict[str, Any] = {
@@ -229,6 +306,21 @@ def main() -> None:
         "machine": f"{platform.machine()} {os.cpu_count()} cpus, Python {platform.python_version()}",
     }
     print(f"machine: {results['machine']} (shared: other processes may be running)")
+    if args.publisher_only:
+        if args.bootstrap:
+            results["publisher"] = bench_publisher(args.bootstrap, n)
+        else:
+            from streams.localbroker import LocalBroker
+
+            with tempfile.TemporaryDirectory(prefix="bl-bench-") as tmpdir:
+                broker = LocalBroker(Path(tmpdir) / "kafka")
+                try:
+                    results["publisher"] = bench_publisher(broker.start(timeout=120), n)
+                finally:
+                    broker.stop()
+        _print_publisher(results["publisher"])
+        print(json.dumps(results, sort_keys=True))
+        return
     ed = bench_ed25519(min(n, 10000))
     results["ed25519"] = ed
     print(f"raw Ed25519 verify, pyca:                   {ed['raw_pyca_per_s']:10,.0f} /s")
@@ -255,14 +347,7 @@ def main() -> None:
                 print(f"aiokafka two-hop relay (no work):           {relay:10,.0f} /s")
                 pub = bench_publisher(bootstrap, n)
                 results["publisher"] = pub
-                print(
-                    f"Publisher, sign + send + ack:               {pub['publisher_sign_send_acked_per_s']:10,.0f} /s"
-                    "  (target 20k/s)"
-                )
-                print(
-                    f"Publisher, pre-signed send + ack:           {pub['publisher_presigned_send_acked_per_s']:10,.0f} /s"
-                    f"  ({pub['acks_reported']:,} acks reported; crc32c wheel: {pub['crc32c_wheel']})"
-                )
+                _print_publisher(pub)
                 from bench.bench_kafka import Chain
                 from bench.reference import run_reference
 

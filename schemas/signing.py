@@ -117,26 +117,72 @@ def load_public_key(path: Path) -> Ed25519PublicKey:
     return public_key_from_b64(text)
 
 
+def _sig_member(kid: str, signature: bytes) -> bytes:
+    """The canonical `"sig":{...}` member: its keys sorted, all values ASCII needing no escape."""
+    if not kid.isascii() or not kid.isalnum():
+        raise ValueError(f"key id {kid!r} is not a hex fingerprint")
+    value = base64.b64encode(signature)
+    return b'"sig":{"alg":"%s","key_id":"%s","value":"%s"}' % (ALG.encode(), kid.encode(), value)
+
+
+def _split_members(obj: dict[str, Any], encode: Any) -> tuple[bytes, bytes]:
+    """Canonical members of `obj` sorting before "sig" and after it, each without braces.
+
+    RFC 8785 orders members by their keys' UTF-16 code units; against the ASCII key "sig" that is the
+    same as Python's code point comparison (an astral character sorts above any ASCII character both
+    ways), and canonical objects are compositional, so `{` lo `,` "sig" `,` hi `}` is the canonical
+    signed object and `{` lo `,` hi `}` the unsigned one: each half is encoded once, for both.
+    """
+    if not all(isinstance(k, str) for k in obj):
+        raise CanonicalError("object keys must be strings")
+    lo = encode({k: v for k, v in obj.items() if k < SIG_FIELD})
+    hi = encode({k: v for k, v in obj.items() if k > SIG_FIELD})
+    return lo[1:-1], hi[1:-1]
+
+
+def _sign_members(lo: bytes, hi: bytes, key: Ed25519PrivateKey, kid: str) -> tuple[bytes, str]:
+    unsigned = b"{" + lo + (b"," if lo and hi else b"") + hi + b"}"
+    sig = _sig_member(kid, key.sign(unsigned))
+    signed = b"{" + b",".join(part for part in (lo, sig, hi) if part) + b"}"
+    return signed, hashlib.sha256(unsigned).hexdigest()
+
+
 def sign_object(obj: dict[str, Any], key: Ed25519PrivateKey) -> tuple[bytes, str]:
-    """Sign an unsigned event object. Returns (canonical signed bytes, event id)."""
+    """Sign an unsigned event object, valid or not. Returns (canonical signed bytes, event id).
+
+    Any JSON value is canonicalised (`canonicalize`: the C json encoder where it equals RFC 8785,
+    else the `rfc8785` library); a value with no JSON form raises CanonicalError (a ValueError).
+    """
     if SIG_FIELD in obj:
         raise ValueError("event is already signed")
-    unsigned = canonicalize(obj)
-    signature = key.sign(unsigned)
-    signed_obj = dict(obj)
-    signed_obj[SIG_FIELD] = {
-        "alg": ALG,
-        "key_id": key_id(key.public_key()),
-        "value": base64.b64encode(signature).decode("ascii"),
-    }
-    return canonicalize(signed_obj), hashlib.sha256(unsigned).hexdigest()
+    lo, hi = _split_members(obj, canonicalize)
+    return _sign_members(lo, hi, key, key_id(key.public_key()))
+
+
+def sign_validated(obj: dict[str, Any], key: Ed25519PrivateKey, kid: str | None = None) -> tuple[bytes, str]:
+    """`sign_object` for an object that passed `parse_event`: the same bytes, without walking it.
+
+    A schema-valid event is in the fast domain of `encode_validated` (strings, ints far below 2**53,
+    bools, lists, objects with ASCII schema keys; see `decode`, which relies on the same fact), so its
+    canonical bytes come straight from the C encoder. A valid object holding Python values with no JSON
+    form (a datetime, a Decimal) falls back to `sign_object`, which refuses it with CanonicalError.
+    `kid` is `key_id(key.public_key())`, passed by callers that sign many events with one key.
+    tests/unit/test_signing_fast.py holds the output equal to `decode(signed).signed` / `.event_id`.
+    """
+    if SIG_FIELD in obj:
+        raise ValueError("event is already signed")
+    try:
+        lo, hi = _split_members(obj, encode_validated)
+    except CanonicalError:
+        return sign_object(obj, key)
+    return _sign_members(lo, hi, key, kid if kid is not None else key_id(key.public_key()))
 
 
 def sign_event(event: BaseModel | dict[str, Any], key: Ed25519PrivateKey) -> tuple[bytes, str]:
     """Validate then sign an event (model or dict). Returns (canonical signed bytes, event id)."""
     obj = event_to_json_obj(event) if isinstance(event, BaseModel) else dict(event)
     parse_event(obj)  # refuse to sign what the ledger would reject as schema-invalid
-    return sign_object(obj, key)
+    return sign_validated(obj, key)
 
 
 @dataclass(frozen=True, slots=True)
