@@ -14,7 +14,7 @@ import sqlite3
 import sys
 import time
 import urllib.parse
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from datetime import UTC, datetime
 from typing import Any
@@ -439,10 +439,39 @@ def placeholder(conn: Connection) -> str:
 
 def db_time(conn: Connection, t: datetime) -> Any:
     """A UTC time as the driver wants it for our naive-UTC DateTime columns (see `bulk_insert`)."""
-    naive = (t if t.tzinfo is UTC else t.astimezone(UTC)).replace(tzinfo=None)
-    if conn.dialect.name == "sqlite":
-        return naive.isoformat(" ", "microseconds")  # SQLAlchemy's own SQLite DateTime storage format
-    return naive.replace(tzinfo=UTC)  # timestamptz: an aware value, never read in the session's TimeZone
+    return db_time_of(conn)(t)
+
+
+def _sqlite_time(t: datetime) -> str:
+    if t.tzinfo is UTC:  # the usual case: cut "+00:00" rather than make a naive copy first
+        return t.isoformat(" ", "microseconds")[:-6]
+    naive = t.astimezone(UTC).replace(tzinfo=None)
+    return naive.isoformat(" ", "microseconds")  # SQLAlchemy's own SQLite DateTime storage format
+
+
+def _server_time(t: datetime) -> datetime:
+    # timestamptz: an aware value, never read in the session's TimeZone
+    return t if t.tzinfo is UTC else t.astimezone(UTC)
+
+
+def db_time_of(conn: Connection) -> Callable[[datetime], Any]:
+    """`db_time` for this connection's driver, as one function (the append path calls it per row)."""
+    return _sqlite_time if conn.dialect.name == "sqlite" else _server_time
+
+
+def select_in(conn: Connection, sql: str, values: Sequence[Any], params: Sequence[Any] = ()) -> list[Any]:
+    """Rows of `sql` ending in "IN", for `values` in chunks, straight through the driver.
+
+    SQLAlchemy's expanding IN renders and names one bind per value on every execution: for the
+    append path's prefetch of a thousand ids that costs more than the queries. Rows come as the
+    driver returns them (no result type processing: see the callers).
+    """
+    mark = placeholder(conn)
+    rows: list[Any] = []
+    for part in chunks(values):
+        q = f"{sql} ({', '.join([mark] * len(part))})"
+        rows.extend(conn.exec_driver_sql(q, (*params, *part)).fetchall())
+    return rows
 
 
 def bulk_insert(conn: Connection, table: Any, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
