@@ -55,9 +55,10 @@ from pydantic import ValidationError
 
 from ledger.core import AppendResult, Incoming, Ledger
 from schemas.cloudevents import check_attributes, unwrap
-from schemas.events import EVENT_ADAPTER, MAX_EVENT_BYTES
+from schemas.events import MAX_EVENT_BYTES
 from schemas.reasons import EventError, Reason
 from schemas.signing import DecodedEvent, decode
+from schemas.trusted import event_from_verified_json
 
 __all__ = [
     "ENVELOPE_SLACK_BYTES",
@@ -421,13 +422,14 @@ def unpack_verified(
 
 
 def _carried(signed: bytes, meta: bytes, unsigned: bytes) -> DecodedEvent:
-    """The decoded event the verify stage vouched for, rebuilt without parsing it twice: the model is
-    validated from the unsigned canonical bytes (pydantic's JSON parser), the id is their SHA-256."""
+    """The decoded event the verify stage vouched for, rebuilt without validating it twice: the model
+    is built from the unsigned canonical bytes the MAC vouches for (schemas.trusted: each field
+    converted as validation converts it, nothing re-checked), the id is their SHA-256."""
     kid, sep, signature = meta.partition(b"\n")
     if not sep or not unsigned:
         return decode(signed)
     try:
-        event = EVENT_ADAPTER.validate_json(unsigned)
+        event = event_from_verified_json(unsigned)
     except ValidationError:
         return decode(signed)  # cannot happen for what a verify stage accepted; decide it in full
     return DecodedEvent(
