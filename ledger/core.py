@@ -13,10 +13,11 @@ is the single writer of its store (the sequencer); readers may open the same URL
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
 import json
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -107,6 +108,25 @@ class AppendResult:
     #: of events released from (or expired in) the parked table, whose caller no longer holds them
     source: str | None = field(default=None, compare=False)
     raw: bytes | None = field(default=None, compare=False, repr=False)
+
+
+@contextlib.contextmanager
+def paused_gc() -> Iterator[None]:
+    """No cyclic garbage collection while a batch is decoded and appended (then as before).
+
+    An append batch allocates tens of thousands of short-lived containers (models, rows, states) that
+    all stay alive until it commits: every young collection in between promotes them, and each promotion
+    brings the next full collection of the whole heap nearer. Measured on the append path that was
+    30-50% of its CPU. With collection paused, they are freed by reference counting when the batch ends
+    and never promoted; the few cycles a batch may make are collected at the next collection after it.
+    """
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 def park_id_of(source: str, signed: bytes) -> str:
@@ -437,7 +457,7 @@ class Ledger:
         if self._parked_legacy:
             self._upgrade_parked()
         try:
-            with write_transaction(self.engine, self.url, self.writer_wait_s) as conn:
+            with paused_gc(), write_transaction(self.engine, self.url, self.writer_wait_s) as conn:
                 self._follow_head(conn)
                 results = self._append_in(conn, incoming, park)
                 if offsets:

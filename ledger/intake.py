@@ -53,7 +53,7 @@ from typing import Protocol
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import ValidationError
 
-from ledger.core import AppendResult, Incoming, Ledger
+from ledger.core import AppendResult, Incoming, Ledger, paused_gc
 from schemas.cloudevents import check_attributes, unwrap
 from schemas.events import MAX_EVENT_BYTES
 from schemas.reasons import EventError, Reason
@@ -572,18 +572,19 @@ class Sequencer:
         # the registry under the writer lock when the store's head moved (Ledger._follow_head)
         group: list[tuple[VerifiedRecord, list[Incoming]]] = []
         n = 0
-        for rec in records:
-            if rec.offset < self.next_offsets.get((rec.topic, rec.partition), 0):
-                out.skipped_offsets += 1
-                continue
-            items = self.expand(rec, known)
-            if group and n + len(items) > self.max_items:
+        with paused_gc():  # the events of a group live until it is appended: see core.paused_gc
+            for rec in records:
+                if rec.offset < self.next_offsets.get((rec.topic, rec.partition), 0):
+                    out.skipped_offsets += 1
+                    continue
+                items = self.expand(rec, known)
+                if group and n + len(items) > self.max_items:
+                    self._append_group(group, out)
+                    group, n = [], 0
+                group.append((rec, items))
+                n += len(items)
+            if group:
                 self._append_group(group, out)
-                group, n = [], 0
-            group.append((rec, items))
-            n += len(items)
-        if group:
-            self._append_group(group, out)
         return out
 
     def _append_group(self, group: list[tuple[VerifiedRecord, list[Incoming]]], out: SequencedBatch) -> None:
