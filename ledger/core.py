@@ -258,8 +258,11 @@ BATCH_COLUMNS = (
 _SELECT_BATCHES = f"SELECT {', '.join(c.name for c in BATCHES.columns)} FROM batches WHERE batch_id IN"
 
 
-def _batch_row(to_db: Callable[[datetime], Any], b: BatchState) -> tuple[Any, ...]:
+def _batch_row(
+    to_db: Callable[[datetime], Any], times_db: Mapping[datetime, Any], b: BatchState
+) -> tuple[Any, ...]:
     contained = b.contained
+    t = times_db.get(b.time)
     return (
         b.batch_id,
         b.seq,
@@ -269,7 +272,7 @@ def _batch_row(to_db: Callable[[datetime], Any], b: BatchState) -> tuple[Any, ..
         b.country,
         b.feoc,
         b.pfe,
-        to_db(b.time),
+        to_db(b.time) if t is None else t,
         b.material,
         str(b.kg),
         str(b.consumed_kg),
@@ -530,6 +533,7 @@ class Ledger:
         ts = now()
         to_db = db_time_of(conn)
         ts_db = to_db(ts)
+        times_db: dict[datetime, Any] = {}  # event time -> its driver form, made once per event
         waiting_on = self._parked_index  # what is waited for -> park ids (mutated in place below)
         registry = self.registry
         leaf_of, entry_hash = chain.leaf_of, chain.entry_hash
@@ -665,9 +669,9 @@ class Ledger:
             kind = d.kind
             leaf = leaf_of(signed)
             prev = entry_hash(prev, leaf)
-            entry_rows.append(
-                (seq, event_id, kind.value, ev.facility_id, to_db(ev.time), signed, leaf, prev, ts_db)
-            )
+            when = ev.time
+            when_db = times_db[when] = to_db(when)  # its batches' rows reuse it (_batch_row)
+            entry_rows.append((seq, event_id, kind.value, ev.facility_id, when_db, signed, leaf, prev, ts_db))
             leaves.append(leaf)
             ov.new_events[event_id] = signed
             ov.new_seqs[event_id] = seq
@@ -703,7 +707,9 @@ class Ledger:
             nodes = tree.nodes_for_append(start, leaves, lambda keys: fetch_nodes(conn, keys))
             insert_nodes(conn, nodes)
         if new_batches:
-            bulk_insert(conn, BATCHES, BATCH_COLUMNS, [_batch_row(to_db, nb) for nb in new_batches.values()])
+            bulk_insert(
+                conn, BATCHES, BATCH_COLUMNS, [_batch_row(to_db, times_db, nb) for nb in new_batches.values()]
+            )
         if touched:
             bulk_update(
                 conn,

@@ -600,8 +600,8 @@ class Sequencer:
         marks: dict[tuple[str, int], int] = {}
         # re-deliveries: a source position at or below what the store has already seen
         maybe_seen: list[Incoming] = []
-        for it in fresh:
-            pos = parse_source(it.source)
+        positions = [parse_source(it.source) for it in fresh]
+        for it, pos in zip(fresh, positions, strict=True):
             if pos is None:
                 continue
             sk = (pos.topic, pos.partition)
@@ -611,11 +611,11 @@ class Sequencer:
         seen = self._already_decided(maybe_seen)
         todo: list[Incoming] = []
         seen_in_batch: set[str] = set()
-        for it in fresh:
+        for it, pos in zip(fresh, positions, strict=True):
             if id(it) in seen or it.source in seen_in_batch:
                 out.redeliveries += 1
                 continue
-            if parse_source(it.source) is not None:
+            if pos is not None:
                 seen_in_batch.add(it.source)
             todo.append(it)
         for (topic, partition), mark in marks.items():

@@ -306,7 +306,9 @@ def _transform(
     event_id = decoded.event_id
     when = ev.time
     country = fac.country
-    feoc, pfe = fac.feoc_at(when), fac.pfe_at(when)
+    att = fac.attestation_at(when)  # once: FacilityRecord.feoc_at / pfe_at each look it up
+    feoc = bool(att and att[0].feoc)
+    pfe = bool(att and att[0].prohibited_foreign_entity)
     holder_kg: dict[str, Decimal]
     if not parents and not external and STAGE_OF_KIND[kind] is Stage.EXTRACTION:
         # the commonest event: origins straight from the output (provenance.extraction_origins)

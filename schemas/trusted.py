@@ -88,10 +88,14 @@ def _list_of(inner: Conv) -> Conv:
     return conv
 
 
+_KINDS: dict[str, Kind] = {k.value: k for k in Kind}
+
+
 def _kind(v: Any) -> Kind:
-    if type(v) is not str:
+    k = _KINDS.get(v) if type(v) is str else None
+    if k is None:
         raise _NotPlain
-    return Kind(v)
+    return k  # Kind(v), without the enum call
 
 
 def _conv(annotation: Any, metadata: list[Any]) -> Conv:
@@ -186,11 +190,12 @@ def _plan(cls: type[BaseModel]) -> Plan | None:
         decorators = cls.__pydantic_decorators__
         if decorators.field_serializers or decorators.model_serializers or decorators.root_validators:
             raise _NotPlain
-        for dec in (*decorators.field_validators.values(), *decorators.model_validators.values()):
-            # an after-validator sees the built value: the models' ones only check it (and return
-            # it unchanged); any other mode could change what is built
-            if dec.info.mode != "after":
-                raise _NotPlain
+        # an after-validator sees the built value: the models' ones only check it (and return it
+        # unchanged); any other mode could change what is built
+        modes = [d.info.mode for d in decorators.field_validators.values()]
+        modes += [d.info.mode for d in decorators.model_validators.values()]
+        if any(mode != "after" for mode in modes):
+            raise _NotPlain
         if decorators.validators:
             raise _NotPlain
         plan: Plan | None = Plan(cls)
@@ -236,7 +241,7 @@ def event_from_verified_json(unsigned: bytes) -> Event:
     through the full-validation fallback (what is invalid is never rebuilt)."""
     try:
         data = from_json(unsigned)  # pydantic's own JSON parser (validate_json reads with it too)
-        cls = MODEL_OF_KIND[Kind(data["kind"])]
+        cls = MODEL_OF_KIND[_kind(data["kind"])]
         return typing.cast(Event, _build(cls, data))
     except (_NotPlain, ValueError, TypeError, KeyError, AttributeError):
         return EVENT_ADAPTER.validate_json(unsigned)
