@@ -8,6 +8,7 @@ is an `EventError` with a stable reason code.
 from __future__ import annotations
 
 import json
+import json.encoder
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -53,6 +54,7 @@ MASS_TOLERANCE_REL = Decimal("0.005")
 MASS_TOLERANCE_ABS_KG = Decimal("0.001")
 
 _ELEMENT_NAMES: tuple[tuple[Element, str], ...] = tuple((el, el.value) for el in ELEMENTS)
+_json_str = json.encoder.encode_basestring_ascii  # a JSON string, as json.dumps writes it
 
 # Which stages a transformation may consume. Material only flows forward; a cell, module or pack goes
 # back to processing only through recycling.
@@ -121,6 +123,10 @@ class BatchState:
         return self.kg - self.consumed_kg
 
     def custody_json(self) -> str:
+        holders = self.holders
+        if len(holders) == 1 and not self.in_transit:  # a new batch: its maker holds it all
+            [(fid, kg)] = holders.items()
+            return '{"holders": {' + _json_str(fid) + ": " + _json_str(str(kg)) + '}, "in_transit": {}}'
         return dumps_sorted(
             {
                 "holders": {k: str(v) for k, v in self.holders.items()},
@@ -167,8 +173,10 @@ def check_and_plan(decoded: DecodedEvent, state: StateView, registry: Registry, 
     Returns the changes to make; does not apply them, so a rejected event leaves no trace in `state`.
     """
     ev = decoded.event
-    kind = decoded.kind
     out = Outcome()
+    if type(ev) is BatchExtracted and not ev.inputs:
+        return _extraction(decoded, ev, state, registry, seq, out)  # the commonest event, in short
+    kind = decoded.kind
     if kind in REGISTRY_KINDS:
         registry.check_registry_event(ev)
         return out
@@ -221,6 +229,62 @@ def check_and_plan(decoded: DecodedEvent, state: StateView, registry: Registry, 
         out.touched.append(b)
         return out
     return _transform(decoded, state, registry, seq, out)
+
+
+def _extraction(
+    decoded: DecodedEvent, ev: BatchExtracted, state: StateView, registry: Registry, seq: int, out: Outcome
+) -> Outcome:
+    """`_transform` of an extraction (no inputs, so no cycle, custody, stage or mass rule): the same
+    checks in the same order and the same plan, without the steps that have nothing to do."""
+    outputs = ev.outputs
+    for o in outputs:
+        if state.batch(o.batch_id) is not None:
+            raise EventError(Reason.BATCH_EXISTS, f"batch {o.batch_id!r} already exists in the ledger")
+    fid = ev.facility_id
+    fac = registry.facilities[fid]
+    extra = extra_for_event(outputs)
+    event_id = decoded.event_id
+    when = ev.time
+    country = fac.country
+    att = fac.attestation_at(when)
+    feoc = bool(att and att[0].feoc)
+    pfe = bool(att and att[0].prohibited_foreign_entity)
+    kind = Kind.BATCH_EXTRACTED
+    zero = Decimal(0)
+    for o in outputs:
+        cm = o.contained_kg
+        contained = {el: getattr(cm, name) for el, name in _ELEMENT_NAMES}
+        mass, value = extraction_origins(
+            {el: float(v) for el, v in contained.items()},
+            country,
+            feoc,
+            pfe,
+            None if o.value_usd is None else float(o.value_usd),
+        )
+        out.new_batches.append(
+            BatchState(
+                o.batch_id,
+                event_id,
+                seq,
+                kind,
+                fid,
+                country,
+                feoc,
+                pfe,
+                when,
+                o.material,
+                o.kg,
+                contained,
+                o.value_usd,
+                zero,
+                {fid: o.kg},
+                {},
+                dict(extra),
+                mass,
+                value,
+            )
+        )
+    return out
 
 
 def _existing(state: StateView, batch_id: str) -> BatchState:
