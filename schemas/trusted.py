@@ -173,67 +173,67 @@ class Plan:
         self.fresh_lists = tuple(fresh)
 
 
-_PLANS: dict[type[BaseModel], Plan | None] = {}
+Build = Callable[[Any], BaseModel]
+_BUILDERS: dict[type[BaseModel], Build | None] = {}  # None: not plain (or being compiled)
+_SLOT = {name: BaseModel.__dict__[name].__set__ for name in BaseModel.__slots__ if name != "__dict__"}
 
 
-def _plan(cls: type[BaseModel]) -> Plan | None:
-    if cls in _PLANS:
-        return _PLANS[cls]
-    _PLANS[cls] = None  # while building (and for good, if a field has no rule)
-    try:
-        if (
-            cls.__pydantic_post_init__
-            or cls.__private_attributes__
-            or cls.model_config.get("extra") == "allow"
-        ):
+def _compile(cls: type[BaseModel]) -> Build:
+    """The builder of one model class (nested models compiled with it); raises _NotPlain if any part
+    of it has no rule."""
+    if cls in _BUILDERS:
+        known = _BUILDERS[cls]
+        if known is None:
             raise _NotPlain
-        decorators = cls.__pydantic_decorators__
-        if decorators.field_serializers or decorators.model_serializers or decorators.root_validators:
+        return known
+    _BUILDERS[cls] = None  # while compiling (and for good, if a part has no rule)
+    if cls.__pydantic_post_init__ or cls.__private_attributes__ or cls.model_config.get("extra") == "allow":
+        raise _NotPlain
+    decorators = cls.__pydantic_decorators__
+    if decorators.field_serializers or decorators.model_serializers or decorators.root_validators:
+        raise _NotPlain
+    # an after-validator sees the built value: the models' ones only check it (and return it
+    # unchanged); any other mode could change what is built
+    modes = [d.info.mode for d in decorators.field_validators.values()]
+    modes += [d.info.mode for d in decorators.model_validators.values()]
+    if any(mode != "after" for mode in modes) or decorators.validators:
+        raise _NotPlain
+    plan = Plan(cls)
+    template, convs, fresh, issubset = plan.template, plan.convs, plan.fresh_lists, plan.required.issubset
+    new, set_dict = object.__new__, object.__setattr__
+    set_fields_set = _SLOT["__pydantic_fields_set__"]
+    set_extra, set_private = _SLOT["__pydantic_extra__"], _SLOT["__pydantic_private__"]
+
+    def build(data: Any) -> BaseModel:
+        if type(data) is not dict:
             raise _NotPlain
-        # an after-validator sees the built value: the models' ones only check it (and return it
-        # unchanged); any other mode could change what is built
-        modes = [d.info.mode for d in decorators.field_validators.values()]
-        modes += [d.info.mode for d in decorators.model_validators.values()]
-        if any(mode != "after" for mode in modes):
-            raise _NotPlain
-        if decorators.validators:
-            raise _NotPlain
-        plan: Plan | None = Plan(cls)
-    except _NotPlain:
-        plan = None
-    _PLANS[cls] = plan
-    return plan
+        values = template.copy()  # field order, defaults in place
+        for k, v in data.items():
+            conv = convs.get(k, _MISSING)
+            if conv is None:
+                values[k] = v
+            elif conv is _MISSING:
+                raise _NotPlain  # a key that is not a field
+            else:
+                values[k] = conv(v)
+        if not issubset(data):
+            raise _NotPlain  # a required field is absent: let validation say so
+        for name in fresh:
+            if name not in data:
+                values[name] = []
+        m = new(cls)
+        set_dict(m, "__dict__", values)
+        set_fields_set(m, set(data))
+        set_extra(m, None)
+        set_private(m, None)
+        return m
+
+    _BUILDERS[cls] = build
+    return build
 
 
 def _model_conv(cls: type[BaseModel]) -> Conv:
-    return lambda v: _build(cls, v)
-
-
-def _build(cls: type[BaseModel], data: Any) -> BaseModel:
-    plan = _PLANS[cls] if cls in _PLANS else _plan(cls)
-    if plan is None or type(data) is not dict:
-        raise _NotPlain
-    values = plan.template.copy()  # field order, defaults in place
-    convs = plan.convs
-    for k, v in data.items():
-        conv = convs.get(k, _MISSING)
-        if conv is None:
-            values[k] = v
-        elif conv is _MISSING:
-            raise _NotPlain  # a key that is not a field
-        else:
-            values[k] = conv(v)
-    if not plan.required.issubset(data):
-        raise _NotPlain  # a required field is absent: let validation say so
-    for name in plan.fresh_lists:
-        if name not in data:
-            values[name] = []
-    m = cls.__new__(cls)
-    object.__setattr__(m, "__dict__", values)
-    object.__setattr__(m, "__pydantic_fields_set__", set(data))
-    object.__setattr__(m, "__pydantic_extra__", None)
-    object.__setattr__(m, "__pydantic_private__", None)
-    return m
+    return _compile(cls)
 
 
 def event_from_verified_json(unsigned: bytes) -> Event:
@@ -242,6 +242,7 @@ def event_from_verified_json(unsigned: bytes) -> Event:
     try:
         data = from_json(unsigned)  # pydantic's own JSON parser (validate_json reads with it too)
         cls = MODEL_OF_KIND[_kind(data["kind"])]
-        return typing.cast(Event, _build(cls, data))
+        build = _BUILDERS.get(cls) or _compile(cls)
+        return typing.cast(Event, build(data))
     except (_NotPlain, ValueError, TypeError, KeyError, AttributeError):
         return EVENT_ADAPTER.validate_json(unsigned)
