@@ -391,7 +391,8 @@ def nodes_from_events(events: Iterable[tuple[Event, str]], registry: Registry) -
             value_out = None if outputs[0].value_usd is None else float(outputs[0].value_usd)
         else:  # exact decimal sums, as the store keeps them (extra_for_event), then one rounding
             produced = {
-                el: float(sum((o.contained_kg.get(el) for o in outputs), Decimal(0))) for el in ELEMENTS
+                el: float(sum((getattr(o.contained_kg, name) for o in outputs), Decimal(0)))
+                for el, name in _NAME_OF.items()
             }
             values = [o.value_usd for o in outputs]
             value_out = (
@@ -454,12 +455,15 @@ def extra_for_event(outputs: Sequence[Any]) -> dict[str, str]:
     """
     if len(outputs) < 2:
         return {}
-    produced = {el.value: str(sum((o.contained_kg.get(el) for o in outputs), Decimal(0))) for el in ELEMENTS}
+    produced = {
+        name: str(sum((getattr(o.contained_kg, name) for o in outputs), Decimal(0)))
+        for name in _NAME_OF.values()
+    }
     values = [o.value_usd for o in outputs]
     value_out = (
         None if any(v is None for v in values) else str(sum((v for v in values if v is not None), Decimal(0)))
     )
-    return {"event_produced": json.dumps(produced, sort_keys=True), "event_value_out": json.dumps(value_out)}
+    return {"event_produced": dumps_sorted(produced), "event_value_out": json.dumps(value_out)}
 
 
 # -- JSON text the append path writes per row ------------------------------------------------------
