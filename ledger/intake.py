@@ -53,11 +53,12 @@ from typing import Protocol
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import ValidationError
 
-from ledger.core import AppendResult, Incoming, Ledger
+from ledger.core import AppendResult, Incoming, Ledger, paused_gc
 from schemas.cloudevents import check_attributes, unwrap
-from schemas.events import EVENT_ADAPTER, MAX_EVENT_BYTES
+from schemas.events import MAX_EVENT_BYTES
 from schemas.reasons import EventError, Reason
 from schemas.signing import DecodedEvent, decode
+from schemas.trusted import event_from_verified_json
 
 __all__ = [
     "ENVELOPE_SLACK_BYTES",
@@ -421,13 +422,14 @@ def unpack_verified(
 
 
 def _carried(signed: bytes, meta: bytes, unsigned: bytes) -> DecodedEvent:
-    """The decoded event the verify stage vouched for, rebuilt without parsing it twice: the model is
-    validated from the unsigned canonical bytes (pydantic's JSON parser), the id is their SHA-256."""
+    """The decoded event the verify stage vouched for, rebuilt without validating it twice: the model
+    is built from the unsigned canonical bytes the MAC vouches for (schemas.trusted: each field
+    converted as validation converts it, nothing re-checked), the id is their SHA-256."""
     kid, sep, signature = meta.partition(b"\n")
     if not sep or not unsigned:
         return decode(signed)
     try:
-        event = EVENT_ADAPTER.validate_json(unsigned)
+        event = event_from_verified_json(unsigned)
     except ValidationError:
         return decode(signed)  # cannot happen for what a verify stage accepted; decide it in full
     return DecodedEvent(
@@ -570,18 +572,19 @@ class Sequencer:
         # the registry under the writer lock when the store's head moved (Ledger._follow_head)
         group: list[tuple[VerifiedRecord, list[Incoming]]] = []
         n = 0
-        for rec in records:
-            if rec.offset < self.next_offsets.get((rec.topic, rec.partition), 0):
-                out.skipped_offsets += 1
-                continue
-            items = self.expand(rec, known)
-            if group and n + len(items) > self.max_items:
+        with paused_gc():  # the events of a group live until it is appended: see core.paused_gc
+            for rec in records:
+                if rec.offset < self.next_offsets.get((rec.topic, rec.partition), 0):
+                    out.skipped_offsets += 1
+                    continue
+                items = self.expand(rec, known)
+                if group and n + len(items) > self.max_items:
+                    self._append_group(group, out)
+                    group, n = [], 0
+                group.append((rec, items))
+                n += len(items)
+            if group:
                 self._append_group(group, out)
-                group, n = [], 0
-            group.append((rec, items))
-            n += len(items)
-        if group:
-            self._append_group(group, out)
         return out
 
     def _append_group(self, group: list[tuple[VerifiedRecord, list[Incoming]]], out: SequencedBatch) -> None:
@@ -597,8 +600,8 @@ class Sequencer:
         marks: dict[tuple[str, int], int] = {}
         # re-deliveries: a source position at or below what the store has already seen
         maybe_seen: list[Incoming] = []
-        for it in fresh:
-            pos = parse_source(it.source)
+        positions = [parse_source(it.source) for it in fresh]
+        for it, pos in zip(fresh, positions, strict=True):
             if pos is None:
                 continue
             sk = (pos.topic, pos.partition)
@@ -608,11 +611,11 @@ class Sequencer:
         seen = self._already_decided(maybe_seen)
         todo: list[Incoming] = []
         seen_in_batch: set[str] = set()
-        for it in fresh:
+        for it, pos in zip(fresh, positions, strict=True):
             if id(it) in seen or it.source in seen_in_batch:
                 out.redeliveries += 1
                 continue
-            if parse_source(it.source) is not None:
+            if pos is not None:
                 seen_in_batch.add(it.source)
             todo.append(it)
         for (topic, partition), mark in marks.items():

@@ -20,11 +20,12 @@ nodes from the signed events of an evidence bundle (`nodes_from_events`) and mus
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+import json.encoder
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, Protocol
 
 from ledger.registry import Registry
 from schemas.events import (
@@ -45,6 +46,7 @@ ValueKey = tuple[str, str, bool, bool]
 """(stage that added the value or "unknown", country, feoc, prohibited foreign entity)."""
 
 UNKNOWN: Origin = ("unknown", "", "", "", False)
+_NAME_OF: dict[Element, str] = {el: el.value for el in ELEMENTS}
 UNKNOWN_VALUE: ValueKey = ("unknown", "", False, False)
 _EPS = 1e-12
 
@@ -158,8 +160,21 @@ def compute(batch_id: str, nodes: Mapping[str, BatchNode]) -> Provenance:
     )
 
 
+class ParentFacts(Protocol):
+    """What `node_mass` and `node_value` read of a parent node (a BatchNode has them; so does the
+    append path's lighter record of a parent batch)."""
+
+    @property
+    def kg(self) -> float: ...
+
+    @property
+    def value_usd(self) -> float | None: ...
+
+
 def node_mass(
-    n: BatchNode, nodes: Mapping[str, BatchNode], mass: Mapping[str, Mapping[Element, Mapping[Origin, float]]]
+    n: BatchNode,
+    nodes: Mapping[str, ParentFacts],
+    mass: Mapping[str, Mapping[Element, Mapping[Origin, float]]],
 ) -> dict[Element, dict[Origin, float]]:
     """One batch's origins from its parents' (the step both `compute` and the append path take)."""
     out: dict[Element, dict[Origin, float]] = {}
@@ -233,7 +248,7 @@ def _relabel(split: Mapping[Origin, float], *, processing: str | None, feoc: boo
 
 
 def node_value(
-    n: BatchNode, nodes: Mapping[str, BatchNode], value: Mapping[str, Mapping[ValueKey, float]]
+    n: BatchNode, nodes: Mapping[str, ParentFacts], value: Mapping[str, Mapping[ValueKey, float]]
 ) -> dict[ValueKey, float]:
     """One batch's value origins (USD by the step that added it) from its parents'."""
     stage = STAGE_OF_KIND.get(n.kind, Stage.PROCESSING).value
@@ -264,6 +279,20 @@ def node_value(
             key = UNKNOWN_VALUE if unknown_input else (stage, n.country, n.feoc, n.pfe)
             result[key] = result.get(key, 0.0) + added
     return {k: v for k, v in result.items() if v > _EPS}
+
+
+def extraction_origins(
+    contained: Mapping[Element, float], country: str, feoc: bool, pfe: bool, value_usd: float | None
+) -> tuple[dict[Element, dict[Origin, float]], dict[ValueKey, float]]:
+    """`node_mass` and `node_value` of an extraction batch (no inputs, no external feed), without a node:
+    the append path's commonest case. The same dicts, value for value (tests compare)."""
+    key: Origin = ("mined", country, "", "", feoc)
+    mass: dict[Element, dict[Origin, float]] = {}
+    for el in ELEMENTS:
+        own = contained.get(el, 0.0)
+        mass[el] = {key: own} if own > 0 else {}
+    value = {} if value_usd is None else {(Stage.EXTRACTION.value, country, feoc, pfe): value_usd}
+    return mass, value
 
 
 def summarise(
@@ -362,7 +391,8 @@ def nodes_from_events(events: Iterable[tuple[Event, str]], registry: Registry) -
             value_out = None if outputs[0].value_usd is None else float(outputs[0].value_usd)
         else:  # exact decimal sums, as the store keeps them (extra_for_event), then one rounding
             produced = {
-                el: float(sum((o.contained_kg.get(el) for o in outputs), Decimal(0))) for el in ELEMENTS
+                el: float(sum((getattr(o.contained_kg, name) for o in outputs), Decimal(0)))
+                for el, name in _NAME_OF.items()
             }
             values = [o.value_usd for o in outputs]
             value_out = (
@@ -425,22 +455,58 @@ def extra_for_event(outputs: Sequence[Any]) -> dict[str, str]:
     """
     if len(outputs) < 2:
         return {}
-    produced = {el.value: str(sum((o.contained_kg.get(el) for o in outputs), Decimal(0))) for el in ELEMENTS}
+    produced = {
+        name: str(sum((getattr(o.contained_kg, name) for o in outputs), Decimal(0)))
+        for name in _NAME_OF.values()
+    }
     values = [o.value_usd for o in outputs]
     value_out = (
         None if any(v is None for v in values) else str(sum((v for v in values if v is not None), Decimal(0)))
     )
-    return {"event_produced": json.dumps(produced, sort_keys=True), "event_value_out": json.dumps(value_out)}
+    return {"event_produced": dumps_sorted(produced), "event_value_out": json.dumps(value_out)}
+
+
+# -- JSON text the append path writes per row ------------------------------------------------------
+def _json_encoder(item_separator: str, key_separator: str, sort_keys: bool) -> Callable[[Any], str]:
+    """`json.dumps(obj, separators=..., sort_keys=...)`, byte for byte, without building an encoder
+    per call (json.dumps makes a JSONEncoder and a C encoder each time: most of its cost for the small
+    objects of an append row). No circular-reference check: the objects given are plain trees."""
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:  # a Python without the C accelerator: the same text, the slow way
+        return lambda obj: json.dumps(obj, separators=(item_separator, key_separator), sort_keys=sort_keys)
+
+    def default(obj: Any) -> Any:
+        raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
+
+    enc = make(
+        None,
+        default,
+        json.encoder.encode_basestring_ascii,
+        None,
+        key_separator,
+        item_separator,
+        sort_keys,
+        False,
+        True,
+    )
+    join = "".join
+    return lambda obj: join(enc(obj, 0))
+
+
+#: json.dumps(obj, sort_keys=True)
+dumps_sorted = _json_encoder(", ", ": ", True)
+#: json.dumps(obj, separators=(",", ":"))
+dumps_compact = _json_encoder(",", ":", False)
 
 
 # -- the stored form (the ledger's provenance index, written in the append transaction) -------------
 def encode_origins(mass: Mapping[Element, Mapping[Origin, float]], value: Mapping[ValueKey, float]) -> str:
-    return json.dumps(
+    name = _NAME_OF
+    return dumps_compact(
         {
-            "mass": {el.value: [[*k, v] for k, v in split.items()] for el, split in mass.items() if split},
+            "mass": {name[el]: [[*k, v] for k, v in split.items()] for el, split in mass.items() if split},
             "value": [[*k, v] for k, v in value.items()],
-        },
-        separators=(",", ":"),
+        }
     )
 
 

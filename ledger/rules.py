@@ -8,6 +8,7 @@ is an `EventError` with a stable reason code.
 from __future__ import annotations
 
 import json
+import json.encoder
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -17,8 +18,11 @@ from typing import Protocol
 from ledger.provenance import (
     BatchNode,
     Origin,
+    ParentFacts,
     ValueKey,
+    dumps_sorted,
     extra_for_event,
+    extraction_origins,
     node_mass,
     node_value,
     nodes_from_events,
@@ -48,6 +52,9 @@ from schemas.signing import DecodedEvent
 # percent between labs; anything beyond that is material appearing from nowhere.
 MASS_TOLERANCE_REL = Decimal("0.005")
 MASS_TOLERANCE_ABS_KG = Decimal("0.001")
+
+_ELEMENT_NAMES: tuple[tuple[Element, str], ...] = tuple((el, el.value) for el in ELEMENTS)
+_json_str = json.encoder.encode_basestring_ascii  # a JSON string, as json.dumps writes it
 
 # Which stages a transformation may consume. Material only flows forward; a cell, module or pack goes
 # back to processing only through recycling.
@@ -116,12 +123,15 @@ class BatchState:
         return self.kg - self.consumed_kg
 
     def custody_json(self) -> str:
-        return json.dumps(
+        holders = self.holders
+        if len(holders) == 1 and not self.in_transit:  # a new batch: its maker holds it all
+            [(fid, kg)] = holders.items()
+            return '{"holders": {' + _json_str(fid) + ": " + _json_str(str(kg)) + '}, "in_transit": {}}'
+        return dumps_sorted(
             {
                 "holders": {k: str(v) for k, v in self.holders.items()},
                 "in_transit": {k: str(v) for k, v in self.in_transit.items()},
-            },
-            sort_keys=True,
+            }
         )
 
     def load_custody(self, text: str) -> None:
@@ -163,8 +173,10 @@ def check_and_plan(decoded: DecodedEvent, state: StateView, registry: Registry, 
     Returns the changes to make; does not apply them, so a rejected event leaves no trace in `state`.
     """
     ev = decoded.event
-    kind = decoded.kind
     out = Outcome()
+    if type(ev) is BatchExtracted and not ev.inputs:
+        return _extraction(decoded, ev, state, registry, seq, out)  # the commonest event, in short
+    kind = decoded.kind
     if kind in REGISTRY_KINDS:
         registry.check_registry_event(ev)
         return out
@@ -217,6 +229,62 @@ def check_and_plan(decoded: DecodedEvent, state: StateView, registry: Registry, 
         out.touched.append(b)
         return out
     return _transform(decoded, state, registry, seq, out)
+
+
+def _extraction(
+    decoded: DecodedEvent, ev: BatchExtracted, state: StateView, registry: Registry, seq: int, out: Outcome
+) -> Outcome:
+    """`_transform` of an extraction (no inputs, so no cycle, custody, stage or mass rule): the same
+    checks in the same order and the same plan, without the steps that have nothing to do."""
+    outputs = ev.outputs
+    for o in outputs:
+        if state.batch(o.batch_id) is not None:
+            raise EventError(Reason.BATCH_EXISTS, f"batch {o.batch_id!r} already exists in the ledger")
+    fid = ev.facility_id
+    fac = registry.facilities[fid]
+    extra = extra_for_event(outputs)
+    event_id = decoded.event_id
+    when = ev.time
+    country = fac.country
+    att = fac.attestation_at(when)
+    feoc = bool(att and att[0].feoc)
+    pfe = bool(att and att[0].prohibited_foreign_entity)
+    kind = Kind.BATCH_EXTRACTED
+    zero = Decimal(0)
+    for o in outputs:
+        cm = o.contained_kg
+        contained = {el: getattr(cm, name) for el, name in _ELEMENT_NAMES}
+        mass, value = extraction_origins(
+            {el: float(v) for el, v in contained.items()},
+            country,
+            feoc,
+            pfe,
+            None if o.value_usd is None else float(o.value_usd),
+        )
+        out.new_batches.append(
+            BatchState(
+                o.batch_id,
+                event_id,
+                seq,
+                kind,
+                fid,
+                country,
+                feoc,
+                pfe,
+                when,
+                o.material,
+                o.kg,
+                contained,
+                o.value_usd,
+                zero,
+                {fid: o.kg},
+                {},
+                dict(extra),
+                mass,
+                value,
+            )
+        )
+    return out
 
 
 def _existing(state: StateView, batch_id: str) -> BatchState:
@@ -273,11 +341,13 @@ def _transform(
     # 5. per-element mass conservation
     external = list(ev.external_feed) if isinstance(ev, BatchRecycled) else []
     if not isinstance(ev, BatchExtracted):
-        for el in ELEMENTS:
+        for el, name in _ELEMENT_NAMES:
+            produced = sum((getattr(o.contained_kg, name) for o in outputs), Decimal(0))
+            if not produced:
+                continue  # nothing of it produced: never more than the inputs supply
             supplied = sum((p.contained[el] * kg / p.kg for p, kg in parents if p.kg > 0), Decimal(0)) + sum(
-                (f.contained_kg.get(el) for f in external), Decimal(0)
+                (getattr(f.contained_kg, name) for f in external), Decimal(0)
             )
-            produced = sum((o.contained_kg.get(el) for o in outputs), Decimal(0))
             limit = supplied * (1 + MASS_TOLERANCE_REL) + MASS_TOLERANCE_ABS_KG
             if produced > limit:
                 raise EventError(
@@ -286,40 +356,89 @@ def _transform(
                     f"(tolerance {MASS_TOLERANCE_REL * 100}% + {MASS_TOLERANCE_ABS_KG} kg)",
                 )
     # all checks passed: plan the changes
-    fac = registry.facilities[ev.facility_id]
+    fid = ev.facility_id
+    fac = registry.facilities[fid]
     for p, kg in parents:
         p.consumed_kg += kg
-        p.holders[ev.facility_id] -= kg
+        p.holders[fid] -= kg
         out.touched.append(p)
     extra: dict[str, str] = extra_for_event(outputs)
     if isinstance(ev, BatchRecycled):
         extra["feed_consumer"] = ev.feed_consumer
         if external:
-            extra["external_feed"] = json.dumps([f.model_dump(mode="json") for f in external], sort_keys=True)
-    out_nodes = nodes_from_events([(ev, decoded.event_id)], registry)
-    parent_nodes = {p.batch_id: p.as_node() for p, _ in parents}
+            extra["external_feed"] = dumps_sorted([f.model_dump(mode="json") for f in external])
+    event_id = decoded.event_id
+    when = ev.time
+    country = fac.country
+    att = fac.attestation_at(when)  # once: FacilityRecord.feoc_at / pfe_at each look it up
+    feoc = bool(att and att[0].feoc)
+    pfe = bool(att and att[0].prohibited_foreign_entity)
+    holder_kg: dict[str, Decimal]
+    if not parents and not external and STAGE_OF_KIND[kind] is Stage.EXTRACTION:
+        # the commonest event: origins straight from the output (provenance.extraction_origins)
+        for o in outputs:
+            cm = o.contained_kg
+            contained = {el: getattr(cm, name) for el, name in _ELEMENT_NAMES}
+            mass, value = extraction_origins(
+                {el: float(v) for el, v in contained.items()},
+                country,
+                feoc,
+                pfe,
+                None if o.value_usd is None else float(o.value_usd),
+            )
+            holder_kg = {fid: o.kg}
+            out.new_batches.append(
+                BatchState(
+                    o.batch_id,
+                    event_id,
+                    seq,
+                    kind,
+                    fid,
+                    country,
+                    feoc,
+                    pfe,
+                    when,
+                    o.material,
+                    o.kg,
+                    contained,
+                    o.value_usd,
+                    Decimal(0),
+                    holder_kg,
+                    {},
+                    dict(extra),
+                    mass,
+                    value,
+                )
+            )
+        return out
+    out_nodes = nodes_from_events([(ev, event_id)], registry)
+    parent_facts: dict[str, ParentFacts] = {p.batch_id: _ParentFacts(p) for p, _ in parents}
     parent_mass = {p.batch_id: p.mass for p, _ in parents}
     parent_value = {p.batch_id: p.value for p, _ in parents}
     for o in outputs:
         node = out_nodes[o.batch_id]
+        cm = o.contained_kg
+        holder_kg = {fid: o.kg}
         b = BatchState(
-            batch_id=o.batch_id,
-            event_id=decoded.event_id,
-            seq=seq,
-            kind=kind,
-            facility_id=ev.facility_id,
-            country=fac.country,
-            feoc=fac.feoc_at(ev.time),
-            pfe=fac.pfe_at(ev.time),
-            time=ev.time,
-            material=o.material,
-            kg=o.kg,
-            contained={el: o.contained_kg.get(el) for el in ELEMENTS},
-            value_usd=o.value_usd,
-            holders={ev.facility_id: o.kg},
-            extra=dict(extra),
-            mass=node_mass(node, parent_nodes, parent_mass),
-            value=node_value(node, parent_nodes, parent_value),
+            o.batch_id,
+            event_id,
+            seq,
+            kind,
+            fid,
+            country,
+            feoc,
+            pfe,
+            when,
+            o.material,
+            o.kg,
+            {el: getattr(cm, name) for el, name in _ELEMENT_NAMES},
+            o.value_usd,
+            Decimal(0),
+            holder_kg,
+            {},
+            dict(extra),
+            node_mass(node, parent_facts, parent_mass),
+            node_value(node, parent_facts, parent_value),
         )
         out.new_batches.append(b)
         for p, kg in parents:
@@ -327,13 +446,50 @@ def _transform(
     return out
 
 
+class _ParentFacts:
+    """What the provenance step reads of a parent batch (ledger.provenance.ParentFacts), as floats."""
+
+    __slots__ = ("kg", "value_usd")
+
+    def __init__(self, b: BatchState) -> None:
+        self.kg = float(b.kg)
+        self.value_usd = None if b.value_usd is None else float(b.value_usd)
+
+
 def input_ids(decoded: DecodedEvent) -> Iterable[str]:
     """Batch ids an event needs to exist before it can be appended (for children-before-parents)."""
     ev = decoded.event
-    for i in getattr(ev, "inputs", ()):
-        yield i.batch_id
-    for attr in ("batch_id",):
-        value = getattr(ev, attr, None)
+    shape = _shape(type(ev))
+    if shape is None:  # not a pydantic event model
+        for i in getattr(ev, "inputs", ()):
+            yield i.batch_id
+        value = getattr(ev, "batch_id", None)
         if isinstance(value, str):
             yield value
-    yield from getattr(ev, "batch_ids", ())
+        yield from getattr(ev, "batch_ids", ())
+        return
+    has_inputs, has_batch_id, has_batch_ids = shape
+    if has_inputs:
+        for i in ev.inputs:  # type: ignore[union-attr]
+            yield i.batch_id
+    if has_batch_id:
+        value = ev.batch_id  # type: ignore[union-attr]
+        if isinstance(value, str):
+            yield value
+    if has_batch_ids:
+        yield from ev.batch_ids  # type: ignore[union-attr]
+
+
+_SHAPES: dict[type, tuple[bool, bool, bool]] = {}
+
+
+def _shape(cls: type) -> tuple[bool, bool, bool] | None:
+    """Which of inputs / batch_id / batch_ids an event model has (getattr with a default on a
+    pydantic model that lacks the field goes through its slow __getattr__ fallback)."""
+    shape = _SHAPES.get(cls)
+    if shape is None:
+        fields = getattr(cls, "model_fields", None)
+        if not isinstance(fields, dict):
+            return None
+        shape = _SHAPES[cls] = ("inputs" in fields, "batch_id" in fields, "batch_ids" in fields)
+    return shape

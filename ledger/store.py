@@ -14,7 +14,7 @@ import sqlite3
 import sys
 import time
 import urllib.parse
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from datetime import UTC, datetime
 from typing import Any
@@ -439,14 +439,43 @@ def placeholder(conn: Connection) -> str:
 
 def db_time(conn: Connection, t: datetime) -> Any:
     """A UTC time as the driver wants it for our naive-UTC DateTime columns (see `bulk_insert`)."""
-    naive = (t if t.tzinfo is UTC else t.astimezone(UTC)).replace(tzinfo=None)
-    if conn.dialect.name == "sqlite":
-        return naive.isoformat(" ", "microseconds")  # SQLAlchemy's own SQLite DateTime storage format
-    return naive.replace(tzinfo=UTC)  # timestamptz: an aware value, never read in the session's TimeZone
+    return db_time_of(conn)(t)
+
+
+def _sqlite_time(t: datetime) -> str:
+    if t.tzinfo is UTC:  # the usual case: cut "+00:00" rather than make a naive copy first
+        return t.isoformat(" ", "microseconds")[:-6]
+    naive = t.astimezone(UTC).replace(tzinfo=None)
+    return naive.isoformat(" ", "microseconds")  # SQLAlchemy's own SQLite DateTime storage format
+
+
+def _server_time(t: datetime) -> datetime:
+    # timestamptz: an aware value, never read in the session's TimeZone
+    return t if t.tzinfo is UTC else t.astimezone(UTC)
+
+
+def db_time_of(conn: Connection) -> Callable[[datetime], Any]:
+    """`db_time` for this connection's driver, as one function (the append path calls it per row)."""
+    return _sqlite_time if conn.dialect.name == "sqlite" else _server_time
+
+
+def select_in(conn: Connection, sql: str, values: Sequence[Any], params: Sequence[Any] = ()) -> list[Any]:
+    """Rows of `sql` ending in "IN", for `values` in chunks, straight through the driver.
+
+    SQLAlchemy's expanding IN renders and names one bind per value on every execution: for the
+    append path's prefetch of a thousand ids that costs more than the queries. Rows come as the
+    driver returns them (no result type processing: see the callers).
+    """
+    mark = placeholder(conn)
+    rows: list[Any] = []
+    for part in chunks(values):
+        q = f"{sql} ({', '.join([mark] * len(part))})"
+        rows.extend(conn.exec_driver_sql(q, (*params, *part)).fetchall())
+    return rows
 
 
 def bulk_insert(conn: Connection, table: Any, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    """executemany straight through the driver: the append hot path.
+    """Many rows straight through the driver: the append hot path (SQLite: executemany; PostgreSQL: COPY).
 
     SQLAlchemy Core's executemany builds a parameter dict per row and processes every bind; for the
     ledger's fixed, already-typed rows that costs more than the database itself. Values must be in the
@@ -455,8 +484,30 @@ def bulk_insert(conn: Connection, table: Any, columns: Sequence[str], rows: Sequ
     if not rows:
         return
     mark = placeholder(conn)
-    sql = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({', '.join([mark] * len(columns))})"
-    conn.exec_driver_sql(sql, list(rows))
+    one = f"({', '.join([mark] * len(columns))})"
+    head = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES "
+    if conn.dialect.name == "sqlite":  # sqlite3's executemany loops in C: one statement, many rows
+        conn.exec_driver_sql(head + one, list(rows))
+        return
+    # psycopg's executemany (pipeline mode) spends tens of microseconds of Python per row: COPY the rows
+    # instead (psycopg formats them in C); same values through the same column input functions
+    dbapi_conn: Any = conn.connection.dbapi_connection
+    copy_sql = f"COPY {table.name} ({', '.join(columns)}) FROM STDIN"
+    try:
+        with dbapi_conn.cursor() as cur:
+            # engine listeners (logging, tracing, tests' fault injection) see the COPY as they see the
+            # statements SQLAlchemy runs itself (no execution context: it is not one of SQLAlchemy's)
+            for fn in conn.dispatch.before_cursor_execute:
+                fn(conn, cur, copy_sql, rows, None, True)
+            with cur.copy(copy_sql) as copy:
+                for row in rows:
+                    copy.write_row(row)
+            for fn in conn.dispatch.after_cursor_execute:
+                fn(conn, cur, copy_sql, rows, None, True)
+    except conn.dialect.loaded_dbapi.Error as exc:  # as SQLAlchemy would raise it (IntegrityError, ...)
+        raise DBAPIError.instance(
+            copy_sql, None, exc, conn.dialect.loaded_dbapi.Error, dialect=conn.dialect
+        ) from exc
 
 
 def insert_nodes(conn: Connection, nodes: Sequence[Sequence[Any]]) -> None:

@@ -198,7 +198,8 @@ class DecodedEvent:
 
     @property
     def kind(self) -> Kind:
-        return Kind(self.event.kind)
+        k = self.event.kind
+        return k if type(k) is Kind else Kind(k)  # a validated model holds the member already
 
     @property
     def facility_id(self) -> str:

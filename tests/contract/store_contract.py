@@ -137,8 +137,9 @@ class InjectedFault(RuntimeError):
 
 @contextmanager
 def fail_on_write(engine: Engine, table: str) -> Iterator[None]:
-    """Make every INSERT into / UPDATE of `table` raise, at the driver, inside the append transaction."""
-    pattern = re.compile(rf"\s*(INSERT\s+INTO|UPDATE)\s+\"?{table}\"?[\s(]", re.IGNORECASE)
+    """Make every INSERT into / UPDATE of / COPY into `table` raise, at the driver, inside the append
+    transaction (the append writes its rows with COPY on PostgreSQL: store.bulk_insert)."""
+    pattern = re.compile(rf"\s*(INSERT\s+INTO|UPDATE|COPY)\s+\"?{table}\"?[\s(]", re.IGNORECASE)
 
     def before(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
         if pattern.match(statement):
