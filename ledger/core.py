@@ -380,8 +380,8 @@ class Ledger:
     def _load(self) -> None:
         """Rebuild in-memory state: head, registry (from registry entries), parked index.
 
-        The registry is built aside and swapped in whole, so a reader in another thread (the verify
-        agent's thread) sees either the old registry or the new one, never a half-filled one."""
+        The registry is built aside and swapped in whole: whoever holds `self.registry` (the verify
+        stage reads it between refreshes) sees the old registry or the new one, never a half-filled one."""
         registry = Registry()
         with self.engine.connect() as conn:
             last = conn.execute(

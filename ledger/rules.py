@@ -356,6 +356,10 @@ def _transform(
                     f"(tolerance {MASS_TOLERANCE_REL * 100}% + {MASS_TOLERANCE_ABS_KG} kg)",
                 )
     # all checks passed: plan the changes
+    if not parents and not external and STAGE_OF_KIND[kind] is Stage.EXTRACTION:
+        # an extraction that did not take check_and_plan's short way (not a BatchExtracted model):
+        # the same plan; its outputs were checked above and are checked again there, without effect
+        return _extraction(decoded, ev, state, registry, seq, out)  # type: ignore[arg-type]
     fid = ev.facility_id
     fac = registry.facilities[fid]
     for p, kg in parents:
@@ -373,44 +377,6 @@ def _transform(
     att = fac.attestation_at(when)  # once: FacilityRecord.feoc_at / pfe_at each look it up
     feoc = bool(att and att[0].feoc)
     pfe = bool(att and att[0].prohibited_foreign_entity)
-    holder_kg: dict[str, Decimal]
-    if not parents and not external and STAGE_OF_KIND[kind] is Stage.EXTRACTION:
-        # the commonest event: origins straight from the output (provenance.extraction_origins)
-        for o in outputs:
-            cm = o.contained_kg
-            contained = {el: getattr(cm, name) for el, name in _ELEMENT_NAMES}
-            mass, value = extraction_origins(
-                {el: float(v) for el, v in contained.items()},
-                country,
-                feoc,
-                pfe,
-                None if o.value_usd is None else float(o.value_usd),
-            )
-            holder_kg = {fid: o.kg}
-            out.new_batches.append(
-                BatchState(
-                    o.batch_id,
-                    event_id,
-                    seq,
-                    kind,
-                    fid,
-                    country,
-                    feoc,
-                    pfe,
-                    when,
-                    o.material,
-                    o.kg,
-                    contained,
-                    o.value_usd,
-                    Decimal(0),
-                    holder_kg,
-                    {},
-                    dict(extra),
-                    mass,
-                    value,
-                )
-            )
-        return out
     out_nodes = nodes_from_events([(ev, event_id)], registry)
     parent_facts: dict[str, ParentFacts] = {p.batch_id: _ParentFacts(p) for p, _ in parents}
     parent_mass = {p.batch_id: p.mass for p, _ in parents}

@@ -5,8 +5,9 @@ Binary mode: the signed event bytes are the message value; `ce_id` (event id), `
 `ce_specversion` are headers, `content-type` is `application/json`, and the key is the facility id.
 Structured mode: one `application/cloudevents+json` object whose `data` is the signed event.
 
-The `cloudevents` SDK builds both modes. Reading them back is a few dict lookups done here (the
-SDK would re-serialise `data`); tests hold this reader equal to the SDK's `from_binary`.
+The `cloudevents` SDK builds structured mode. Binary headers are built here (the SDK validates and
+copies every attribute, as dear as signing), and reading either mode back is a few dict lookups (the
+SDK would re-serialise `data`); tests hold both equal to the SDK (`sdk_binary`, `from_binary`).
 """
 
 from __future__ import annotations
@@ -76,6 +77,37 @@ class WireMessage:
 
 
 def to_binary(decoded: DecodedEvent) -> WireMessage:
+    """Binary mode: the signed bytes as value, the attributes as `ce_` headers, the facility as key."""
+    return binary_message(decoded.event_id, decoded.event, decoded.signed)
+
+
+def binary_message(event_id: str, event: Event, signed: bytes) -> WireMessage:
+    """`to_binary` from an event's parts (a signer has them without decoding its own output).
+
+    Built here rather than by the SDK, which validates and copies every attribute (as dear as signing):
+    the same headers in the same order as the SDK's binary binding (`sdk_binary`), which tests hold
+    equal to this on every event kind."""
+    t = event.time.isoformat()
+    if t.endswith("+00:00"):
+        t = t[:-6] + "Z"
+    fid = event.facility_id
+    return WireMessage(
+        fid.encode(),
+        [
+            ("ce_id", event_id.encode()),
+            ("ce_source", ce_source(fid).encode()),
+            ("ce_type", ce_type(event.kind).encode()),
+            ("ce_specversion", b"1.0"),
+            ("ce_time", t.encode()),
+            ("ce_subject", subject_of(event).encode()),
+            ("content-type", b"application/json"),
+        ],
+        signed,
+    )
+
+
+def sdk_binary(decoded: DecodedEvent) -> WireMessage:
+    """The CloudEvents SDK's binary binding of an event: the reference `binary_message` is held to."""
     msg = ce_kafka.to_binary(CloudEvent(_attributes(decoded), decoded.signed), _FORMAT)
     return WireMessage(decoded.facility_id.encode(), list(msg.headers.items()), msg.value)
 
