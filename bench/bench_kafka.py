@@ -287,12 +287,20 @@ def _verified_times(run: Run, wanted: set[str]) -> dict[str, datetime]:
     return out
 
 
-def bench_latency(tmp: Path, bootstrap: str, chain: Chain, rate: float, seconds: float) -> dict[str, Any]:
+def bench_latency(
+    tmp: Path,
+    bootstrap: str,
+    chain: Chain,
+    rate: float,
+    seconds: float,
+    workers: int = 1,
+    linger_ms: float = 0,
+) -> dict[str, Any]:
     run = Run(tmp, bootstrap, chain, partitions=2)
     try:
         reg = chain.registry_events()
         run.pub.publish_many(reg)
-        run.start_workers(1)
+        run.start_workers(workers)
         run.wait_entries(1 + len(reg))  # facilities' events must not overtake their registration
         warm = chain.events(200, "lwarm")
         run.pub.publish_many(warm)
@@ -301,7 +309,7 @@ def bench_latency(tmp: Path, bootstrap: str, chain: Chain, rate: float, seconds:
         n = int(rate * seconds)
         events = chain.events(n, "lat")
         sent_at: dict[str, datetime] = {}
-        pub = Publisher(bootstrap, "registry", None, topic=run.settings.events_topic, linger_ms=0)
+        pub = Publisher(bootstrap, "registry", None, topic=run.settings.events_topic, linger_ms=linger_ms)
         start = time.perf_counter()
         futures = []
         for i, raw in enumerate(events):
@@ -339,6 +347,8 @@ def bench_latency(tmp: Path, bootstrap: str, chain: Chain, rate: float, seconds:
             (appended[e] - verified_at[e]).total_seconds() * 1000 for e in verified_at if e in appended
         )
         return {
+            "workers": workers,
+            "publisher_linger_ms": linger_ms,
             "offered_per_s": offered,
             "events": len(lat),
             "p50_ms": statistics.median(lat),

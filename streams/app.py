@@ -15,6 +15,11 @@ What is configured and why (see shared/kafka.md for the traps):
   by event id and stores the consumed offset in the append transaction.
 * producers ``acks=all`` and idempotent (:class:`IdempotentProducer`): a retried send after a leader
   change is never a second record on the verified or rejected topic.
+* the consumer (:class:`streams.consumer.FastDrainConsumer`): Faust's, handing each fetched message to
+  the streams without four tasks per message, and asking the broker for fuller fetches
+  (``fetch_min_bytes`` / ``fetch_wait_s``) under a steady stream.
+* the partition assignor (:mod:`streams.assignor`, ``dedicated_sequencer``): with two or more workers,
+  the holder of material-events-verified verifies nothing, so the sequencer has a core to itself.
 * web server off unless a port is given (then bound to 127.0.0.1): queries go through the HTTP API over
   the store, because Faust's views answer 500 before partitions are assigned.
 """
@@ -30,6 +35,8 @@ from typing import Any
 import faust
 from faust.transport.drivers.aiokafka import Producer as AIOKafkaProducerDriver
 
+from streams.assignor import dedicated_sequencer_assignor
+from streams.consumer import FastDrainConsumer
 from streams.settings import Settings
 
 __all__ = ["IdempotentProducer", "create_app"]
@@ -70,6 +77,8 @@ def faust_config(settings: Settings) -> dict[str, Any]:
     }
     if settings.web_port is not None:
         config["web_port"] = settings.web_port
+    if settings.dedicated_sequencer:
+        config["PartitionAssignor"] = dedicated_sequencer_assignor(settings.verified_topic)
     return config
 
 
@@ -90,6 +99,9 @@ def create_app(settings: Settings, *, install: bool = True) -> faust.App:
     """A Faust app for `settings`, with the ledger's agents installed (unless `install=False`)."""
     app = faust.App(settings.app_id, **faust_config(settings))
     app.transport.Producer = IdempotentProducer  # type: ignore[misc]  # this app only, not the class
+    app.transport.Consumer = FastDrainConsumer.configured(  # type: ignore[misc]
+        fetch_min_bytes=settings.fetch_min_bytes, fetch_max_wait_ms=round(settings.fetch_wait_s * 1000)
+    )
     logging.getLogger("faust").setLevel(logging.WARNING)
     if install:
         from streams.agents import install_agents

@@ -13,6 +13,8 @@
 | batch_within_s | BATTERYLEDGER_BATCH_WITHIN | 0.05 | longest a partial batch waits before it is appended |
 | verify_batch | BATTERYLEDGER_VERIFY_BATCH | 500 | events the verify agent takes at a time |
 | verify_within_s | BATTERYLEDGER_VERIFY_WITHIN | 0.02 | longest the verify agent waits to fill a batch |
+| fetch_min_bytes | BATTERYLEDGER_FETCH_MIN_BYTES | 32768 | a fetch waits for this much data ... |
+| fetch_wait_s | BATTERYLEDGER_FETCH_WAIT | 0.02 | ... or this long (a backlog is served at once); fewer, fuller fetches under a steady stream |
 | park_max_age_s | BATTERYLEDGER_PARK_MAX_AGE | 30 | how long an event waits for its parents (children before parents) |
 | expire_interval_s | BATTERYLEDGER_EXPIRE_INTERVAL | 2 | how often waiting events are checked against park_max_age_s |
 | checkpoint_every | BATTERYLEDGER_CHECKPOINT_EVERY | 10000 | sign a checkpoint after this many new entries ... |
@@ -22,6 +24,7 @@
 | web_port | BATTERYLEDGER_WEB_PORT | none | Faust's web server port on 127.0.0.1; none = disabled (queries go through the HTTP API) |
 | data_dir | BATTERYLEDGER_WORKER_DIR | a temp dir | Faust's data directory (no tables are kept; it only needs to exist) |
 | log_level | BATTERYLEDGER_LOG_LEVEL | info | worker log level |
+| dedicated_sequencer | BATTERYLEDGER_DEDICATED_SEQUENCER | 1 | with two or more workers, the one holding material-events-verified verifies nothing (streams/assignor.py); 0 = Faust's even spread |
 
 Why these defaults: a batch of 2000 keeps one SQLite transaction at tens of milliseconds; 50 ms bounds the
 latency a quiet ledger adds; 30 s of parking is the ledger's own bound (ledger.core.PARK_MAX_AGE); a 6 s
@@ -59,6 +62,8 @@ ENV = {
     "batch_within_s": "BATTERYLEDGER_BATCH_WITHIN",
     "verify_batch": "BATTERYLEDGER_VERIFY_BATCH",
     "verify_within_s": "BATTERYLEDGER_VERIFY_WITHIN",
+    "fetch_min_bytes": "BATTERYLEDGER_FETCH_MIN_BYTES",
+    "fetch_wait_s": "BATTERYLEDGER_FETCH_WAIT",
     "park_max_age_s": "BATTERYLEDGER_PARK_MAX_AGE",
     "expire_interval_s": "BATTERYLEDGER_EXPIRE_INTERVAL",
     "checkpoint_every": "BATTERYLEDGER_CHECKPOINT_EVERY",
@@ -68,7 +73,11 @@ ENV = {
     "web_port": "BATTERYLEDGER_WEB_PORT",
     "data_dir": "BATTERYLEDGER_WORKER_DIR",
     "log_level": "BATTERYLEDGER_LOG_LEVEL",
+    "dedicated_sequencer": "BATTERYLEDGER_DEDICATED_SEQUENCER",
 }
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
 
 
 class SettingsError(ValueError):
@@ -105,6 +114,8 @@ class Settings:
     batch_within_s: float = 0.05
     verify_batch: int = 500
     verify_within_s: float = 0.02
+    fetch_min_bytes: int = 32 * 1024
+    fetch_wait_s: float = 0.02
     park_max_age_s: float = PARK_MAX_AGE.total_seconds()
     expire_interval_s: float = 2.0
     checkpoint_every: int = 10_000
@@ -114,15 +125,17 @@ class Settings:
     web_port: int | None = None
     data_dir: Path = field(default_factory=lambda: Path(tempfile.gettempdir()) / "batteryledger-worker")
     log_level: str = "info"
+    dedicated_sequencer: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "broker", normalise_broker(self.broker))
-        for name in ("max_batch", "verify_batch", "partitions", "checkpoint_every"):
+        for name in ("max_batch", "verify_batch", "partitions", "checkpoint_every", "fetch_min_bytes"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{name} must be at least 1 (set {ENV.get(name, name)})")
         for name in (
             "batch_within_s",
             "verify_within_s",
+            "fetch_wait_s",
             "expire_interval_s",
             "checkpoint_interval_s",
             "session_timeout_s",
@@ -170,7 +183,11 @@ class Settings:
                 continue
             kind = str(defaults[name].type)
             try:
-                if "int" in kind:
+                if kind == "bool":
+                    if raw.lower() not in _TRUE | _FALSE:
+                        raise ValueError(raw)
+                    values[name] = raw.lower() in _TRUE
+                elif "int" in kind:
                     values[name] = int(raw)
                 elif "float" in kind:
                     values[name] = float(raw)
@@ -192,7 +209,9 @@ class Settings:
         out: dict[str, str] = {}
         for name, var in ENV.items():
             value = getattr(self, name)
-            if value is not None:
+            if isinstance(value, bool):
+                out[var] = "1" if value else "0"
+            elif value is not None:
                 out[var] = str(value)
         out["BATTERYLEDGER_PARTITIONS"] = str(self.partitions)
         return out

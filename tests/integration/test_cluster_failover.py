@@ -8,16 +8,11 @@ printed for the README; no timing is asserted.
 
 from __future__ import annotations
 
-import base64
-import contextlib
-import re
-import struct
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from sqlalchemy.engine import make_url
@@ -25,11 +20,11 @@ from sqlalchemy.engine import make_url
 from batteryledger.sample import demo_chain
 from ledger.core import Ledger
 from schemas.signing import decode, save_private_key
-from streams.localbroker import _admin
 from streams.publisher import Publisher
 from streams.settings import Settings
 from streams.topics import MATERIAL_EVENTS, MATERIAL_EVENTS_VERIFIED
 from tests.integration.test_end_to_end import Rig, chain_ok, extraction
+from tests.support.groups import holds, members, pid_of
 from tests.support.pg import ThrowawayPostgres
 
 
@@ -59,50 +54,14 @@ def pg_rig(
         r.close()
 
 
-_LAST_GROUP: list[Any] = []
-
-
-def _assigned(value: Any, topic: str) -> bool:
-    """Whether a member's assignment holds a partition of ``topic``.
-
-    kafka-python leaves it decoded, or as the raw ConsumerProtocol bytes (Faust's user data defeats its
-    decoder now and then): every member lists every subscribed topic, followed by an int32 count of the
-    partitions it was given.
-    """
-    if isinstance(value, str):
-        with contextlib.suppress(ValueError):
-            value = base64.b64decode(value, validate=True)
-    if isinstance(value, bytes | bytearray):
-        name = topic.encode()
-        at = value.find(struct.pack(">h", len(name)) + name)
-        if at < 0:
-            return False
-        start = at + 2 + len(name)
-        return int.from_bytes(value[start : start + 4], "big") > 0
-    if isinstance(value, dict):  # to_dict() of a decoded assignment
-        parts = value.get("assigned_partitions") or value.get("assignment") or []
-        return any(isinstance(tp, dict) and tp.get("topic") == topic and tp.get("partitions") for tp in parts)
-    for tp in getattr(value, "assigned_partitions", None) or []:
-        if getattr(tp, "topic", None) == topic and getattr(tp, "partitions", None):
-            return True
-    return False
-
-
 def _sequencer_pid(rig: Rig) -> int | None:
     """Pid of the worker assigned the verified topic (from its client id), or None while rebalancing."""
     verified = rig.topics[MATERIAL_EVENTS_VERIFIED]
-    admin = _admin(rig.bootstrap, 10)
-    try:
-        groups = admin.describe_groups([rig.settings.app_id])
-    finally:
-        admin.close()
-    _LAST_GROUP[:] = [groups]
-    members = (groups.get(rig.settings.app_id) or {}).get("members") or []
-    holders = [m for m in members if _assigned(m.get("member_assignment"), verified)]
-    if len(members) < 2 or len(holders) != 1:
+    group = members(rig.bootstrap, rig.settings.app_id)
+    holders = [m for m in group if holds(m.get("member_assignment"), verified)]
+    if len(group) < 2 or len(holders) != 1:
         return None
-    found = re.search(r"-(\d+)$", str(holders[0].get("client_id")))
-    return int(found.group(1)) if found else None
+    return pid_of(holders[0])
 
 
 def test_two_workers_on_postgresql_sigkill_the_sequencer_holder_the_other_takes_over(pg_rig: Rig) -> None:

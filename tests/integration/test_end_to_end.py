@@ -25,8 +25,14 @@ from schemas.cloudevents import to_binary
 from schemas.signing import decode, save_private_key, sign_object
 from streams.publisher import Publisher, Receipt
 from streams.settings import Settings
-from streams.topics import MATERIAL_EVENTS, MATERIAL_EVENTS_REJECTED, TOPIC_MAX_MESSAGE_BYTES
+from streams.topics import (
+    MATERIAL_EVENTS,
+    MATERIAL_EVENTS_REJECTED,
+    MATERIAL_EVENTS_VERIFIED,
+    TOPIC_MAX_MESSAGE_BYTES,
+)
 from streams.worker import WorkerProcess
+from tests.support.groups import holds, members, pid_of
 from tests.support.streams_helpers import family
 
 #: Longest a test waits for the ledger to decide what it published (generous: a slow CI machine).
@@ -377,8 +383,27 @@ def test_bad_messages_are_rejected_with_reasons_and_nothing_is_lost(rig: Rig) ->
 
 
 def test_two_workers_share_the_partitions(rig: Rig) -> None:
-    rig.start_worker()
-    rig.start_worker()
+    """Two workers split the work: the one holding material-events-verified (the sequencer) verifies
+    nothing, the other verifies every raw partition (streams/assignor.py), and every event is appended."""
+    workers = [rig.start_worker(), rig.start_worker()]
+    verified_topic = rig.topics[MATERIAL_EVENTS_VERIFIED]
+    raw_topic = rig.topics[MATERIAL_EVENTS]
+
+    def roles() -> dict[int | None, tuple[bool, bool]]:
+        group = members(rig.bootstrap, rig.settings.app_id)
+        return {
+            pid_of(m): (
+                holds(m.get("member_assignment"), raw_topic),
+                holds(m.get("member_assignment"), verified_topic),
+            )
+            for m in group
+        }
+
+    pids = {w.pid for w in workers}
+    rig.wait_for(
+        "both workers in the group, one verifying and one sequencing",
+        lambda: set(roles()) == pids and sorted(roles().values()) == [(False, True), (True, False)],
+    )
     rig.register()
     facs = [f for f in rig.chain.facilities.values() if "batch.extracted" in {r.value for r in f.roles}]
     events = [
