@@ -50,6 +50,7 @@ from ledger.intake import (
 from ledger.registry import Registry
 from schemas.reasons import EventError, Reason
 from schemas.signing import DecodedEvent, load_private_key
+from streams.lean import RawSchema
 from streams.settings import Settings, resolve_hop_key
 
 __all__ = ["LedgerAgents", "install_agents"]
@@ -357,12 +358,10 @@ def install_agents(app: faust.App, settings: Settings) -> LedgerAgents:
         hop_key=resolve_hop_key(settings),
         operator_key=operator_key,
     )
-    raw_opts: dict[str, Any] = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw"}
-    raw_opts["value_serializer"] = "raw"
-    events_topic = app.topic(settings.events_topic, partitions=settings.partitions, **raw_opts)
-    verified_topic = app.topic(settings.verified_topic, partitions=1, **raw_opts)
-    rejected_topic = app.topic(settings.rejected_topic, partitions=1, **raw_opts)
-    checkpoints_topic = app.topic(settings.checkpoints_topic, partitions=1, **raw_opts)
+    events_topic = app.topic(settings.events_topic, partitions=settings.partitions, schema=RawSchema())
+    verified_topic = app.topic(settings.verified_topic, partitions=1, schema=RawSchema())
+    rejected_topic = app.topic(settings.rejected_topic, partitions=1, schema=RawSchema())
+    checkpoints_topic = app.topic(settings.checkpoints_topic, partitions=1, schema=RawSchema())
     state.topics = {
         "events": events_topic,
         "verified": verified_topic,

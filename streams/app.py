@@ -18,6 +18,8 @@ What is configured and why (see shared/kafka.md for the traps):
 * the consumer (:class:`streams.consumer.FastDrainConsumer`): Faust's, handing each fetched message to
   the streams without four tasks per message, and asking the broker for fuller fetches
   (``fetch_min_bytes`` / ``fetch_wait_s``) under a steady stream.
+* the Monitor sensor (:class:`streams.lean.LeanMonitor`) and the topics' schema
+  (:class:`streams.lean.RawSchema`): no per-event statistics, no codec look-ups for raw bytes.
 * the partition assignor (:mod:`streams.assignor`, ``dedicated_sequencer``): with two or more workers,
   the holder of material-events-verified verifies nothing, so the sequencer has a core to itself.
 * web server off unless a port is given (then bound to 127.0.0.1): queries go through the HTTP API over
@@ -36,7 +38,7 @@ import faust
 from faust.transport.drivers.aiokafka import Producer as AIOKafkaProducerDriver
 
 from streams.assignor import dedicated_sequencer_assignor
-from streams.consumer import FastDrainConsumer
+from streams.lean import FastDrainConsumer, LeanMonitor
 from streams.settings import Settings
 
 __all__ = ["IdempotentProducer", "create_app"]
@@ -74,6 +76,8 @@ def faust_config(settings: Settings) -> dict[str, Any]:
         # The Kafka client id names host and pid: the consumer group's member list then says which
         # worker holds material-events-verified, i.e. the sequencer (`kafka-consumer-groups --describe`).
         "broker_client_id": f"batteryledger-{socket.gethostname()}-{os.getpid()}",
+        # Faust's web statistics are not served: keep the sensor's totals, not its per-event records
+        "Monitor": LeanMonitor,
     }
     if settings.web_port is not None:
         config["web_port"] = settings.web_port

@@ -13,7 +13,7 @@ from faust.transport.consumer import Consumer as FaustConsumer
 from mode import Service
 
 from streams.app import create_app
-from streams.consumer import BatchingFetchThread, FastDrainConsumer, Resumed, deliver
+from streams.lean import BatchingFetchThread, FastDrainConsumer, LeanMonitor, RawSchema, Resumed, deliver
 from streams.settings import Settings
 
 
@@ -167,3 +167,54 @@ def test_the_worker_consumer_asks_the_broker_for_fuller_fetches(tmp_path: Path) 
     assert issubclass(consumer_type, FastDrainConsumer)
     assert issubclass(thread_type, BatchingFetchThread)
     assert (min_bytes, wait_ms) == (4096, 7)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "headers"),
+    [
+        (
+            b"mine-au-1",
+            b'{"kind":"batch.extracted"}',
+            [("ce_id", b"abc"), ("content-type", b"application/json")],
+        ),
+        (None, b"\xff\xfe not utf-8", []),
+        (b"", b"", [("ce_id", b"")]),
+        (b"k", None, None),
+    ],
+)
+def test_the_raw_schema_makes_the_event_fausts_own_schema_makes(
+    tmp_path: Path, key: bytes | None, value: bytes | None, headers: Any
+) -> None:
+    from faust import Schema
+    from faust.types import Message
+
+    async def main() -> tuple[Any, Any]:
+        app = create_app(Settings(data_dir=tmp_path / "faust"), install=False)
+        message = Message("material-events", 1, 42, 0.0, 0, headers, key, value, None)
+        theirs: Schema[bytes, bytes] = Schema(
+            key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
+        )
+        ours = RawSchema()
+        a = await theirs.compile(app)(message)
+        b = await ours.compile(app)(message)
+        return a, b
+
+    a, b = _run(main())
+    assert type(a) is type(b)
+    assert (a.key, a.value, a.headers, a.message) == (b.key, b.value, b.headers, b.message)
+
+
+def test_the_worker_app_keeps_totals_but_no_per_event_statistics(tmp_path: Path) -> None:
+    from faust.types import TP, Message
+
+    app = create_app(Settings(data_dir=tmp_path / "faust"), install=False)
+    monitor = app.monitor
+    assert isinstance(monitor, LeanMonitor)
+    tp = TP("material-events", 0)
+    message = Message("material-events", 0, 7, 0.0, 0, [], b"k", b"v", None)
+    monitor.on_message_in(tp, 7, message)
+    assert monitor.on_stream_event_in(tp, 7, cast(Any, None), cast(Any, None)) is None
+    monitor.on_stream_event_out(tp, 7, cast(Any, None), cast(Any, None), None)
+    monitor.on_message_out(tp, 7, message)
+    assert (monitor.messages_received_total, monitor.events_total) == (1, 1)
+    assert not monitor.messages_received_by_topic and not monitor.tp_read_offsets
