@@ -153,13 +153,18 @@ class Plan:
         required: set[str] = set()
         fresh: list[str] = []
         for name, info in cls.model_fields.items():
-            if info.alias not in (None, name) or info.default_factory is not None:
+            if info.alias not in (None, name):
                 raise _NotPlain
+            if info.default_factory is not None and info.default_factory is not list:
+                raise _NotPlain  # only `default_factory=list` is known: a fresh empty list per model
             conv = _conv(info.annotation, list(info.metadata))
             self.convs[name] = None if conv is _string else conv  # validated JSON strings stay as they are
             if info.is_required():
                 required.add(name)
                 self.template[name] = _MISSING
+            elif info.default_factory is list:
+                fresh.append(name)
+                self.template[name] = _MISSING  # always replaced (by the JSON value or a fresh list)
             else:
                 value = info.default
                 if isinstance(value, list):
