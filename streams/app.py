@@ -15,7 +15,7 @@ What is configured and why (see shared/kafka.md for the traps):
   by event id and stores the consumed offset in the append transaction.
 * producers ``acks=all`` and idempotent (:class:`IdempotentProducer`): a retried send after a leader
   change is never a second record on the verified or rejected topic.
-* the consumer (:class:`streams.consumer.FastDrainConsumer`): Faust's, handing each fetched message to
+* the consumer (:class:`streams.lean.FastDrainConsumer`): Faust's, handing each fetched message to
   the streams without four tasks per message, and asking the broker for fuller fetches
   (``fetch_min_bytes`` / ``fetch_wait_s``) under a steady stream.
 * the Monitor sensor (:class:`streams.lean.LeanMonitor`) and the topics' schema
