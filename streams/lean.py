@@ -21,7 +21,7 @@ installed Faust's source so an upgrade that changes the loop is noticed.
 
 **The schema.** The ledger's topics carry raw bytes and the agents read ``event.message`` only, so
 :class:`RawSchema` makes each Faust Event straight from the message, without the serializer registry's
-two codec look-ups (it refuses to be used with any other key or value type).
+two codec look-ups (its key and value types are fixed to raw bytes).
 
 **The monitor.** Faust's default Monitor sensor time-stamps and counts every message and every stream
 event in dictionaries keyed by topic, stream and task, for Faust's web statistics pages, which this
