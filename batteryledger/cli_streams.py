@@ -120,7 +120,8 @@ def worker(
 ) -> None:
     """Run a Faust worker (verify agent + sequencer) against a broker and a ledger store until Ctrl-C.
 
-    Start more workers with the same --app-id to verify on more cores; one of them sequences.
+    Start more workers with the same --app-id to verify on more cores; one of them sequences, and with
+    two or more that one verifies nothing (BATTERYLEDGER_DEDICATED_SEQUENCER=0: Faust's even spread).
     Other settings come from the environment (see streams/settings.py).
     """
     from streams.worker import check_store, run_worker

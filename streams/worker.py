@@ -3,7 +3,8 @@
     $ BATTERYLEDGER_BROKER=127.0.0.1:9092 BATTERYLEDGER_STORE=sqlite:///ledger.db python -m streams.worker
 
 A worker is one Faust worker with both agents: every worker verifies the raw-topic partitions it is
-given, and whichever worker holds the single verified partition is the sequencer. Start more workers
+given, and whichever worker holds the single verified partition is the sequencer (while another worker
+is in the group, the sequencer is given no raw partitions: streams/assignor.py). Start more workers
 with the same app id (and store) to verify on more cores; SIGTERM stops one cleanly, and after a SIGKILL
 a restarted worker resumes from the offset stored in the ledger, appending every event exactly once.
 """
