@@ -432,14 +432,7 @@ def _carried(signed: bytes, meta: bytes, unsigned: bytes) -> DecodedEvent:
         event = event_from_verified_json(unsigned)
     except ValidationError:
         return decode(signed)  # cannot happen for what a verify stage accepted; decide it in full
-    return DecodedEvent(
-        event_id=hashlib.sha256(unsigned).hexdigest(),
-        unsigned=bytes(unsigned),
-        signed=bytes(signed),
-        key_id=kid.decode("utf-8"),
-        signature=bytes(signature),
-        event=event,
-    )
+    return DecodedEvent.of(bytes(unsigned), bytes(signed), kid.decode("utf-8"), bytes(signature), event)
 
 
 def _items(value: bytes, known: Mapping[str, DecodedEvent] | None) -> list[Incoming]:

@@ -29,6 +29,7 @@ from typing import Any, Protocol
 
 from ledger.registry import Registry
 from schemas.events import (
+    ELEMENT_FIELD,
     ELEMENTS,
     STAGE_OF_KIND,
     TRANSFORM_KINDS,
@@ -46,7 +47,6 @@ ValueKey = tuple[str, str, bool, bool]
 """(stage that added the value or "unknown", country, feoc, prohibited foreign entity)."""
 
 UNKNOWN: Origin = ("unknown", "", "", "", False)
-_NAME_OF: dict[Element, str] = {el: el.value for el in ELEMENTS}
 UNKNOWN_VALUE: ValueKey = ("unknown", "", False, False)
 _EPS = 1e-12
 
@@ -392,7 +392,7 @@ def nodes_from_events(events: Iterable[tuple[Event, str]], registry: Registry) -
         else:  # exact decimal sums, as the store keeps them (extra_for_event), then one rounding
             produced = {
                 el: float(sum((getattr(o.contained_kg, name) for o in outputs), Decimal(0)))
-                for el, name in _NAME_OF.items()
+                for el, name in ELEMENT_FIELD.items()
             }
             values = [o.value_usd for o in outputs]
             value_out = (
@@ -457,7 +457,7 @@ def extra_for_event(outputs: Sequence[Any]) -> dict[str, str]:
         return {}
     produced = {
         name: str(sum((getattr(o.contained_kg, name) for o in outputs), Decimal(0)))
-        for name in _NAME_OF.values()
+        for name in ELEMENT_FIELD.values()
     }
     values = [o.value_usd for o in outputs]
     value_out = (
@@ -501,7 +501,7 @@ dumps_compact = _json_encoder(",", ":", False)
 
 # -- the stored form (the ledger's provenance index, written in the append transaction) -------------
 def encode_origins(mass: Mapping[Element, Mapping[Origin, float]], value: Mapping[ValueKey, float]) -> str:
-    name = _NAME_OF
+    name = ELEMENT_FIELD
     return dumps_compact(
         {
             "mass": {name[el]: [[*k, v] for k, v in split.items()] for el, split in mass.items() if split},

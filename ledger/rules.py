@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import json
 import json.encoder
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from typing import Protocol
+from typing import Any, Protocol
 
 from ledger.provenance import (
     BatchNode,
@@ -27,9 +27,9 @@ from ledger.provenance import (
     node_value,
     nodes_from_events,
 )
-from ledger.registry import Registry
+from ledger.registry import FacilityRecord, Registry
 from schemas.events import (
-    ELEMENTS,
+    ELEMENT_FIELD,
     REGISTRY_FACILITY_ID,
     REGISTRY_KINDS,
     STAGE_OF_KIND,
@@ -53,7 +53,6 @@ from schemas.signing import DecodedEvent
 MASS_TOLERANCE_REL = Decimal("0.005")
 MASS_TOLERANCE_ABS_KG = Decimal("0.001")
 
-_ELEMENT_NAMES: tuple[tuple[Element, str], ...] = tuple((el, el.value) for el in ELEMENTS)
 _json_str = json.encoder.encode_basestring_ascii  # a JSON string, as json.dumps writes it
 
 # Which stages a transformation may consume. Material only flows forward; a cell, module or pack goes
@@ -246,14 +245,10 @@ def _extraction(
     event_id = decoded.event_id
     when = ev.time
     country = fac.country
-    att = fac.attestation_at(when)
-    feoc = bool(att and att[0].feoc)
-    pfe = bool(att and att[0].prohibited_foreign_entity)
+    feoc, pfe = _attested(fac, when)
     kind = Kind.BATCH_EXTRACTED
-    zero = Decimal(0)
     for o in outputs:
-        cm = o.contained_kg
-        contained = {el: getattr(cm, name) for el, name in _ELEMENT_NAMES}
+        contained = _contained(o)
         mass, value = extraction_origins(
             {el: float(v) for el, v in contained.items()},
             country,
@@ -262,29 +257,61 @@ def _extraction(
             None if o.value_usd is None else float(o.value_usd),
         )
         out.new_batches.append(
-            BatchState(
-                o.batch_id,
-                event_id,
-                seq,
-                kind,
-                fid,
-                country,
-                feoc,
-                pfe,
-                when,
-                o.material,
-                o.kg,
-                contained,
-                o.value_usd,
-                zero,
-                {fid: o.kg},
-                {},
-                dict(extra),
-                mass,
-                value,
+            _output_state(
+                o, contained, event_id, seq, kind, fid, country, feoc, pfe, when, extra, mass, value
             )
         )
     return out
+
+
+def _attested(fac: FacilityRecord, when: datetime) -> tuple[bool, bool]:
+    """(FEOC, prohibited foreign entity) of a facility at a time: one attestation look-up for both."""
+    att = fac.attestation_at(when)
+    return bool(att and att[0].feoc), bool(att and att[0].prohibited_foreign_entity)
+
+
+def _contained(o: Any) -> dict[Element, Decimal]:
+    cm = o.contained_kg
+    return {el: getattr(cm, name) for el, name in ELEMENT_FIELD.items()}
+
+
+def _output_state(
+    o: Any,
+    contained: dict[Element, Decimal],
+    event_id: str,
+    seq: int,
+    kind: Kind,
+    fid: str,
+    country: str,
+    feoc: bool,
+    pfe: bool,
+    when: datetime,
+    extra: Mapping[str, str],
+    mass: Any,
+    value: Any,
+) -> BatchState:
+    """The state of a batch an event makes: held whole by its maker, nothing consumed yet."""
+    return BatchState(
+        o.batch_id,
+        event_id,
+        seq,
+        kind,
+        fid,
+        country,
+        feoc,
+        pfe,
+        when,
+        o.material,
+        o.kg,
+        contained,
+        o.value_usd,
+        Decimal(0),
+        {fid: o.kg},
+        {},
+        dict(extra),
+        mass,
+        value,
+    )
 
 
 def _existing(state: StateView, batch_id: str) -> BatchState:
@@ -341,7 +368,7 @@ def _transform(
     # 5. per-element mass conservation
     external = list(ev.external_feed) if isinstance(ev, BatchRecycled) else []
     if not isinstance(ev, BatchExtracted):
-        for el, name in _ELEMENT_NAMES:
+        for el, name in ELEMENT_FIELD.items():
             produced = sum((getattr(o.contained_kg, name) for o in outputs), Decimal(0))
             if not produced:
                 continue  # nothing of it produced: never more than the inputs supply
@@ -374,19 +401,16 @@ def _transform(
     event_id = decoded.event_id
     when = ev.time
     country = fac.country
-    att = fac.attestation_at(when)  # once: FacilityRecord.feoc_at / pfe_at each look it up
-    feoc = bool(att and att[0].feoc)
-    pfe = bool(att and att[0].prohibited_foreign_entity)
+    feoc, pfe = _attested(fac, when)  # once: FacilityRecord.feoc_at / pfe_at each look it up
     out_nodes = nodes_from_events([(ev, event_id)], registry)
     parent_facts: dict[str, ParentFacts] = {p.batch_id: _ParentFacts(p) for p, _ in parents}
     parent_mass = {p.batch_id: p.mass for p, _ in parents}
     parent_value = {p.batch_id: p.value for p, _ in parents}
     for o in outputs:
         node = out_nodes[o.batch_id]
-        cm = o.contained_kg
-        holder_kg = {fid: o.kg}
-        b = BatchState(
-            o.batch_id,
+        b = _output_state(
+            o,
+            _contained(o),
             event_id,
             seq,
             kind,
@@ -395,14 +419,7 @@ def _transform(
             feoc,
             pfe,
             when,
-            o.material,
-            o.kg,
-            {el: getattr(cm, name) for el, name in _ELEMENT_NAMES},
-            o.value_usd,
-            Decimal(0),
-            holder_kg,
-            {},
-            dict(extra),
+            extra,
             node_mass(node, parent_facts, parent_mass),
             node_value(node, parent_facts, parent_value),
         )

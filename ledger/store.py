@@ -483,11 +483,9 @@ def bulk_insert(conn: Connection, table: Any, columns: Sequence[str], rows: Sequ
     """
     if not rows:
         return
-    mark = placeholder(conn)
-    one = f"({', '.join([mark] * len(columns))})"
-    head = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES "
     if conn.dialect.name == "sqlite":  # sqlite3's executemany loops in C: one statement, many rows
-        conn.exec_driver_sql(head + one, list(rows))
+        marks = ", ".join([placeholder(conn)] * len(columns))
+        conn.exec_driver_sql(f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({marks})", list(rows))
         return
     # psycopg's executemany (pipeline mode) spends tens of microseconds of Python per row: COPY the rows
     # instead (psycopg formats them in C); same values through the same column input functions

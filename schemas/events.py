@@ -97,7 +97,8 @@ class Element(StrEnum):
 
 
 ELEMENTS: tuple[Element, ...] = tuple(Element)
-_ELEMENT_FIELD: dict[Element, str] = {e: e.value for e in Element}  # plain str: no enum property per call
+#: each element's field name in ElementMass, as a plain str (no enum property per call on hot paths)
+ELEMENT_FIELD: dict[Element, str] = {e: e.value for e in Element}
 
 
 class Stage(StrEnum):
@@ -229,7 +230,7 @@ class ElementMass(_Model):
     graphite: Quantity = Decimal(0)
 
     def get(self, element: Element) -> Decimal:
-        value: Decimal = getattr(self, _ELEMENT_FIELD[element])
+        value: Decimal = getattr(self, ELEMENT_FIELD[element])
         return value
 
     def total(self) -> Decimal:

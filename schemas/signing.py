@@ -117,6 +117,11 @@ def load_public_key(path: Path) -> Ed25519PublicKey:
     return public_key_from_b64(text)
 
 
+def event_id_of(unsigned: bytes) -> str:
+    """An event's id: the SHA-256 (hex) of its unsigned canonical bytes."""
+    return hashlib.sha256(unsigned).hexdigest()
+
+
 def _sig_member(kid: str, signature: bytes) -> bytes:
     """The canonical `"sig":{...}` member: its keys sorted, all values ASCII needing no escape."""
     if not kid.isascii() or not kid.isalnum():
@@ -144,7 +149,7 @@ def _sign_members(lo: bytes, hi: bytes, key: Ed25519PrivateKey, kid: str) -> tup
     unsigned = b"{" + lo + (b"," if lo and hi else b"") + hi + b"}"
     sig = _sig_member(kid, key.sign(unsigned))
     signed = b"{" + b",".join(part for part in (lo, sig, hi) if part) + b"}"
-    return signed, hashlib.sha256(unsigned).hexdigest()
+    return signed, event_id_of(unsigned)
 
 
 def sign_object(obj: dict[str, Any], key: Ed25519PrivateKey) -> tuple[bytes, str]:
@@ -195,6 +200,11 @@ class DecodedEvent:
     key_id: str
     signature: bytes
     event: Event
+
+    @classmethod
+    def of(cls, unsigned: bytes, signed: bytes, key_id: str, signature: bytes, event: Event) -> DecodedEvent:
+        """A decoded event from its parts; the id is the SHA-256 of the unsigned canonical bytes."""
+        return cls(event_id_of(unsigned), unsigned, signed, key_id, signature, event)
 
     @property
     def kind(self) -> Kind:
@@ -262,14 +272,7 @@ def _decode_canonical(raw: bytes) -> DecodedEvent | None:
             return None
     except Exception:  # malformed, schema-invalid, not canonical: the strict path says which
         return None
-    return DecodedEvent(
-        event_id=hashlib.sha256(unsigned).hexdigest(),
-        unsigned=unsigned,
-        signed=raw,
-        key_id=sig["key_id"],
-        signature=signature,
-        event=event,
-    )
+    return DecodedEvent.of(unsigned, raw, sig["key_id"], signature, event)
 
 
 def _decode_strict(raw: bytes) -> DecodedEvent:
@@ -327,14 +330,7 @@ def _decode_strict(raw: bytes) -> DecodedEvent:
         signed = encode_validated(obj)
     except CanonicalError as exc:
         raise EventError(Reason.MALFORMED, f"not canonicalisable JSON: {exc}") from None
-    return DecodedEvent(
-        event_id=hashlib.sha256(unsigned).hexdigest(),
-        unsigned=unsigned,
-        signed=signed,
-        key_id=sig["key_id"],
-        signature=signature,
-        event=event,
-    )
+    return DecodedEvent.of(unsigned, signed, sig["key_id"], signature, event)
 
 
 def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
