@@ -1,11 +1,14 @@
 """The ledger's Faust agents: thin. Each decodes a message, calls a plain function, routes the result.
 
 * ``verify`` on material-events (N partitions; scales with partitions and worker processes), in
-  ``take_events`` batches (acked after the batch): ``ledger.intake.verify_message`` per message, then the
-  whole batch as one (or a few) material-events-verified record(s) authenticated with the worker key's
-  HMAC (``ledger.intake.pack_verified``; good events AND verify-stage rejections, see below) and, for
-  rejections, material-events-rejected (original bytes + reason headers). Every send is awaited until the
-  broker acknowledges it (retried with back-off), so Faust never commits a raw offset past an unsent record.
+  ``noack_take`` batches: ``ledger.intake.verify_message`` per message (in a helper process,
+  streams/verifypool.py, when ``verify_processes`` >= 1), then the whole batch as one (or a few)
+  material-events-verified record(s) authenticated with the worker key's HMAC
+  (``ledger.intake.pack_verified``; good events AND verify-stage rejections, see below) and, for
+  rejections, material-events-rejected (original bytes + reason headers). :class:`VerifyPipeline` keeps
+  two batches in flight (the next is checked while the last is sent) and acks each batch's raw messages
+  in order, after every send for it is acknowledged by the broker (retried with back-off), so Faust never
+  commits a raw offset past an unsent record.
 * ``sequencer`` on material-events-verified (1 partition: one total order, one writer):
   ``ledger.intake.Sequencer.process`` appends a batch (``stream.take_events``) in one store transaction
   together with the consumed offset; its rejections go to material-events-rejected.
@@ -35,25 +38,23 @@ from typing import Any
 import faust
 from faust.types import TP
 
-from ledger.core import Incoming, Ledger
+from ledger.core import Ledger
 from ledger.intake import (
     HopKey,
     SequencedBatch,
     Sequencer,
     VerifiedRecord,
-    fit_for_forwarding,
-    pack_verified,
     rejection_headers,
     source_of,
-    verify_message,
 )
 from ledger.registry import Registry
-from schemas.reasons import EventError, Reason
+from schemas.reasons import Reason
 from schemas.signing import DecodedEvent, load_private_key
 from streams.lean import RawSchema
 from streams.settings import Settings, resolve_hop_key
+from streams.verifypool import CheckedBatch, VerifyPool, check_batch, raw_messages, rejection_record
 
-__all__ = ["LedgerAgents", "install_agents"]
+__all__ = ["LedgerAgents", "VerifyPipeline", "install_agents"]
 
 log = logging.getLogger("batteryledger.agents")
 
@@ -61,11 +62,10 @@ log = logging.getLogger("batteryledger.agents")
 #: beyond it, the sequencer rebuilds the event from the verified record (schemas/trusted.py). At 10,000
 #: the 1M soak's worker grew by 28 MiB over its first 300k events while the cache filled to its lag.
 DECODED_CACHE_MAX = 2_000
+#: Raw batches the verify agent has in flight (checked ahead while the oldest is sent).
+VERIFY_IN_FLIGHT = 2
 #: Longest back-off between retries of a batch the store could not take (or the broker did not ack).
 MAX_RETRY_DELAY_S = 10.0
-#: Largest rejected-topic record value: a larger original keeps its first bytes there (header
-#: bl_truncated carries the full length); the store keeps what the verified hop carried.
-MAX_REJECTED_VALUE_BYTES = 900 * 1024
 
 
 @dataclass
@@ -108,6 +108,8 @@ class LedgerAgents:
     is_sequencer: bool = False  # this process holds the verified partition (from the last assignment)
     #: events this process's verify agent decoded, by source, for its own sequencer (saves a second parse)
     decoded: dict[str, DecodedEvent] = field(default_factory=dict)
+    #: helper processes that check raw batches (streams/verifypool.py); None = in this process
+    pool: VerifyPool | None = None
 
     # -- registry (verify stage) -----------------------------------------------------------------
     @property
@@ -124,64 +126,43 @@ class LedgerAgents:
                 log.exception("could not re-read the registry from %s", self.settings.store)
 
     # -- verify stage ----------------------------------------------------------------------------
-    def verify_one(self, message: Any) -> Incoming:
-        source = source_of(message.topic, message.partition, message.offset)
-        try:
-            incoming = verify_message(message.headers, message.value, self.registry, source=source)
-        except Exception as exc:  # verify_message never raises; belt and braces
-            incoming = Incoming(
-                raw=bytes(message.value or b""),
-                source=source,
-                error=EventError(Reason.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}"),
-            )
-        incoming = fit_for_forwarding(incoming)
-        if incoming.error is None and not incoming.signature_checked:
-            self.maybe_refresh_registry()
-        return incoming
+    def _on_unknown(self) -> None:
+        self.maybe_refresh_registry()
 
     async def on_raw_batch(self, messages: list[Any]) -> None:
-        """Verify a batch of raw messages; forward it as authenticated verified record(s); route its
-        rejections. Returns only when the broker acknowledged every record (so the raw offsets Faust
-        commits after this never pass an unsent message); retries with back-off until it does."""
-        outcomes = [self.verify_one(m) for m in messages]
-        topic = self.settings.verified_topic
-        records = pack_verified(outcomes, self.hop_key, topic)
-        for headers, value in records:
-            await self._send_acked("verified", value, headers)
-        for it in outcomes:
-            if it.error is None:
-                self.counters.verified += 1
-                if self.is_sequencer and it.decoded is not None and len(self.decoded) < DECODED_CACHE_MAX:
-                    self.decoded[it.source] = it.decoded
-        rejected = [it for it in outcomes if it.error is not None]
-        self.counters.verify_rejected += len(rejected)
-        pending = []
-        for it in rejected:
-            err = it.error
-            assert err is not None
-            pending.append(
-                self._rejection_record(
-                    it.raw,
-                    rejection_headers(
-                        err.reason.value,
-                        err.detail,
-                        source=it.source,
-                        event_id=it.decoded.event_id if it.decoded else None,
-                        stage="verify",
-                    ),
-                )
-            )
-        for value, headers in pending:
-            await self._send_acked("rejected", value, headers)
+        """Verify a batch of raw messages and forward it (:meth:`check_raw`, then :meth:`forward`)."""
+        await self.forward(await self.check_raw(messages))
 
-    @staticmethod
-    def _rejection_record(
-        raw: bytes, headers: list[tuple[str, bytes]]
-    ) -> tuple[bytes, list[tuple[str, bytes]]]:
-        if len(raw) > MAX_REJECTED_VALUE_BYTES:
-            headers = [*headers, ("bl_truncated", str(len(raw)).encode())]
-            raw = raw[:MAX_REJECTED_VALUE_BYTES]
-        return raw, headers
+    async def check_raw(self, messages: list[Any]) -> CheckedBatch:
+        """Verify a batch of raw messages, in the helper processes when there are some and they are up
+        (streams/verifypool.py), else here; pack the verified-topic and rejected-topic records."""
+        raw = raw_messages(messages, source_of)
+        checked = await self.pool.check(raw) if self.pool is not None else None
+        if checked is None:
+            checked = check_batch(
+                raw,
+                self.registry,
+                self.hop_key,
+                self.settings.verified_topic,
+                on_unknown=self._on_unknown,
+                keep_outcomes=True,
+            )
+        return checked
+
+    async def forward(self, checked: CheckedBatch) -> None:
+        """Send a checked batch: its authenticated verified record(s), then its rejections. Returns only
+        when the broker acknowledged every record (so the raw offsets Faust commits after this never pass
+        an unsent message); retries with back-off until it does."""
+        for headers, value in checked.records:
+            await self._send_acked("verified", value, headers)
+        self.counters.verified += checked.verified
+        if self.is_sequencer:
+            for it in checked.outcomes:
+                if it.error is None and it.decoded is not None and len(self.decoded) < DECODED_CACHE_MAX:
+                    self.decoded[it.source] = it.decoded
+        self.counters.verify_rejected += len(checked.rejections)
+        for value, headers in checked.rejections:
+            await self._send_acked("rejected", value, headers)
 
     async def _send_acked(
         self, topic: str, value: bytes, headers: list[tuple[str, bytes]], key: bytes | None = None
@@ -294,7 +275,7 @@ class LedgerAgents:
     async def _publish_rejection(
         self, raw: bytes, source: str, reason: str | None, detail: str | None, event_id: str | None
     ) -> None:
-        value, headers = self._rejection_record(
+        value, headers = rejection_record(
             raw,
             rejection_headers(
                 reason or Reason.INTERNAL_ERROR.value,
@@ -350,6 +331,52 @@ class LedgerAgents:
         log.info("worker counters: %s", self.counters.line())
 
 
+class VerifyPipeline:
+    """The verify agent's batches in flight: each is checked as soon as it is taken (in a helper process
+    when there are some), and a single completer sends them and acks their raw messages strictly in the
+    order they were taken. So the helpers check batch N+1 while the worker sends batch N and runs its
+    sequencer, and Faust still commits a raw offset only after the records that carry it are acknowledged.
+
+    At most `depth` batches are in flight; :meth:`submit` waits for a free slot. A batch whose routing
+    fails (a bug: sends themselves retry until acknowledged) is logged and acked, as before."""
+
+    def __init__(self, state: LedgerAgents, stream: Any, depth: int) -> None:
+        self.state = state
+        self.stream = stream
+        self.slots = asyncio.Semaphore(depth)
+        self.queue: asyncio.Queue[tuple[list[Any], asyncio.Task[CheckedBatch]]] = asyncio.Queue()
+        self.completer: asyncio.Task[None] | None = None
+
+    async def submit(self, events: list[Any]) -> None:
+        await self.slots.acquire()
+        if self.completer is None or self.completer.done():
+            self.completer = asyncio.ensure_future(self._complete())
+        check = asyncio.ensure_future(self.state.check_raw([e.message for e in events]))
+        self.queue.put_nowait((list(events), check))
+
+    async def _complete(self) -> None:
+        while True:
+            events, check = await self.queue.get()
+            try:
+                await self.state.forward(await check)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self.state.counters.internal_errors += 1
+                log.exception("verify agent could not route a batch of %d messages", len(events))
+            for event in events:
+                await self.stream.ack(event)
+            self.slots.release()
+
+    def close(self) -> None:
+        """Stop without acking what is in flight: it is taken again after a restart or a rebalance."""
+        if self.completer is not None:
+            self.completer.cancel()
+        while not self.queue.empty():
+            _, check = self.queue.get_nowait()
+            check.cancel()
+
+
 def install_agents(app: faust.App, settings: Settings) -> LedgerAgents:
     """Declare the topics, agents and timers of one ledger on `app`."""
     operator_key = load_private_key(settings.operator_key) if settings.operator_key else None
@@ -360,6 +387,20 @@ def install_agents(app: faust.App, settings: Settings) -> LedgerAgents:
         hop_key=resolve_hop_key(settings),
         operator_key=operator_key,
     )
+    if settings.verify_processes > 0:
+        state.pool = VerifyPool(
+            settings.verify_processes,
+            settings.store,
+            state.hop_key,
+            settings.verified_topic,
+            settings.registry_refresh_s,
+        )
+
+        @app.on_before_shutdown.connect  # type: ignore[arg-type]
+        async def close_pool(sender: Any, **kwargs: Any) -> None:
+            if state.pool is not None:
+                state.pool.close()
+
     events_topic = app.topic(settings.events_topic, partitions=settings.partitions, schema=RawSchema())
     verified_topic = app.topic(settings.verified_topic, partitions=1, schema=RawSchema())
     rejected_topic = app.topic(settings.rejected_topic, partitions=1, schema=RawSchema())
@@ -372,12 +413,14 @@ def install_agents(app: faust.App, settings: Settings) -> LedgerAgents:
     }
 
     async def verify(stream: Any) -> None:
-        async for events in stream.take_events(settings.verify_batch, within=settings.verify_within_s):
-            try:
-                await state.on_raw_batch([e.message for e in events])
-            except Exception:  # a bug: log, keep the agent alive (sends themselves retry until acked)
-                state.counters.internal_errors += 1
-                log.exception("verify agent could not route a batch of %d messages", len(events))
+        # noack_take: the batch is acked by the pipeline once its records are acknowledged, so the next
+        # batch can be taken (and checked in a helper) while this one is checked and sent
+        pipeline = VerifyPipeline(state, stream, depth=VERIFY_IN_FLIGHT)
+        try:
+            async for events in stream.noack_take(settings.verify_batch, within=settings.verify_within_s):
+                await pipeline.submit(events)
+        finally:
+            pipeline.close()
 
     async def sequencer(stream: Any) -> None:
         # each record carries up to verify_batch events: take few records, the sequencer splits its

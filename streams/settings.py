@@ -13,6 +13,7 @@
 | batch_within_s | BATTERYLEDGER_BATCH_WITHIN | 0.01 | longest the sequencer waits for more verified records before appending what it has |
 | verify_batch | BATTERYLEDGER_VERIFY_BATCH | 500 | events the verify agent takes at a time |
 | verify_within_s | BATTERYLEDGER_VERIFY_WITHIN | 0.02 | longest the verify agent waits to fill a batch |
+| verify_processes | BATTERYLEDGER_VERIFY_PROCESSES | 1 | helper processes that check the verify agent's batches, so one worker uses a second core (streams/verifypool.py); 0 = in the worker's own process |
 | fetch_min_bytes | BATTERYLEDGER_FETCH_MIN_BYTES | 32768 | a fetch waits for this much data ... |
 | fetch_wait_s | BATTERYLEDGER_FETCH_WAIT | 0.02 | ... or this long (a backlog is served at once); fewer, fuller fetches under a steady stream |
 | park_max_age_s | BATTERYLEDGER_PARK_MAX_AGE | 30 | how long an event waits for its parents (children before parents) |
@@ -65,6 +66,7 @@ ENV = {
     "batch_within_s": "BATTERYLEDGER_BATCH_WITHIN",
     "verify_batch": "BATTERYLEDGER_VERIFY_BATCH",
     "verify_within_s": "BATTERYLEDGER_VERIFY_WITHIN",
+    "verify_processes": "BATTERYLEDGER_VERIFY_PROCESSES",
     "fetch_min_bytes": "BATTERYLEDGER_FETCH_MIN_BYTES",
     "fetch_wait_s": "BATTERYLEDGER_FETCH_WAIT",
     "park_max_age_s": "BATTERYLEDGER_PARK_MAX_AGE",
@@ -117,6 +119,7 @@ class Settings:
     batch_within_s: float = 0.01
     verify_batch: int = 500
     verify_within_s: float = 0.02
+    verify_processes: int = 1
     fetch_min_bytes: int = 32 * 1024
     fetch_wait_s: float = 0.02
     park_max_age_s: float = PARK_MAX_AGE.total_seconds()
@@ -135,6 +138,8 @@ class Settings:
         for name in ("max_batch", "verify_batch", "partitions", "checkpoint_every", "fetch_min_bytes"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{name} must be at least 1 (set {ENV.get(name, name)})")
+        if self.verify_processes < 0:
+            raise SettingsError(f"verify_processes must be 0 or more (set {ENV['verify_processes']})")
         for name in (
             "batch_within_s",
             "verify_within_s",

@@ -66,6 +66,13 @@ def run(coro: Any) -> Any:
     return asyncio.run(coro)
 
 
+async def until(done: Any, timeout: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not done():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.01)
+
+
 def test_verify_agent_routes_good_and_bad(agents: LedgerAgents, chain: DemoChain) -> None:
     good = to_binary(decode(chain.chain_events[0].raw))
 
@@ -74,6 +81,8 @@ def test_verify_agent_routes_good_and_bad(agents: LedgerAgents, chain: DemoChain
             await agent.put(value=good.value, key=good.key, headers=good.headers)
             await agent.put(value=b"{broken", key=good.key, headers=good.headers)
             await agent.put(value=good.value, key=good.key, headers=[])  # no CloudEvents headers
+            # the batch is sent by the agent's pipeline, after the puts return
+            await until(lambda: len(agents.topics["rejected"].sent) == 2)
 
     run(go())
     verified: Recorder = agents.topics["verified"]
