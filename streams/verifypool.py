@@ -65,6 +65,9 @@ log = logging.getLogger("batteryledger.verifypool")
 MAX_REJECTED_VALUE_BYTES = 900 * 1024
 #: How often a helper checks that the worker that started it is still there.
 PARENT_WATCH_S = 0.5
+#: Pools in a row that may fail to start before the worker gives up on helpers and checks everything
+#: itself (a helper that cannot import, a store it cannot open): logged once, never a stopped worker.
+MAX_FAILED_STARTS = 3
 
 #: One raw message as the verify stage sees it: its headers, its bytes, its source position.
 RawMessage = tuple[Headers, bytes | None, str]
@@ -212,6 +215,7 @@ class VerifyPool:
         self._ready: list[Future[int]] = []
         self.restarts = 0
         self.fallbacks = 0
+        self.failed_starts = 0
 
     @property
     def enabled(self) -> bool:
@@ -233,7 +237,10 @@ class VerifyPool:
 
     @property
     def ready(self) -> bool:
-        return self._pool is not None and all(f.done() and f.exception() is None for f in self._ready)
+        ok = self._pool is not None and all(f.done() and f.exception() is None for f in self._ready)
+        if ok:
+            self.failed_starts = 0
+        return ok
 
     def pids(self) -> list[int]:
         """The helpers' process ids (for tests and `ps`)."""
@@ -246,8 +253,21 @@ class VerifyPool:
             return None
         self.start()
         if not self.ready:
-            if any(f.done() and f.exception() is not None for f in self._ready):
-                self._broken("a helper failed to start")
+            failed = [f.exception() for f in self._ready if f.done() and f.exception() is not None]
+            if failed:
+                self.failed_starts += 1
+                if self.failed_starts >= MAX_FAILED_STARTS:
+                    log.error(
+                        "verify helpers failed to start %d times (%s: %s); this worker checks every batch "
+                        "itself from now on",
+                        self.failed_starts,
+                        type(failed[0]).__name__,
+                        failed[0],
+                    )
+                    self.close()
+                    self.size = 0
+                else:
+                    self._broken(f"a helper failed to start: {type(failed[0]).__name__}: {failed[0]}")
             self.fallbacks += 1
             return None
         assert self._pool is not None

@@ -270,3 +270,19 @@ def test_a_helper_does_not_outlive_its_worker(tmp_path: Path, chain: DemoChain) 
             time.sleep(0.1)
     finally:
         proc.kill()
+
+
+def test_helpers_that_cannot_start_are_given_up(tmp_path: Path, chain: DemoChain) -> None:
+    """A helper that cannot open the store: the worker checks every batch itself, after a few tries."""
+    msgs = messages(chain)[:2]
+    pool = VerifyPool(1, f"sqlite:///{tmp_path}/missing/l.db", KEY, TOPIC, refresh_s=5.0)
+    try:
+        deadline = time.monotonic() + 120
+        while pool.enabled:
+            assert time.monotonic() < deadline, "never gave up"
+            assert run(pool.check(msgs)) is None
+            time.sleep(0.2)
+        assert pool.failed_starts == 3 and pool.restarts == 2
+        assert run(pool.check(msgs)) is None and pool.pids() == []
+    finally:
+        pool.close()
