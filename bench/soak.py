@@ -5,7 +5,7 @@
 Not part of the default `make bench` (it takes about an hour on a 2-core machine). The publisher
 publishes in chunks while the worker runs, keeping the backlog under two chunks, so the worker sees
 steady load for the whole run. After warm-up (the first 10% of the events appended), the worker's
-resident memory (VmRSS from /proc) is sampled after every chunk; "flat" means the largest sample is
+resident memory with its verify helpers' (VmRSS from /proc, summed) is sampled after every chunk; "flat" means the largest sample is
 within 10% of the first. At the end: entries appended == events published, every published event id
 is in the ledger exactly once, no rejections. Prints figures, then one JSON line; asserts nothing.
 """
@@ -33,6 +33,32 @@ def rss_bytes(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def children(pid: int) -> list[int]:
+    """Direct children of `pid` (a worker's verify helpers, streams/verifypool.py)."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        if int(stat[stat.rindex(")") + 2 :].split()[1]) == pid:
+            out.append(int(entry.name))
+    return out
+
+
+def worker_rss_bytes(pid: int) -> int:
+    """The worker's resident memory with its helper processes'."""
+    total = rss_bytes(pid)
+    for child in children(pid):
+        try:
+            total += rss_bytes(child)
+        except (OSError, RuntimeError):
+            continue  # gone meanwhile
+    return total
 
 
 def _ledger_data(store: str, first_seq: int) -> tuple[int, int, int, set[bytes]]:
@@ -78,14 +104,14 @@ def soak(events: int, chunk: int) -> dict[str, Any]:
                 run.wait_entries(base + max(0, sent - chunk), timeout=1800)
                 done = run.entries()
                 if done >= warm_at:
-                    samples.append((done - base, rss_bytes(pid)))
+                    samples.append((done - base, worker_rss_bytes(pid)))
                     print(
-                        f"  {done - base:>9,} appended  worker RSS {samples[-1][1] / 2**20:7.1f} MiB",
+                        f"  {done - base:>9,} appended  worker RSS with helpers {samples[-1][1] / 2**20:7.1f} MiB",
                         flush=True,
                     )
             run.wait_entries(base + events, timeout=1800)
             wall = time.perf_counter() - t0
-            samples.append((events, rss_bytes(pid)))
+            samples.append((events, worker_rss_bytes(pid)))
             n, distinct, rejected, stored = _ledger_data(run.settings.store, base)
         finally:
             run.close()
@@ -115,7 +141,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     r = soak(args.events, args.chunk)
     print(
-        f"soak: {r['events']:,} events at {r['events_per_s_wall']:,.0f} /s; worker RSS after warm-up "
+        f"soak: {r['events']:,} events at {r['events_per_s_wall']:,.0f} /s; worker + helpers RSS after warm-up "
         f"{r['rss_after_warmup_mib']:.1f} MiB, peak {r['rss_peak_mib']:.1f} MiB ({r['rss_growth']:+.1%}; "
         f"flat within 10%: {r['rss_flat_within_10pct']}); appended {r['appended']:,}, distinct ids "
         f"{r['distinct_event_ids']:,}, rejections {r['rejections']}; every event exactly once: "
