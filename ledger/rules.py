@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from ledger.provenance import (
     BatchNode,
@@ -239,28 +239,17 @@ def _extraction(
     for o in outputs:
         if state.batch(o.batch_id) is not None:
             raise EventError(Reason.BATCH_EXISTS, f"batch {o.batch_id!r} already exists in the ledger")
-    fid = ev.facility_id
-    fac = registry.facilities[fid]
-    extra = extra_for_event(outputs)
-    event_id = decoded.event_id
-    when = ev.time
-    country = fac.country
-    feoc, pfe = _attested(fac, when)
-    kind = Kind.BATCH_EXTRACTED
+    maker = _maker(decoded, ev, registry, Kind.BATCH_EXTRACTED, seq, extra_for_event(outputs))
     for o in outputs:
         contained = _contained(o)
         mass, value = extraction_origins(
             {el: float(v) for el, v in contained.items()},
-            country,
-            feoc,
-            pfe,
+            maker.country,
+            maker.feoc,
+            maker.pfe,
             None if o.value_usd is None else float(o.value_usd),
         )
-        out.new_batches.append(
-            _output_state(
-                o, contained, event_id, seq, kind, fid, country, feoc, pfe, when, extra, mass, value
-            )
-        )
+        out.new_batches.append(_output_state(o, contained, maker, mass, value))
     return out
 
 
@@ -275,40 +264,48 @@ def _contained(o: Any) -> dict[Element, Decimal]:
     return {el: getattr(cm, name) for el, name in ELEMENT_FIELD.items()}
 
 
-def _output_state(
-    o: Any,
-    contained: dict[Element, Decimal],
-    event_id: str,
-    seq: int,
-    kind: Kind,
-    fid: str,
-    country: str,
-    feoc: bool,
-    pfe: bool,
-    when: datetime,
-    extra: Mapping[str, str],
-    mass: Any,
-    value: Any,
-) -> BatchState:
+class _Maker(NamedTuple):
+    """What every output of one event shares: who made it, where, when, under which attestation."""
+
+    event_id: str
+    seq: int
+    kind: Kind
+    facility_id: str
+    country: str
+    feoc: bool
+    pfe: bool
+    time: datetime
+    extra: Mapping[str, str]
+
+
+def _maker(
+    decoded: DecodedEvent, ev: Any, registry: Registry, kind: Kind, seq: int, extra: Mapping[str, str]
+) -> _Maker:
+    fac = registry.facilities[ev.facility_id]
+    feoc, pfe = _attested(fac, ev.time)  # once: FacilityRecord.feoc_at / pfe_at each look it up
+    return _Maker(decoded.event_id, seq, kind, ev.facility_id, fac.country, feoc, pfe, ev.time, extra)
+
+
+def _output_state(o: Any, contained: dict[Element, Decimal], m: _Maker, mass: Any, value: Any) -> BatchState:
     """The state of a batch an event makes: held whole by its maker, nothing consumed yet."""
     return BatchState(
         o.batch_id,
-        event_id,
-        seq,
-        kind,
-        fid,
-        country,
-        feoc,
-        pfe,
-        when,
+        m.event_id,
+        m.seq,
+        m.kind,
+        m.facility_id,
+        m.country,
+        m.feoc,
+        m.pfe,
+        m.time,
         o.material,
         o.kg,
         contained,
         o.value_usd,
         Decimal(0),
-        {fid: o.kg},
+        {m.facility_id: o.kg},
         {},
-        dict(extra),
+        dict(m.extra),
         mass,
         value,
     )
@@ -387,22 +384,17 @@ def _transform(
         # an extraction that did not take check_and_plan's short way (not a BatchExtracted model):
         # the same plan; its outputs were checked above and are checked again there, without effect
         return _extraction(decoded, ev, state, registry, seq, out)  # type: ignore[arg-type]
-    fid = ev.facility_id
-    fac = registry.facilities[fid]
-    for p, kg in parents:
-        p.consumed_kg += kg
-        p.holders[fid] -= kg
-        out.touched.append(p)
     extra: dict[str, str] = extra_for_event(outputs)
     if isinstance(ev, BatchRecycled):
         extra["feed_consumer"] = ev.feed_consumer
         if external:
             extra["external_feed"] = dumps_sorted([f.model_dump(mode="json") for f in external])
-    event_id = decoded.event_id
-    when = ev.time
-    country = fac.country
-    feoc, pfe = _attested(fac, when)  # once: FacilityRecord.feoc_at / pfe_at each look it up
-    out_nodes = nodes_from_events([(ev, event_id)], registry)
+    maker = _maker(decoded, ev, registry, kind, seq, extra)
+    for p, kg in parents:
+        p.consumed_kg += kg
+        p.holders[maker.facility_id] -= kg
+        out.touched.append(p)
+    out_nodes = nodes_from_events([(ev, maker.event_id)], registry)
     parent_facts: dict[str, ParentFacts] = {p.batch_id: _ParentFacts(p) for p, _ in parents}
     parent_mass = {p.batch_id: p.mass for p, _ in parents}
     parent_value = {p.batch_id: p.value for p, _ in parents}
@@ -411,15 +403,7 @@ def _transform(
         b = _output_state(
             o,
             _contained(o),
-            event_id,
-            seq,
-            kind,
-            fid,
-            country,
-            feoc,
-            pfe,
-            when,
-            extra,
+            maker,
             node_mass(node, parent_facts, parent_mass),
             node_value(node, parent_facts, parent_value),
         )

@@ -143,8 +143,8 @@ class LedgerAgents:
         the batch has at least HELPER_MIN_BATCH messages (streams/verifypool.py), else here; pack the
         verified-topic and rejected-topic records."""
         raw = raw_messages(messages, source_of)
-        use_pool = self.pool is not None and len(raw) >= HELPER_MIN_BATCH
-        checked = await self.pool.check(raw) if use_pool and self.pool is not None else None
+        pool = self.pool if len(raw) >= HELPER_MIN_BATCH else None
+        checked = await pool.check(raw) if pool is not None else None
         if checked is None:
             checked = check_batch(
                 raw,

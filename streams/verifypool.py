@@ -237,10 +237,7 @@ class VerifyPool:
 
     @property
     def ready(self) -> bool:
-        ok = self._pool is not None and all(f.done() and f.exception() is None for f in self._ready)
-        if ok:
-            self.failed_starts = 0
-        return ok
+        return self._pool is not None and all(f.done() and f.exception() is None for f in self._ready)
 
     def pids(self) -> list[int]:
         """The helpers' process ids (for tests and `ps`)."""
@@ -270,6 +267,7 @@ class VerifyPool:
                     self._broken(f"a helper failed to start: {type(failed[0]).__name__}: {failed[0]}")
             self.fallbacks += 1
             return None
+        self.failed_starts = 0
         assert self._pool is not None
         parts = _split(messages, self.size)
         try:

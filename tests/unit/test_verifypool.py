@@ -14,6 +14,8 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +87,27 @@ def wait_ready(pool: VerifyPool, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while not pool.ready:
         assert time.monotonic() < deadline, "verify helpers did not start"
+        time.sleep(0.05)
+
+
+@contextmanager
+def helper_pool(
+    store: str, size: int = 1, refresh_s: float = 5.0, *, ready: bool = True
+) -> Iterator[VerifyPool]:
+    """A VerifyPool on `store`, started and waited for unless `ready` is False; closed afterwards."""
+    pool = VerifyPool(size, store, KEY, TOPIC, refresh_s=refresh_s)
+    try:
+        if ready:
+            wait_ready(pool)
+        yield pool
+    finally:
+        pool.close()
+
+
+def wait_gone(pids: list[int], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while any(alive(p) for p in pids):
+        assert time.monotonic() < deadline, f"processes {pids} still alive after {timeout} s"
         time.sleep(0.05)
 
 
@@ -163,8 +186,7 @@ def test_helper_gives_what_the_worker_gives(tmp_path: Path, chain: DemoChain) ->
     msgs = messages(chain)
     with Ledger(store) as led:
         here = check_batch(msgs, led.registry, KEY, TOPIC)
-    pool = VerifyPool(1, store, KEY, TOPIC, refresh_s=5.0)
-    try:
+    with helper_pool(store, ready=False) as pool:
         assert run(pool.check(msgs)) is None  # not started yet: the worker checks it itself
         wait_ready(pool)
         there = run(pool.check(msgs))
@@ -173,22 +195,16 @@ def test_helper_gives_what_the_worker_gives(tmp_path: Path, chain: DemoChain) ->
         assert there.rejections == here.rejections and there.verified == here.verified
         assert there.outcomes == []  # decoded events stay in the helper
         assert pool.pids() and os.getpid() not in pool.pids()
-    finally:
-        pool.close()
 
 
 def test_two_helpers_keep_the_order(tmp_path: Path, chain: DemoChain) -> None:
     store = make_store(tmp_path / "l.db", chain)
     msgs = messages(chain)
-    pool = VerifyPool(2, store, KEY, TOPIC, refresh_s=5.0)
-    try:
-        wait_ready(pool)
+    with helper_pool(store, size=2) as pool:
         checked = run(pool.check(msgs))
         assert checked is not None and len(checked.records) == 2  # one record per helper's part
         assert [it.source for it in items(checked)] == [s for _, _, s in msgs]
         assert len(pool.pids()) == 2
-    finally:
-        pool.close()
 
 
 def test_helper_reads_a_registration_made_after_it_started(tmp_path: Path, chain: DemoChain) -> None:
@@ -196,9 +212,7 @@ def test_helper_reads_a_registration_made_after_it_started(tmp_path: Path, chain
     store = make_store(tmp_path / "l.db", chain, skip=first.facility_id)
     m = to_binary(first)
     msg = [(m.headers, m.value, "material-events/0/0")]
-    pool = VerifyPool(1, store, KEY, TOPIC, refresh_s=0.0)
-    try:
-        wait_ready(pool)
+    with helper_pool(store, refresh_s=0.0) as pool:
         before = run(pool.check(msg))
         assert before is not None and not items(before)[0].signature_checked
         registration = next(e for e in chain.registry_events if registers(e.raw) == first.facility_id)
@@ -206,22 +220,15 @@ def test_helper_reads_a_registration_made_after_it_started(tmp_path: Path, chain
             assert led.append([registration.raw])[0].status == "appended"
         after = run(pool.check(msg))
         assert after is not None and items(after)[0].signature_checked
-    finally:
-        pool.close()
 
 
 def test_a_killed_helper_costs_no_batch(tmp_path: Path, chain: DemoChain) -> None:
     store = make_store(tmp_path / "l.db", chain)
     msgs = messages(chain)
-    pool = VerifyPool(1, store, KEY, TOPIC, refresh_s=5.0)
-    try:
-        wait_ready(pool)
+    with helper_pool(store) as pool:
         [old] = pool.pids()
         os.kill(old, signal.SIGKILL)
-        deadline = time.monotonic() + 20
-        while alive(old):
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        wait_gone([old], timeout=20)
         # the batch during which the pool broke comes back to the worker (None), a new pool starts
         assert run(pool.check(msgs)) is None
         assert pool.restarts == 1
@@ -229,8 +236,6 @@ def test_a_killed_helper_costs_no_batch(tmp_path: Path, chain: DemoChain) -> Non
         again = run(pool.check(msgs))
         assert again is not None and again.verified > 0
         assert pool.pids() and old not in pool.pids()
-    finally:
-        pool.close()
 
 
 def test_a_helper_does_not_outlive_its_worker(tmp_path: Path, chain: DemoChain) -> None:
@@ -264,10 +269,7 @@ def test_a_helper_does_not_outlive_its_worker(tmp_path: Path, chain: DemoChain) 
         assert helpers and all(alive(p) for p in helpers)
         proc.kill()  # SIGKILL: the worker runs no clean-up
         proc.wait()
-        deadline = time.monotonic() + 10
-        while any(alive(p) for p in helpers):
-            assert time.monotonic() < deadline, f"helpers {helpers} outlived their worker"
-            time.sleep(0.1)
+        wait_gone(helpers, timeout=10)  # they outlived their worker if this fails
     finally:
         proc.kill()
 
@@ -275,8 +277,7 @@ def test_a_helper_does_not_outlive_its_worker(tmp_path: Path, chain: DemoChain) 
 def test_helpers_that_cannot_start_are_given_up(tmp_path: Path, chain: DemoChain) -> None:
     """A helper that cannot open the store: the worker checks every batch itself, after a few tries."""
     msgs = messages(chain)[:2]
-    pool = VerifyPool(1, f"sqlite:///{tmp_path}/missing/l.db", KEY, TOPIC, refresh_s=5.0)
-    try:
+    with helper_pool(f"sqlite:///{tmp_path}/missing/l.db", ready=False) as pool:
         deadline = time.monotonic() + 120
         while pool.enabled:
             assert time.monotonic() < deadline, "never gave up"
@@ -284,5 +285,3 @@ def test_helpers_that_cannot_start_are_given_up(tmp_path: Path, chain: DemoChain
             time.sleep(0.2)
         assert pool.failed_starts == 3 and pool.restarts == 2
         assert run(pool.check(msgs)) is None and pool.pids() == []
-    finally:
-        pool.close()
