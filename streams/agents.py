@@ -12,7 +12,8 @@
   unsent record.
 * ``sequencer`` on material-events-verified (1 partition: one total order, one writer):
   ``ledger.intake.Sequencer.process`` appends a batch (``stream.take_events``) in one store transaction
-  together with the consumed offset; its rejections go to material-events-rejected.
+  together with the consumed offset, in the store process (streams/storeproc.py) when ``store_process``
+  is on; its rejections go to material-events-rejected.
 * timers: parked events whose parents never came are rejected (``parents_timeout``), and a signed
   checkpoint is made every N entries or T seconds and published to ledger-checkpoints. They act only in
   the worker that currently holds the verified partition, so the store keeps a single writer.
@@ -34,26 +35,19 @@ import logging
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from datetime import timedelta
 from typing import Any
 
 import faust
 from faust.types import TP
 
 from ledger.core import Ledger
-from ledger.intake import (
-    HopKey,
-    SequencedBatch,
-    Sequencer,
-    VerifiedRecord,
-    rejection_headers,
-    source_of,
-)
+from ledger.intake import HopKey, VerifiedRecord, rejection_headers, source_of
 from ledger.registry import Registry
 from schemas.reasons import Reason
 from schemas.signing import DecodedEvent, load_private_key
 from streams.lean import RawSchema
 from streams.settings import Settings, resolve_hop_key
+from streams.storeproc import Checkpointed, Decided, LocalSequencer, StoreProcess
 from streams.verifypool import CheckedBatch, VerifyPool, check_batch, raw_messages, rejection_record
 
 __all__ = ["LedgerAgents", "VerifyPipeline", "install_agents"]
@@ -113,8 +107,10 @@ class LedgerAgents:
     reader: Ledger
     hop_key: HopKey
     operator_key: Any = None
-    writer: Ledger | None = None
-    sequencer: Sequencer | None = None
+    #: the sequence stage's store work: here, or in a helper process (streams/storeproc.py)
+    store: LocalSequencer | StoreProcess = field(default=None)  # type: ignore[assignment]
+    store_opened: bool = False
+    writer_size: int = 0
     counters: Counters = field(default_factory=Counters)
     last_refresh: float = 0.0
     needs_reload: bool = False
@@ -179,7 +175,7 @@ class LedgerAgents:
         """Hand a checked batch's records to the producer, in order (verified records first, then its
         rejections), without waiting for the broker: :meth:`settle` waits. The producer keeps one
         partition's records in the order they were handed over."""
-        if self.is_sequencer:
+        if self.is_sequencer and isinstance(self.store, LocalSequencer):
             # before the records can reach this process's sequencer: it reuses these decoded events
             for it in checked.outcomes:
                 if it.error is None and it.decoded is not None and len(self.decoded) < DECODED_CACHE_MAX:
@@ -272,77 +268,49 @@ class LedgerAgents:
         return fut
 
     # -- sequence stage --------------------------------------------------------------------------
-    def _writer(self) -> Sequencer:
-        if self.writer is None:
-            self.writer = Ledger(self.settings.store, operator_key=self.operator_key)
-            self.sequencer = Sequencer(
-                self.writer, self.settings.app_id, self.hop_key, max_items=self.settings.max_batch
-            )
-            stats = self.writer.stats()
-            self.last_checkpoint_size = int(stats["latest_checkpoint_size"] or 0)
+    async def _store_call(self, name: str, *args: Any) -> Any:
+        """LocalSequencer.`name` in this process or in the store process (streams/storeproc.py); the
+        writer's state is re-read from the store first after a reassignment or a failed call."""
+        if self.needs_reload:
+            await self.store.call("reload")
             self.needs_reload = False
-        elif self.needs_reload:
-            self.writer.refresh_registry()  # head, registry and parked index from the store
-            assert self.sequencer is not None
-            self.sequencer.reload()
-            self.needs_reload = False
-        assert self.sequencer is not None
-        return self.sequencer
+        if not self.store_opened:
+            self.writer_size, self.last_checkpoint_size = await self.store.call("opened")
+            self.store_opened = True
+        return await self.store.call(name, *args)
 
     async def on_verified_batch(self, records: list[VerifiedRecord]) -> None:
-        batch = await self._process_with_retry(records)
-        for it, _ in batch.results:
-            self.decoded.pop(it.source, None)
+        decided = await self._process_with_retry(records)
+        for source in decided.sources:
+            self.decoded.pop(source, None)
         c = self.counters
-        c.skipped += batch.skipped_offsets
-        c.redeliveries += batch.redeliveries
-        for it, res in batch.results:
-            if res.status == "appended":
-                c.appended += 1
-            elif res.status == "duplicate":
-                c.duplicates += 1
-            elif res.status == "parked":
-                c.parked += 1
-            elif it.error is not None:
-                c.recorded_verify_rejections += 1
-            else:
-                c.sequence_rejected += 1
-        for it, res in batch.rejected():
-            await self._publish_rejection(it.raw, it.source, res.reason, res.detail, res.event_id)
-        seq = self._writer()
-        if seq.ledger.size - self.last_checkpoint_size >= self.settings.checkpoint_every:
+        c.skipped += decided.skipped
+        c.redeliveries += decided.redeliveries
+        c.appended += decided.appended
+        c.duplicates += decided.duplicates
+        c.parked += decided.parked
+        c.recorded_verify_rejections += decided.recorded_verify_rejections
+        c.sequence_rejected += decided.sequence_rejected
+        c.internal_errors += decided.internal_errors
+        self.writer_size = decided.size
+        for raw, source, reason, detail, event_id in decided.rejections:
+            await self._publish_rejection(raw, source, reason, detail, event_id)
+        if self.writer_size - self.last_checkpoint_size >= self.settings.checkpoint_every:
             await self.checkpoint()
 
-    async def _process_with_retry(self, records: list[VerifiedRecord]) -> SequencedBatch:
+    async def _process_with_retry(self, records: list[VerifiedRecord]) -> Decided:
+        # the decoded-event cache helps a sequencer in this process only (a store process rebuilds)
+        known = self.decoded if isinstance(self.store, LocalSequencer) else None
         delay = 0.25
         while True:
             try:
-                seq = self._writer()
-                try:
-                    return seq.process(records, known=self.decoded)
-                except Exception:
-                    log.exception("append of %d events failed; retrying them one by one", len(records))
-                    return self._one_by_one(seq, records)
+                decided: Decided = await self._store_call("process", records, known)
+                return decided
             except Exception:
                 log.exception("the ledger store did not take the batch; retrying in %.2f s", delay)
                 self.needs_reload = True
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, MAX_RETRY_DELAY_S)
-
-    def _one_by_one(self, seq: Sequencer, records: list[VerifiedRecord]) -> SequencedBatch:
-        """Isolate the event that breaks a batch: it alone becomes an internal_error rejection."""
-        total = SequencedBatch()
-        for rec in records:
-            part = seq.process_isolated(rec, self.decoded)  # raises only if the store itself is down
-            self.counters.internal_errors += sum(
-                1
-                for it, _ in part.results
-                if it.error is not None and it.error.reason == Reason.INTERNAL_ERROR
-            )
-            total.results.extend(part.results)
-            total.skipped_offsets += part.skipped_offsets
-            total.redeliveries += part.redeliveries
-        return total
 
     async def _publish_rejection(
         self, raw: bytes, source: str, reason: str | None, detail: str | None, event_id: str | None
@@ -371,34 +339,35 @@ class LedgerAgents:
         if not self.owns_sequencer():
             return
         try:
-            seq = self._writer()
-            expired = seq.expire(timedelta(seconds=self.settings.park_max_age_s))
+            expired = await self._store_call("expire", self.settings.park_max_age_s)
         except Exception:
             log.exception("expiring parked events failed; will retry")
             self.needs_reload = True
             return
-        for raw, source, res in expired:
+        for raw, source, reason, detail, event_id in expired:
             self.counters.sequence_rejected += 1
-            await self._publish_rejection(raw, source, res.reason, res.detail, res.event_id)
+            await self._publish_rejection(raw, source, reason, detail, event_id)
 
     async def checkpoint(self) -> None:
-        if self.operator_key is None or self.writer is None:
+        if self.operator_key is None or not self.store_opened:
             return
         try:
-            note = self.writer.make_checkpoint()
+            made: Checkpointed | None = await self._store_call("checkpoint")
         except Exception:
             log.exception("signing a checkpoint failed; will retry")
             return
+        if made is None:
+            return
         self.last_checkpoint_time = time.monotonic()
-        self.last_checkpoint_size = self.writer.size
-        if note is not None:
-            await self._send("checkpoints", note.encode(), [], key=self.writer.origin.encode())
-            log.info("checkpoint at size %d published", self.writer.size)
+        self.last_checkpoint_size = self.writer_size = made.size
+        if made.note is not None:
+            await self._send("checkpoints", made.note.encode(), [], key=made.origin.encode())
+            log.info("checkpoint at size %d published", made.size)
 
     async def checkpoint_tick(self) -> None:
-        if not self.owns_sequencer() or self.writer is None:
+        if not self.owns_sequencer() or not self.store_opened:
             return
-        if self.writer.size > self.last_checkpoint_size:
+        if self.writer_size > self.last_checkpoint_size:
             await self.checkpoint()
         log.info("worker counters: %s", self.counters.line())
 
@@ -489,6 +458,15 @@ def install_agents(app: faust.App, settings: Settings) -> LedgerAgents:
         hop_key=resolve_hop_key(settings),
         operator_key=operator_key,
     )
+    store_args = (settings.store, settings.app_id, state.hop_key, settings.max_batch, settings.operator_key)
+    state.store = StoreProcess(*store_args) if settings.store_process else LocalSequencer(*store_args)
+    if isinstance(state.store, StoreProcess):
+        store_process = state.store
+
+        @app.on_before_shutdown.connect  # type: ignore[arg-type]
+        async def close_store_process(sender: Any, **kwargs: Any) -> None:
+            store_process.close()
+
     if settings.verify_processes > 0:
         state.pool = VerifyPool(
             settings.verify_processes,
@@ -577,6 +555,8 @@ def install_agents(app: faust.App, settings: Settings) -> LedgerAgents:
         state.is_sequencer = TP(settings.verified_topic, 0) in set(assigned)
         if state.is_sequencer:
             state.needs_reload = True
+            if isinstance(state.store, StoreProcess):
+                state.store.start()  # now, not at the first batch: it takes about a second to start
         if state.pool is not None and any(tp.topic == settings.events_topic for tp in set(assigned)):
             state.pool.start()  # now, not at the first batch: a helper takes about a second to start
         log.info("batteryledger worker ready: %d partitions assigned", len(set(assigned)))

@@ -14,6 +14,7 @@
 | verify_batch | BATTERYLEDGER_VERIFY_BATCH | 500 | events the verify agent takes at a time |
 | verify_within_s | BATTERYLEDGER_VERIFY_WITHIN | 0.02 | longest the verify agent waits to fill a batch |
 | verify_processes | BATTERYLEDGER_VERIFY_PROCESSES | 1 | helper processes that check the verify agent's batches, so one worker uses a second core (streams/verifypool.py); 0 = in the worker's own process |
+| store_process | BATTERYLEDGER_STORE_PROCESS | 1 | the sequencer's appends, parked-event expiry and checkpoints run in one helper process of the worker holding material-events-verified, so its event loop and the store use different cores (streams/storeproc.py); 0 = in the worker's own process |
 | fetch_min_bytes | BATTERYLEDGER_FETCH_MIN_BYTES | 32768 | a fetch waits for this much data ... |
 | fetch_wait_s | BATTERYLEDGER_FETCH_WAIT | 0.02 | ... or this long (a backlog is served at once); fewer, fuller fetches under a steady stream |
 | park_max_age_s | BATTERYLEDGER_PARK_MAX_AGE | 30 | how long an event waits for its parents (children before parents) |
@@ -67,6 +68,7 @@ ENV = {
     "verify_batch": "BATTERYLEDGER_VERIFY_BATCH",
     "verify_within_s": "BATTERYLEDGER_VERIFY_WITHIN",
     "verify_processes": "BATTERYLEDGER_VERIFY_PROCESSES",
+    "store_process": "BATTERYLEDGER_STORE_PROCESS",
     "fetch_min_bytes": "BATTERYLEDGER_FETCH_MIN_BYTES",
     "fetch_wait_s": "BATTERYLEDGER_FETCH_WAIT",
     "park_max_age_s": "BATTERYLEDGER_PARK_MAX_AGE",
@@ -120,6 +122,7 @@ class Settings:
     verify_batch: int = 500
     verify_within_s: float = 0.02
     verify_processes: int = 1
+    store_process: bool = True
     fetch_min_bytes: int = 32 * 1024
     fetch_wait_s: float = 0.02
     park_max_age_s: float = PARK_MAX_AGE.total_seconds()

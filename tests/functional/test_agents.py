@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from schemas.signing import decode
 from streams.agents import LedgerAgents, install_agents
 from streams.app import create_app
 from streams.settings import Settings
+from streams.storeproc import StoreProcess
 
 
 class Recorder:
@@ -42,8 +44,8 @@ def chain() -> DemoChain:
     return demo_chain()
 
 
-@pytest.fixture
-def agents(tmp_path: Path, chain: DemoChain) -> LedgerAgents:
+@pytest.fixture(params=[True, False], ids=["store-process", "store-in-worker"])
+def agents(tmp_path: Path, chain: DemoChain, request: pytest.FixtureRequest) -> Iterator[LedgerAgents]:
     store = f"sqlite:///{tmp_path}/ledger.db"
     led = Ledger.init(store, operator_key=chain.operator_key, origin="test/agents")
     led.append([e.raw for e in chain.registry_events])
@@ -51,7 +53,12 @@ def agents(tmp_path: Path, chain: DemoChain) -> LedgerAgents:
     key = tmp_path / "worker.key"
     HopKey.generate().save(key)
     settings = Settings(
-        broker="127.0.0.1:9", store=store, app_id="functional", data_dir=tmp_path / "faust", worker_key=key
+        broker="127.0.0.1:9",
+        store=store,
+        app_id="functional",
+        data_dir=tmp_path / "faust",
+        worker_key=key,
+        store_process=request.param,
     )
     app = create_app(settings, install=False)
     state = install_agents(app, settings)
@@ -59,7 +66,11 @@ def agents(tmp_path: Path, chain: DemoChain) -> LedgerAgents:
     app.flow_control.resume()
     state.topics = {name: Recorder() for name in ("verified", "rejected", "checkpoints")}
     state.direct_send = False
-    return state
+    yield state
+    if isinstance(state.store, StoreProcess):
+        state.store.close()
+    if state.pool is not None:
+        state.pool.close()
 
 
 def run(coro: Any) -> Any:

@@ -1,0 +1,181 @@
+"""streams.storeproc: the sequence stage's store work in the worker or in a helper process (real spawned
+processes, real signed events, real stores).
+
+The store process must decide exactly what the worker's own process decides, lose and double nothing
+when it is SIGKILLed, and never outlive its worker (it would hold the store's writer lock for nobody).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from batteryledger.sample import DemoChain, demo_chain
+from ledger.core import Ledger
+from ledger.intake import HopKey, VerifiedRecord
+from ledger.rules import input_ids
+from ledger.store import ENTRIES
+from schemas.cloudevents import to_binary
+from schemas.signing import decode, save_private_key
+from streams.storeproc import Decided, LocalSequencer, StoreProcess
+from streams.verifypool import check_batch
+from tests.unit.test_verifypool import alive, wait_gone
+
+TOPIC = "material-events-verified"
+KEY = HopKey.generate()
+
+
+@pytest.fixture(scope="module")
+def chain() -> DemoChain:
+    return demo_chain()
+
+
+def make_store(path: Path, chain: DemoChain) -> str:
+    store = f"sqlite:///{path}"
+    led = Ledger.init(store, operator_key=chain.operator_key, origin="test/storeproc")
+    led.append([e.raw for e in chain.registry_events])
+    led.close()
+    return store
+
+
+def records(chain: DemoChain, raws: list[bytes], store: str, first_offset: int = 0) -> list[VerifiedRecord]:
+    """The verified-topic records a verify stage makes of `raws` (one record per three events)."""
+    msgs: list[Any] = []
+    for i, raw in enumerate(raws):
+        try:
+            m = to_binary(decode(raw))
+            msgs.append((m.headers, m.value, f"material-events/0/{first_offset + i}"))
+        except Exception:  # the malformed one arrives as it is
+            msgs.append(([("ce_specversion", b"1.0")], raw, f"material-events/0/{first_offset + i}"))
+    out: list[VerifiedRecord] = []
+    with Ledger(store) as led:
+        for j in range(0, len(msgs), 3):
+            for headers, value in check_batch(msgs[j : j + 3], led.registry, KEY, TOPIC).records:
+                out.append(VerifiedRecord(TOPIC, 0, first_offset + len(out), headers, value))
+    return out
+
+
+def appended_ids(store: str) -> list[str]:
+    with Ledger(store) as led, led.engine.connect() as conn:
+        return [r[0] for r in conn.execute(select(ENTRIES.c.event_id).order_by(ENTRIES.c.seq))]
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+@contextmanager
+def store_process(store: str, operator_key: Path | None = None) -> Iterator[StoreProcess]:
+    proc = StoreProcess(store, "test-sequencer", KEY, 2000, operator_key)
+    try:
+        proc.start()
+        yield proc
+    finally:
+        proc.close()
+
+
+def test_the_store_process_decides_what_the_worker_decides(tmp_path: Path, chain: DemoChain) -> None:
+    raws = [e.raw for e in chain.chain_events] + [raw for _label, raw, _reason in chain.bad_events]
+    here_store = make_store(tmp_path / "here.db", chain)
+    there_store = make_store(tmp_path / "there.db", chain)
+    here = LocalSequencer(here_store, "test-sequencer", KEY, 2000, None)
+    decided_here = here.process(records(chain, raws, here_store))
+    here.close()
+    with store_process(there_store) as proc:
+        decided_there = run(proc.call("process", records(chain, raws, there_store)))
+        assert proc.pid() not in (None, os.getpid())
+    assert isinstance(decided_there, Decided)
+    assert decided_there == decided_here
+    assert decided_here.appended == len(chain.chain_events) and decided_here.appended > 10
+    # the sequencer's own rejections come back with their original bytes, for the rejected topic (the
+    # verify stage's own, a forged signature, malformed bytes, are on it already)
+    assert "overdrawn" in {r[2] for r in decided_here.rejections}
+    assert decided_here.recorded_verify_rejections >= 2
+    assert all(r[0] in raws for r in decided_here.rejections)
+    assert appended_ids(there_store) == appended_ids(here_store)
+
+
+def test_a_killed_store_process_loses_nothing_and_doubles_nothing(tmp_path: Path, chain: DemoChain) -> None:
+    raws = [e.raw for e in chain.chain_events]
+    store = make_store(tmp_path / "l.db", chain)
+    recs = records(chain, raws, store)
+    half = len(recs) // 2
+    with store_process(store) as proc:
+        first = run(proc.call("process", recs[:half]))
+        old = proc.pid()
+        assert old is not None
+        os.kill(old, signal.SIGKILL)
+        wait_gone([old], timeout=20)
+        with pytest.raises(Exception):  # noqa: B017 - BrokenProcessPool: the agent retries
+            run(proc.call("process", recs[half:]))
+        assert proc.restarts == 1
+        # the agent's retry: the same batch again, now with the records before it re-delivered too
+        again = run(proc.call("process", recs))
+        assert proc.pid() not in (None, old)
+    assert again.skipped == half  # the new process read the consumed offsets from the store
+    assert first.appended + again.appended == len(raws)
+    ids = appended_ids(store)
+    assert len(ids) == len(set(ids))  # nothing twice
+    assert {decode(r).event_id for r in raws} <= set(ids)  # nothing lost
+
+
+def test_expiry_and_checkpoints_run_in_the_store_process(tmp_path: Path, chain: DemoChain) -> None:
+    store = make_store(tmp_path / "l.db", chain)
+    key = tmp_path / "operator.key"
+    save_private_key(chain.operator_key, key)
+    orphan = next(e.raw for e in chain.chain_events if list(input_ids(decode(e.raw))))
+    with store_process(store, key) as proc:
+        decided = run(proc.call("process", records(chain, [orphan], store)))
+        assert decided.parked == 1  # its parents never came
+        [(raw, source, reason, _detail, event_id)] = run(proc.call("expire", 0.0))
+        assert (raw, source, reason) == (orphan, "material-events/0/0", "parents_timeout")
+        assert event_id == decode(orphan).event_id
+        made = run(proc.call("checkpoint"))
+        assert made is not None and made.note is not None and made.size == decided.size
+        assert run(proc.call("checkpoint")).note is None  # already covered: nothing new to sign
+    with Ledger(store) as led:
+        assert led.stats()["latest_checkpoint_size"] == made.size
+
+
+def test_a_store_process_does_not_outlive_its_worker(tmp_path: Path, chain: DemoChain) -> None:
+    store = make_store(tmp_path / "l.db", chain)
+    key = tmp_path / "worker.key"
+    KEY.save(key)
+    script = textwrap.dedent(
+        f"""
+        import asyncio, time
+        from pathlib import Path
+        from ledger.intake import HopKey
+        from streams.storeproc import StoreProcess
+        if __name__ == "__main__":
+            proc = StoreProcess({store!r}, "s", HopKey.load(Path({str(key)!r})), 2000, None)
+            asyncio.run(proc.call("opened"))
+            print(proc.pid(), flush=True)
+            time.sleep(600)
+        """
+    )
+    (tmp_path / "worker_like.py").write_text(script)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    worker = subprocess.Popen(
+        [sys.executable, str(tmp_path / "worker_like.py")], stdout=subprocess.PIPE, env=env
+    )
+    try:
+        assert worker.stdout is not None
+        helper = int(worker.stdout.readline().decode())
+        assert alive(helper)
+        worker.kill()  # SIGKILL: the worker runs no clean-up
+        worker.wait()
+        wait_gone([helper], timeout=10)  # it outlived its worker if this fails
+    finally:
+        worker.kill()
