@@ -5,9 +5,10 @@
 Not part of the default `make bench` (it takes about an hour on a 2-core machine). The publisher
 publishes in chunks while the worker runs, keeping the backlog under two chunks, so the worker sees
 steady load for the whole run. After warm-up (the first 10% of the events appended), the worker's
-resident memory with its verify helpers' (VmRSS from /proc, summed) is sampled after every chunk; "flat" means the largest sample is
-within 10% of the first. At the end: entries appended == events published, every published event id
-is in the ledger exactly once, no rejections. Prints figures, then one JSON line; asserts nothing.
+resident memory with its helpers' (verify and store processes; VmRSS from /proc, summed) is sampled
+after every chunk; "flat" means the largest sample is within 10% of the first. At the end: entries
+appended == events published, every published event id is in the ledger exactly once, no rejections.
+Prints figures, then one JSON line; asserts nothing.
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ def rss_bytes(pid: int) -> int:
 
 
 def children(pid: int) -> list[int]:
-    """Direct children of `pid` (a worker's verify helpers, streams/verifypool.py)."""
+    """Direct children of `pid`: a worker's verify helpers and store process (streams/verifypool.py,
+    streams/storeproc.py)."""
     out = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -52,13 +54,18 @@ def children(pid: int) -> list[int]:
 
 def worker_rss_bytes(pid: int) -> int:
     """The worker's resident memory with its helper processes'."""
-    total = rss_bytes(pid)
-    for child in children(pid):
+    return sum(rss_parts(pid))
+
+
+def rss_parts(pid: int) -> list[int]:
+    """The worker's resident memory, then each helper process's."""
+    parts = [rss_bytes(pid)]
+    for child in sorted(children(pid)):
         try:
-            total += rss_bytes(child)
+            parts.append(rss_bytes(child))
         except (OSError, RuntimeError):
             continue  # gone meanwhile
-    return total
+    return parts
 
 
 def _ledger_data(store: str, first_seq: int) -> tuple[int, int, int, set[bytes]]:
@@ -104,9 +111,12 @@ def soak(events: int, chunk: int) -> dict[str, Any]:
                 run.wait_entries(base + max(0, sent - chunk), timeout=1800)
                 done = run.entries()
                 if done >= warm_at:
-                    samples.append((done - base, worker_rss_bytes(pid)))
+                    parts = rss_parts(pid)
+                    samples.append((done - base, sum(parts)))
+                    each = " + ".join(f"{p / 2**20:.0f}" for p in parts)
                     print(
-                        f"  {done - base:>9,} appended  worker RSS with helpers {samples[-1][1] / 2**20:7.1f} MiB",
+                        f"  {done - base:>9,} appended  worker RSS with helpers {samples[-1][1] / 2**20:7.1f} MiB"
+                        f" ({each})",
                         flush=True,
                     )
             run.wait_entries(base + events, timeout=1800)

@@ -44,6 +44,7 @@ from ledger.core import Ledger
 from ledger.intake import HopKey, SequencedBatch, Sequencer, VerifiedRecord
 from schemas.reasons import Reason
 from schemas.signing import DecodedEvent, load_private_key
+from streams.memory import tune_malloc
 from streams.verifypool import _watch_parent
 
 __all__ = ["Decided", "LocalSequencer", "Rejected", "StoreProcess"]
@@ -158,20 +159,24 @@ class LocalSequencer:
         try:
             seq = self._open()
             try:
-                return Decided.of(seq.process(records, known=known), seq.ledger.size)
+                batch = seq.process(records, known=known)
             except Exception:
                 log.exception("append of %d records failed; retrying them one by one", len(records))
-            batch = self._one_by_one(seq, records, known)
-            decided = Decided.of(batch, seq.ledger.size)
+                batch = self._one_by_one(seq, records, known)
+                isolated = True
+            else:
+                isolated = False
+        except Exception:
+            self.needs_reload = True
+            raise
+        decided = Decided.of(batch, seq.ledger.size)
+        if isolated:
             decided.internal_errors = sum(
                 1
                 for it, _ in batch.results
                 if it.error is not None and it.error.reason == Reason.INTERNAL_ERROR
             )
-            return decided
-        except Exception:
-            self.needs_reload = True
-            raise
+        return decided
 
     @staticmethod
     def _one_by_one(
@@ -218,6 +223,7 @@ _LOCAL: LocalSequencer | None = None
 
 def _start(args: tuple[Any, ...], parent: int) -> None:
     global _LOCAL
+    tune_malloc()
     threading.Thread(target=_watch_parent, args=(parent,), name="watch-worker", daemon=True).start()
     logging.getLogger("sqlalchemy").setLevel(logging.WARNING)
     _LOCAL = LocalSequencer(*args)

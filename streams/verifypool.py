@@ -48,6 +48,7 @@ from ledger.intake import (
     verify_message,
 )
 from schemas.reasons import EventError, Reason
+from streams.memory import tune_malloc
 
 __all__ = [
     "MAX_REJECTED_VALUE_BYTES",
@@ -187,6 +188,7 @@ def _watch_parent(parent: int) -> None:
 
 def _start_helper(store: str, hop_key: HopKey, topic: str, refresh_s: float, parent: int) -> None:
     global _HELPER
+    tune_malloc()
     threading.Thread(target=_watch_parent, args=(parent,), name="watch-worker", daemon=True).start()
     logging.getLogger("sqlalchemy").setLevel(logging.WARNING)
     _HELPER = _Helper(store, hop_key, topic, refresh_s)

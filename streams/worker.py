@@ -22,6 +22,7 @@ from types import TracebackType
 from ledger.core import Ledger
 from ledger.intake import HopKeyError
 from ledger.store import StoreError
+from streams.memory import tune_malloc
 from streams.settings import Settings, SettingsError, resolve_hop_key
 
 __all__ = ["WorkerError", "WorkerProcess", "check_store", "main", "run_worker"]
@@ -53,6 +54,8 @@ def check_store(settings: Settings) -> None:
 def run_worker(settings: Settings) -> None:
     """Run a Faust worker for `settings` until SIGTERM/SIGINT (blocks; exits the process)."""
     import faust
+
+    tune_malloc()  # before Faust's threads start (streams/memory.py)
 
     from streams.app import create_app
 

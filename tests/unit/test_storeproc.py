@@ -179,3 +179,28 @@ def test_a_store_process_does_not_outlive_its_worker(tmp_path: Path, chain: Demo
         wait_gone([helper], timeout=10)  # it outlived its worker if this fails
     finally:
         worker.kill()
+
+
+def test_an_event_that_breaks_a_batch_alone_becomes_an_internal_error(
+    tmp_path: Path, chain: DemoChain, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    raws = [e.raw for e in chain.chain_events[:6]]
+    store = make_store(tmp_path / "l.db", chain)
+    here = LocalSequencer(store, "test-sequencer", KEY, 2000, None)
+    here.opened()
+    assert here.writer is not None
+    boom = decode(raws[2]).event_id
+    real = here.writer.append
+
+    def append(items: Any, **kw: Any) -> Any:  # a bug that this one event triggers
+        if any(getattr(getattr(it, "decoded", None), "event_id", None) == boom for it in items):
+            raise RuntimeError("a bug")
+        return real(items, **kw)
+
+    monkeypatch.setattr(here.writer, "append", append)
+    decided = here.process(records(chain, raws, store))
+    here.close()
+    assert decided.internal_errors == 1 and decided.appended == 5
+    [(raw, source, reason, _detail, _eid)] = decided.rejections
+    assert (raw, source, reason) == (raws[2], "material-events/0/2", "internal_error")
+    assert len(appended_ids(store)) == len(set(appended_ids(store)))
