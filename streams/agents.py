@@ -33,7 +33,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,7 +47,7 @@ from schemas.reasons import Reason
 from schemas.signing import DecodedEvent, load_private_key
 from streams.lean import RawSchema
 from streams.settings import Settings, resolve_hop_key
-from streams.storeproc import Checkpointed, Decided, LocalSequencer, StoreProcess
+from streams.storeproc import Checkpointed, Decided, LocalSequencer, SequenceCounts, StoreProcess
 from streams.verifypool import CheckedBatch, VerifyPool, check_batch, raw_messages, rejection_record
 
 __all__ = ["LedgerAgents", "VerifyPipeline", "install_agents"]
@@ -71,17 +71,9 @@ MAX_RETRY_DELAY_S = 10.0
 
 
 @dataclass
-class Counters:
+class Counters(SequenceCounts):
     verified: int = 0
     verify_rejected: int = 0
-    appended: int = 0
-    duplicates: int = 0
-    parked: int = 0
-    sequence_rejected: int = 0
-    recorded_verify_rejections: int = 0
-    skipped: int = 0
-    redeliveries: int = 0
-    internal_errors: int = 0
     send_retries: int = 0
 
     def line(self) -> str:
@@ -207,37 +199,31 @@ class LedgerAgents:
 
     async def _enqueue(self, topic: str, value: bytes, headers: list[tuple[str, bytes]]) -> PendingSend:
         """Hand one record to the producer (retrying with back-off if it refuses to take it)."""
-        delay = 0.25
-        while True:
-            try:
-                return PendingSend(topic, value, headers, await self._hand_over(topic, value, headers, None))
-            except Exception as exc:
-                self.counters.send_retries += 1
-                log.warning(
-                    "the producer did not take a %d-byte record for %s (%s: %s); retrying in %.2f s",
-                    len(value),
-                    topic,
-                    type(exc).__name__,
-                    exc,
-                    delay,
-                )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, MAX_RETRY_DELAY_S)
+        ack = await self._until_taken(
+            "producer", topic, value, lambda: self._hand_over(topic, value, headers, None)
+        )
+        return PendingSend(topic, value, headers, ack)
 
     async def _send_acked(
         self, topic: str, value: bytes, headers: list[tuple[str, bytes]], key: bytes | None = None
     ) -> None:
         """Send one record and wait for the broker's acknowledgement, retrying with back-off until it
         comes: the caller's input offsets are not committed meanwhile, so nothing is lost."""
+        await self._until_taken("broker", topic, value, lambda: self._send(topic, value, headers, key))
+
+    async def _until_taken(
+        self, who: str, topic: str, value: bytes, attempt: Callable[[], Awaitable[Any]]
+    ) -> Any:
+        """`attempt()` until it does not raise, with back-off (counted in send_retries, logged)."""
         delay = 0.25
         while True:
             try:
-                await self._send(topic, value, headers, key)
-                return
+                return await attempt()
             except Exception as exc:
                 self.counters.send_retries += 1
                 log.warning(
-                    "the broker did not take a %d-byte record for %s (%s: %s); retrying in %.2f s",
+                    "the %s did not take a %d-byte record for %s (%s: %s); retrying in %.2f s",
+                    who,
                     len(value),
                     topic,
                     type(exc).__name__,
@@ -283,15 +269,7 @@ class LedgerAgents:
         decided = await self._process_with_retry(records)
         for source in decided.sources:
             self.decoded.pop(source, None)
-        c = self.counters
-        c.skipped += decided.skipped
-        c.redeliveries += decided.redeliveries
-        c.appended += decided.appended
-        c.duplicates += decided.duplicates
-        c.parked += decided.parked
-        c.recorded_verify_rejections += decided.recorded_verify_rejections
-        c.sequence_rejected += decided.sequence_rejected
-        c.internal_errors += decided.internal_errors
+        self.counters.add(decided)
         self.writer_size = decided.size
         for raw, source, reason, detail, event_id in decided.rejections:
             await self._publish_rejection(raw, source, reason, detail, event_id)

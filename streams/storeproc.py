@@ -31,11 +31,10 @@ import asyncio
 import logging
 import multiprocessing
 import os
-import threading
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -44,10 +43,9 @@ from ledger.core import Ledger
 from ledger.intake import HopKey, SequencedBatch, Sequencer, VerifiedRecord
 from schemas.reasons import Reason
 from schemas.signing import DecodedEvent, load_private_key
-from streams.memory import tune_malloc
-from streams.verifypool import _watch_parent
+from streams.verifypool import helper_setup
 
-__all__ = ["Decided", "LocalSequencer", "Rejected", "StoreProcess"]
+__all__ = ["Decided", "LocalSequencer", "Rejected", "SequenceCounts", "StoreProcess"]
 
 log = logging.getLogger("batteryledger.storeproc")
 
@@ -56,8 +54,8 @@ Rejected = tuple[bytes, str, str | None, str | None, str | None]
 
 
 @dataclass
-class Decided:
-    """What one sequencer call decided, in the form the agent routes it."""
+class SequenceCounts:
+    """What the sequence stage decided, counted (the agent's Counters carries these plus its own)."""
 
     appended: int = 0
     duplicates: int = 0
@@ -67,6 +65,17 @@ class Decided:
     skipped: int = 0
     redeliveries: int = 0
     internal_errors: int = 0
+
+    def add(self, other: SequenceCounts) -> None:
+        """Add `other`'s sequence-stage counts to these."""
+        for f in fields(SequenceCounts):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
+
+@dataclass
+class Decided(SequenceCounts):
+    """What one sequencer call decided, in the form the agent routes it."""
+
     #: sources of every event decided (the agent drops them from its decoded-event cache)
     sources: list[str] = field(default_factory=list)
     #: rejections decided by the sequencer, for the rejected topic (verify-stage ones are there already)
@@ -223,9 +232,7 @@ _LOCAL: LocalSequencer | None = None
 
 def _start(args: tuple[Any, ...], parent: int) -> None:
     global _LOCAL
-    tune_malloc()
-    threading.Thread(target=_watch_parent, args=(parent,), name="watch-worker", daemon=True).start()
-    logging.getLogger("sqlalchemy").setLevel(logging.WARNING)
+    helper_setup(parent)
     _LOCAL = LocalSequencer(*args)
 
 

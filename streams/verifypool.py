@@ -56,6 +56,7 @@ __all__ = [
     "RawMessage",
     "VerifyPool",
     "check_batch",
+    "helper_setup",
     "rejection_record",
 ]
 
@@ -186,11 +187,17 @@ def _watch_parent(parent: int) -> None:
             os._exit(0)  # the worker is gone: nobody will read what this process returns
 
 
-def _start_helper(store: str, hop_key: HopKey, topic: str, refresh_s: float, parent: int) -> None:
-    global _HELPER
+def helper_setup(parent: int) -> None:
+    """What every helper process of a worker does first (the verify helpers here, the store process in
+    streams/storeproc.py): malloc settings, exit when the worker `parent` is gone, quiet SQLAlchemy."""
     tune_malloc()
     threading.Thread(target=_watch_parent, args=(parent,), name="watch-worker", daemon=True).start()
     logging.getLogger("sqlalchemy").setLevel(logging.WARNING)
+
+
+def _start_helper(store: str, hop_key: HopKey, topic: str, refresh_s: float, parent: int) -> None:
+    global _HELPER
+    helper_setup(parent)
     _HELPER = _Helper(store, hop_key, topic, refresh_s)
 
 

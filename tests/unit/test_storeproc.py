@@ -10,9 +10,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
-import sys
-import textwrap
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,7 +27,7 @@ from schemas.cloudevents import to_binary
 from schemas.signing import decode, save_private_key
 from streams.storeproc import Decided, LocalSequencer, StoreProcess
 from streams.verifypool import check_batch
-from tests.unit.test_verifypool import alive, wait_gone
+from tests.unit.test_verifypool import assert_helpers_die_with_their_worker, wait_gone
 
 TOPIC = "material-events-verified"
 KEY = HopKey.generate()
@@ -152,33 +149,15 @@ def test_a_store_process_does_not_outlive_its_worker(tmp_path: Path, chain: Demo
     store = make_store(tmp_path / "l.db", chain)
     key = tmp_path / "worker.key"
     KEY.save(key)
-    script = textwrap.dedent(
+    assert_helpers_die_with_their_worker(
+        tmp_path,
         f"""
-        import asyncio, time
-        from pathlib import Path
-        from ledger.intake import HopKey
         from streams.storeproc import StoreProcess
-        if __name__ == "__main__":
-            proc = StoreProcess({store!r}, "s", HopKey.load(Path({str(key)!r})), 2000, None)
-            asyncio.run(proc.call("opened"))
-            print(proc.pid(), flush=True)
-            time.sleep(600)
-        """
+        proc = StoreProcess({store!r}, "s", HopKey.load(Path({str(key)!r})), 2000, None)
+        asyncio.run(proc.call("opened"))
+        print(proc.pid(), flush=True)
+        """,
     )
-    (tmp_path / "worker_like.py").write_text(script)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    worker = subprocess.Popen(
-        [sys.executable, str(tmp_path / "worker_like.py")], stdout=subprocess.PIPE, env=env
-    )
-    try:
-        assert worker.stdout is not None
-        helper = int(worker.stdout.readline().decode())
-        assert alive(helper)
-        worker.kill()  # SIGKILL: the worker runs no clean-up
-        worker.wait()
-        wait_gone([helper], timeout=10)  # it outlived its worker if this fails
-    finally:
-        worker.kill()
 
 
 def test_an_event_that_breaks_a_batch_alone_becomes_an_internal_error(

@@ -238,25 +238,12 @@ def test_a_killed_helper_costs_no_batch(tmp_path: Path, chain: DemoChain) -> Non
         assert pool.pids() and old not in pool.pids()
 
 
-def test_a_helper_does_not_outlive_its_worker(tmp_path: Path, chain: DemoChain) -> None:
-    store = make_store(tmp_path / "l.db", chain)
-    key = tmp_path / "worker.key"
-    KEY.save(key)
-    script = textwrap.dedent(
-        f"""
-        import sys, time
-        from ledger.intake import HopKey
-        from pathlib import Path
-        from streams.verifypool import VerifyPool
-        if __name__ == "__main__":
-            pool = VerifyPool(1, {store!r}, HopKey.load(Path({str(key)!r})), {TOPIC!r}, 5.0)
-            pool.start()
-            while not pool.ready:
-                time.sleep(0.05)
-            print(*pool.pids(), flush=True)
-            time.sleep(600)
-        """
-    )
+def assert_helpers_die_with_their_worker(tmp_path: Path, main: str) -> None:
+    """Run `main` (the body of a worker-like script's ``__main__`` block, which starts helper processes
+    and prints their pids) in a process of its own, SIGKILL that process, and wait for the helpers to go."""
+    script = "import asyncio, time\nfrom pathlib import Path\nfrom ledger.intake import HopKey\n"
+    script += 'if __name__ == "__main__":\n' + textwrap.indent(textwrap.dedent(main), "    ")
+    script += "    time.sleep(600)\n"
     (tmp_path / "worker_like.py").write_text(script)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     proc = subprocess.Popen(
@@ -272,6 +259,23 @@ def test_a_helper_does_not_outlive_its_worker(tmp_path: Path, chain: DemoChain) 
         wait_gone(helpers, timeout=10)  # they outlived their worker if this fails
     finally:
         proc.kill()
+
+
+def test_a_helper_does_not_outlive_its_worker(tmp_path: Path, chain: DemoChain) -> None:
+    store = make_store(tmp_path / "l.db", chain)
+    key = tmp_path / "worker.key"
+    KEY.save(key)
+    assert_helpers_die_with_their_worker(
+        tmp_path,
+        f"""
+        from streams.verifypool import VerifyPool
+        pool = VerifyPool(1, {store!r}, HopKey.load(Path({str(key)!r})), {TOPIC!r}, 5.0)
+        pool.start()
+        while not pool.ready:
+            time.sleep(0.05)
+        print(*pool.pids(), flush=True)
+        """,
+    )
 
 
 def test_helpers_that_cannot_start_are_given_up(tmp_path: Path, chain: DemoChain) -> None:
