@@ -38,7 +38,7 @@ from bench.bench_core import extraction_events, register
 from ledger.core import Ledger
 from ledger.intake import verify_message
 from schemas.cloudevents import to_binary
-from schemas.signing import decode, generate_key, public_bytes
+from schemas.signing import decode, generate_key, public_bytes, signer
 
 BLOCK = 200
 
@@ -186,7 +186,8 @@ def bench_publisher(bootstrap: str, n: int, rounds: int = 4) -> dict[str, Any]:
     """The Publisher beside its two ceilings, measured in the same run, in alternating rounds so that
     load from other processes hits all four alike:
 
-    - raw Ed25519 signing with pyca (the canonical unsigned bytes of the same events, one core);
+    - raw Ed25519 signing with pyca and with libsodium (the canonical unsigned bytes of the same events,
+      one core; the Publisher signs with libsodium when PyNaCl is installed: `schemas.signing.signer`);
     - bare kafka-python produce + ack in the Publisher's own producer configuration (`producer_config`,
       prebuilt CloudEvents messages, every future awaited): the ceiling of its Kafka side;
     - Publisher.publish_many of unsigned events (validate + sign + send), every ack reported via on_ack;
@@ -213,7 +214,8 @@ def bench_publisher(bootstrap: str, n: int, rounds: int = 4) -> dict[str, Any]:
     def unsigned_block() -> list[dict[str, Any]]:
         return _unsigned_events(fid, per)
 
-    times = {"sign": 0.0, "bare": 0.0, "publisher": 0.0, "presigned": 0.0}
+    times = {"sign": 0.0, "sign_sodium": 0.0, "bare": 0.0, "publisher": 0.0, "presigned": 0.0}
+    sodium_sign = signer(key, backend="libsodium")
     bare_acked = 0
     receipts = 0
     with Publisher(bootstrap, fid, key, topic=topic) as pub:
@@ -230,6 +232,10 @@ def bench_publisher(bootstrap: str, n: int, rounds: int = 4) -> dict[str, Any]:
                 for m in messages:
                     key.sign(m)
                 times["sign"] += time.perf_counter() - t
+                t = time.perf_counter()
+                for m in messages:
+                    sodium_sign(m)
+                times["sign_sodium"] += time.perf_counter() - t
 
                 wire = []
                 for o in objs:
@@ -259,10 +265,12 @@ def bench_publisher(bootstrap: str, n: int, rounds: int = 4) -> dict[str, Any]:
     rate = {name: total / t for name, t in times.items()}
     return {
         "pyca_sign_per_s": rate["sign"],
+        "libsodium_sign_per_s": rate["sign_sodium"],
         "kafka_python_bare_send_acked_per_s": rate["bare"],
         "publisher_sign_send_acked_per_s": rate["publisher"],
         "publisher_presigned_send_acked_per_s": rate["presigned"],
         "publisher_vs_pyca_sign": rate["publisher"] / rate["sign"],
+        "publisher_vs_libsodium_sign": rate["publisher"] / rate["sign_sodium"],
         "publisher_vs_bare_kafka_python": rate["publisher"] / rate["bare"],
         "presigned_vs_bare_kafka_python": rate["presigned"] / rate["bare"],
         "acks_reported": acks,
@@ -274,14 +282,15 @@ def bench_publisher(bootstrap: str, n: int, rounds: int = 4) -> dict[str, Any]:
 
 
 def _print_publisher(pub: dict[str, Any]) -> None:
-    print(f"raw Ed25519 sign, pyca (ceiling):           {pub['pyca_sign_per_s']:10,.0f} /s")
+    print(f"raw Ed25519 sign, pyca:                     {pub['pyca_sign_per_s']:10,.0f} /s")
+    print(f"raw Ed25519 sign, libsodium (ceiling):      {pub['libsodium_sign_per_s']:10,.0f} /s")
     print(
         f"bare kafka-python produce + ack (ceiling):  {pub['kafka_python_bare_send_acked_per_s']:10,.0f} /s"
         f"  (the Publisher's producer settings; crc32c wheel: {pub['crc32c_wheel']})"
     )
     print(
         f"Publisher, sign + send + ack:               {pub['publisher_sign_send_acked_per_s']:10,.0f} /s"
-        f"  ({pub['publisher_vs_pyca_sign']:.0%} of raw signing, "
+        f"  ({pub['publisher_vs_libsodium_sign']:.0%} of raw libsodium signing, "
         f"{pub['publisher_vs_bare_kafka_python']:.0%} of bare kafka-python; target 20k/s)"
     )
     print(

@@ -44,7 +44,7 @@ import json
 import os
 import secrets
 import struct
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -503,6 +503,14 @@ class SequencedBatch:
     results: list[tuple[Incoming, AppendResult]] = field(default_factory=list)
     skipped_offsets: int = 0  # below the store's tracking record (a restart re-read them)
     redeliveries: int = 0  # already decided by the store (the verify stage sent them twice)
+    records: int = 0  # verified records covered, skipped ones included
+
+    def add(self, other: SequencedBatch) -> None:
+        """Add `other`'s results and counts to these."""
+        self.results.extend(other.results)
+        self.skipped_offsets += other.skipped_offsets
+        self.redeliveries += other.redeliveries
+        self.records += other.records
 
     def rejected(self) -> list[tuple[Incoming, AppendResult]]:
         """Rejections decided by the sequencer (verify-stage ones were routed by the verify agent)."""
@@ -561,24 +569,45 @@ class Sequencer:
         `known`: see :func:`unpack_verified` (events this process already decoded in its verify stage).
         """
         out = SequencedBatch()
+        for part in self.process_groups(records, known=known):
+            out.add(part)
+        return out
+
+    def process_groups(
+        self, records: Sequence[VerifiedRecord], *, known: Mapping[str, DecodedEvent] | None = None
+    ) -> Iterator[SequencedBatch]:
+        """`process`, one part per store transaction, each yielded once it committed (its `records`
+        says how many of `records` it covered, skipped ones included).
+
+        A caller that routes each part as it comes holds one transaction's events, not the whole
+        call's: a sequencer that takes a large backlog in one call (tens of thousands of events) kept
+        every event's decoded form and result until the call ended, about 5 KiB each, and the heap
+        (a high-water mark never given back) grew with the largest call. If a transaction raises, the
+        parts before it stay committed and already yielded.
+        """
         # another process may have appended (a facility registered with the CLI): each append reloads
         # the registry under the writer lock when the store's head moved (Ledger._follow_head)
         group: list[tuple[VerifiedRecord, list[Incoming]]] = []
         n = 0
+        part = SequencedBatch()
         with paused_gc():  # the events of a group live until it is appended: see core.paused_gc
             for rec in records:
                 if rec.offset < self.next_offsets.get((rec.topic, rec.partition), 0):
-                    out.skipped_offsets += 1
+                    part.skipped_offsets += 1
+                    part.records += 1
                     continue
                 items = self.expand(rec, known)
                 if group and n + len(items) > self.max_items:
-                    self._append_group(group, out)
-                    group, n = [], 0
+                    self._append_group(group, part)
+                    yield part
+                    group, n, part = [], 0, SequencedBatch()
                 group.append((rec, items))
+                part.records += 1
                 n += len(items)
             if group:
-                self._append_group(group, out)
-        return out
+                self._append_group(group, part)
+            if part.records:
+                yield part
 
     def _append_group(self, group: list[tuple[VerifiedRecord, list[Incoming]]], out: SequencedBatch) -> None:
         offsets: dict[tuple[str, str, int], int] = {}
@@ -632,7 +661,7 @@ class Sequencer:
         """One record, one event per transaction: an event that breaks the append alone becomes an
         `internal_error` rejection (its bytes and source kept). The record's offset goes with its last
         event. Raises only if the store itself fails."""
-        out = SequencedBatch()
+        out = SequencedBatch(records=1)
         if rec.offset < self.next_offsets.get((rec.topic, rec.partition), 0):
             out.skipped_offsets += 1
             return out

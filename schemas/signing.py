@@ -13,6 +13,7 @@ import binascii
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -145,9 +146,42 @@ def _split_members(obj: dict[str, Any], encode: Any) -> tuple[bytes, bytes]:
     return lo[1:-1], hi[1:-1]
 
 
-def _sign_members(lo: bytes, hi: bytes, key: Ed25519PrivateKey, kid: str) -> tuple[bytes, str]:
+Sign = Callable[[bytes], bytes]
+
+
+def signer(key: Ed25519PrivateKey, *, backend: str | None = None) -> Sign:
+    """A function giving `key`'s Ed25519 signature of a message: libsodium's (PyNaCl) when installed,
+    about three times as fast as pyca's on this project's machines, else pyca's (`key.sign`).
+
+    Ed25519 signing is deterministic (RFC 8032, 5.1.6: the nonce is a hash of the key and the message),
+    so both libraries give the same 64 bytes for the same key and message; tests/unit/test_verify_libs.py
+    holds them equal on RFC 8032's test vectors and on random keys and messages. The key stays a
+    `cryptography` object for loading, storing and deriving; libsodium gets its 32-byte seed, kept in
+    the returned function for its life (one Publisher's). `backend` ("libsodium" or "pyca") is for
+    tests and benchmarks; `BATTERYLEDGER_ED25519=pyca` forces pyca, as for verifying.
+    """
+    which = backend or ED25519_BACKEND
+    if which == "pyca":
+        return key.sign
+    if which != "libsodium":
+        raise ValueError(f"unknown Ed25519 backend {which!r}: 'libsodium' or 'pyca'")
+    from nacl.bindings import crypto_sign, crypto_sign_seed_keypair
+
+    public, secret = crypto_sign_seed_keypair(key.private_bytes_raw())
+    if public != public_bytes(key.public_key()):  # pragma: no cover - the libraries derive keys alike
+        raise RuntimeError("libsodium derived another public key from this seed: sign with pyca")
+
+    def sign(message: bytes) -> bytes:
+        return crypto_sign(message, secret)[:64]  # signature || message: the first 64 bytes
+
+    return sign
+
+
+def _sign_members(
+    lo: bytes, hi: bytes, key: Ed25519PrivateKey, kid: str, sign: Sign | None = None
+) -> tuple[bytes, str]:
     unsigned = b"{" + lo + (b"," if lo and hi else b"") + hi + b"}"
-    sig = _sig_member(kid, key.sign(unsigned))
+    sig = _sig_member(kid, (sign or key.sign)(unsigned))
     signed = b"{" + b",".join(part for part in (lo, sig, hi) if part) + b"}"
     return signed, event_id_of(unsigned)
 
@@ -164,14 +198,17 @@ def sign_object(obj: dict[str, Any], key: Ed25519PrivateKey) -> tuple[bytes, str
     return _sign_members(lo, hi, key, key_id(key.public_key()))
 
 
-def sign_validated(obj: dict[str, Any], key: Ed25519PrivateKey, kid: str | None = None) -> tuple[bytes, str]:
+def sign_validated(
+    obj: dict[str, Any], key: Ed25519PrivateKey, kid: str | None = None, sign: Sign | None = None
+) -> tuple[bytes, str]:
     """`sign_object` for an object that passed `parse_event`: the same bytes, without walking it.
 
     A schema-valid event is in the fast domain of `encode_validated` (strings, ints far below 2**53,
     bools, lists, objects with ASCII schema keys; see `decode`, which relies on the same fact), so its
     canonical bytes come straight from the C encoder. A valid object holding Python values with no JSON
     form (a datetime, a Decimal) falls back to `sign_object`, which refuses it with CanonicalError.
-    `kid` is `key_id(key.public_key())`, passed by callers that sign many events with one key.
+    `kid` is `key_id(key.public_key())` and `sign` is `signer(key)`, passed by callers that sign many
+    events with one key (the same bytes as `key.sign`, faster).
     tests/unit/test_signing_fast.py holds the output equal to `decode(signed).signed` / `.event_id`.
     """
     if SIG_FIELD in obj:
@@ -180,7 +217,7 @@ def sign_validated(obj: dict[str, Any], key: Ed25519PrivateKey, kid: str | None 
         lo, hi = _split_members(obj, encode_validated)
     except CanonicalError:
         return sign_object(obj, key)
-    return _sign_members(lo, hi, key, kid if kid is not None else key_id(key.public_key()))
+    return _sign_members(lo, hi, key, kid if kid is not None else key_id(key.public_key()), sign)
 
 
 def sign_event(event: BaseModel | dict[str, Any], key: Ed25519PrivateKey) -> tuple[bytes, str]:

@@ -34,7 +34,7 @@ from schemas.canonical import CanonicalError
 from schemas.cloudevents import WireMessage, binary_message, to_structured
 from schemas.events import MAX_EVENT_BYTES, SPEC, Event, event_to_json_obj, parse_event
 from schemas.reasons import EventError
-from schemas.signing import SIG_FIELD, decode, key_id, sign_validated
+from schemas.signing import SIG_FIELD, decode, key_id, sign_validated, signer
 from streams.topics import MATERIAL_EVENTS
 
 __all__ = ["PublishError", "Publisher", "Receipt", "binary_message", "kafka_crc32c_native", "producer_config"]
@@ -148,6 +148,7 @@ class Publisher:
             ) from None
         self.last_receipt: Receipt | None = None
         self._key_id = key_id(key.public_key()) if key is not None else None
+        self._signer = signer(key) if key is not None else None  # libsodium's when installed: same bytes
 
     # -- context manager -----------------------------------------------------------------------
     def __enter__(self) -> Publisher:
@@ -195,7 +196,7 @@ class Publisher:
         except ValidationError as exc:
             raise PublishError(f"event is not valid: {_first_error(exc)}") from None
         try:
-            raw, event_id = sign_validated(obj, self.key, self._key_id)
+            raw, event_id = sign_validated(obj, self.key, self._key_id, self._signer)
         except CanonicalError as exc:
             raise PublishError(
                 f"event has a value with no JSON form ({exc}): give quantities and times as strings"

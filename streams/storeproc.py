@@ -83,25 +83,25 @@ class Decided(SequenceCounts):
     #: entries in the ledger after the call (the agent checkpoints every checkpoint_every entries)
     size: int = 0
 
-    @classmethod
-    def of(cls, batch: SequencedBatch, size: int) -> Decided:
-        out = cls(skipped=batch.skipped_offsets, redeliveries=batch.redeliveries, size=size)
+    def add_batch(self, batch: SequencedBatch) -> None:
+        """Count and keep what `batch` decided (its events themselves are not kept)."""
+        self.skipped += batch.skipped_offsets
+        self.redeliveries += batch.redeliveries
         for it, res in batch.results:
-            out.sources.append(it.source)
+            self.sources.append(it.source)
             if res.status == "appended":
-                out.appended += 1
+                self.appended += 1
             elif res.status == "duplicate":
-                out.duplicates += 1
+                self.duplicates += 1
             elif res.status == "parked":
-                out.parked += 1
+                self.parked += 1
             elif it.error is not None:
-                out.recorded_verify_rejections += 1
+                self.recorded_verify_rejections += 1
             else:
-                out.sequence_rejected += 1
-        out.rejections = [
+                self.sequence_rejected += 1
+        self.rejections.extend(
             (it.raw, it.source, res.reason, res.detail, res.event_id) for it, res in batch.rejected()
-        ]
-        return out
+        )
 
 
 @dataclass
@@ -163,28 +163,37 @@ class LocalSequencer:
     def process(
         self, records: Sequence[VerifiedRecord], known: Mapping[str, DecodedEvent] | None = None
     ) -> Decided:
-        """Append the records' events (Sequencer.process); an event that breaks the batch alone becomes
-        an ``internal_error`` rejection. Raises only if the store itself fails (the agent retries)."""
+        """Append the records' events (Sequencer.process_groups: each transaction's events are routed
+        and let go as it commits, so a call holds one transaction's events, however many records it
+        was given). Records a transaction failed on are appended again one event per transaction:
+        an event that breaks the batch alone becomes an ``internal_error`` rejection, and the parts
+        committed before it keep their outcomes. Raises only if the store itself fails (the agent
+        retries)."""
+        decided = Decided()
         try:
             seq = self._open()
+            done = 0
             try:
-                batch = seq.process(records, known=known)
+                for part in seq.process_groups(records, known=known):
+                    decided.add_batch(part)
+                    done += part.records
             except Exception:
-                log.exception("append of %d records failed; retrying them one by one", len(records))
-                batch = self._one_by_one(seq, records, known)
-                isolated = True
-            else:
-                isolated = False
+                log.exception(
+                    "append of %d records failed; retrying the %d not committed one by one",
+                    len(records),
+                    len(records) - done,
+                )
+                rest = self._one_by_one(seq, records[done:], known)
+                decided.add_batch(rest)
+                decided.internal_errors += sum(
+                    1
+                    for it, _ in rest.results
+                    if it.error is not None and it.error.reason == Reason.INTERNAL_ERROR
+                )
         except Exception:
             self.needs_reload = True
             raise
-        decided = Decided.of(batch, seq.ledger.size)
-        if isolated:
-            decided.internal_errors = sum(
-                1
-                for it, _ in batch.results
-                if it.error is not None and it.error.reason == Reason.INTERNAL_ERROR
-            )
+        decided.size = seq.ledger.size
         return decided
 
     @staticmethod
@@ -193,10 +202,7 @@ class LocalSequencer:
     ) -> SequencedBatch:
         total = SequencedBatch()
         for rec in records:
-            part = seq.process_isolated(rec, known)  # raises only if the store itself is down
-            total.results.extend(part.results)
-            total.skipped_offsets += part.skipped_offsets
-            total.redeliveries += part.redeliveries
+            total.add(seq.process_isolated(rec, known))  # raises only if the store itself is down
         return total
 
     def expire(self, max_age_s: float) -> list[Rejected]:

@@ -20,7 +20,7 @@ from sqlalchemy import select
 
 from batteryledger.sample import DemoChain, demo_chain
 from ledger.core import Ledger
-from ledger.intake import HopKey, VerifiedRecord
+from ledger.intake import HopKey, Sequencer, VerifiedRecord
 from ledger.rules import input_ids
 from ledger.store import ENTRIES
 from schemas.cloudevents import to_binary
@@ -183,3 +183,61 @@ def test_an_event_that_breaks_a_batch_alone_becomes_an_internal_error(
     [(raw, source, reason, _detail, _eid)] = decided.rejections
     assert (raw, source, reason) == (raws[2], "material-events/0/2", "internal_error")
     assert len(appended_ids(store)) == len(set(appended_ids(store)))
+
+
+def test_a_call_routes_each_transaction_as_it_commits(
+    tmp_path: Path, chain: DemoChain, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A call of many records is appended in transactions of `max_batch` events; when a later one
+    breaks, the earlier ones stay committed *and counted*: their appends, their sequencer rejections
+    (here an overdrawn batch, which must still reach the rejected topic) and nothing taken twice."""
+    good = [e.raw for e in chain.chain_events]
+    [overdrawn] = [raw for label, raw, reason in chain.bad_events if reason == "overdrawn"]
+    raws = [*good[:-1], overdrawn, good[-1]]  # the overdrawn one in an early transaction, a bug in the last
+    store = make_store(tmp_path / "l.db", chain)
+    recs = records(chain, raws, store)  # three events per record
+    here = LocalSequencer(store, "test-sequencer", KEY, 3, None)  # one record per transaction
+    here.opened()
+    assert here.writer is not None
+    boom = decode(good[-1]).event_id
+    real = here.writer.append
+
+    def append(items: Any, **kw: Any) -> Any:
+        if any(getattr(getattr(it, "decoded", None), "event_id", None) == boom for it in items):
+            raise RuntimeError("a bug")
+        return real(items, **kw)
+
+    monkeypatch.setattr(here.writer, "append", append)
+    decided = here.process(recs)
+    here.close()
+    assert decided.internal_errors == 1
+    assert decided.appended == len(good) - 1 == len(appended_ids(store)) - 1 - len(chain.registry_events)
+    assert decided.sequence_rejected == 1  # the overdrawn event (the broken one is an internal_error)
+    assert sorted(r[2] or "" for r in decided.rejections) == ["internal_error", "overdrawn"]
+    assert decided.skipped == 0 and decided.redeliveries == 0  # nothing committed was taken again
+    assert sorted(decided.sources) == sorted(f"material-events/0/{i}" for i in range(len(raws)))
+
+
+def test_process_groups_yields_each_transaction_before_expanding_the_next(
+    tmp_path: Path, chain: DemoChain
+) -> None:
+    """The sequencer reads the records lazily: the first transaction is yielded after its own records
+    (and the one that did not fit) were unpacked, not after all of them."""
+    raws = [e.raw for e in chain.chain_events[:12]]
+    store = make_store(tmp_path / "l.db", chain)
+    recs = records(chain, raws, store)
+    taken: list[int] = []
+
+    def lazily() -> Iterator[VerifiedRecord]:
+        for i, rec in enumerate(recs):
+            taken.append(i)
+            yield rec
+
+    with Ledger(store) as led:
+        seq = Sequencer(led, "test-sequencer", KEY, max_items=6)
+        parts = seq.process_groups(lazily())  # type: ignore[arg-type]
+        first = next(parts)
+        assert [len(first.results), first.records, len(taken)] == [6, 2, 3]
+        rest = list(parts)
+    assert [p.records for p in rest] == [2] and len(taken) == len(recs) == 4
+    assert sum(len(p.results) for p in [first, *rest]) == 12

@@ -8,19 +8,24 @@ either library, so every vector, every small-order and every non-canonical encod
 from __future__ import annotations
 
 import hashlib
+import random
 from pathlib import Path
 
 import pytest
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from schemas.signing import (
     ED25519_L,
     ED25519_P,
+    decode,
     ed25519_point_is_strict,
     ed25519_strict_precheck,
     generate_key,
     public_bytes,
+    sign_object,
+    sign_validated,
+    signer,
     verify_ed25519,
 )
 
@@ -172,3 +177,82 @@ def test_verify_signature_gives_the_same_verdict_with_either_backend(monkeypatch
         with pytest.raises(EventError) as err:
             signing.verify_signature(decoded, other.public_key())
         assert err.value.reason.value == "bad_signature"
+
+
+# RFC 8032, section 7.1, TEST 1, 2 and 3: (secret seed, public key, message, signature), hex.
+RFC8032_SIGN = [
+    (
+        "9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60",
+        "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a",
+        "",
+        "e5564300c360ac729086e2cc806e828a84877f1eb8e5d974d873e065224901555fb8821590a33bacc61e39701cf9b46bd2"
+        "5bf5f0595bbe24655141438e7a100b",
+    ),
+    (
+        "4ccd089b28ff96da9db6c346ec114e0f5b8a319f35aba624da8cf6ed4fb8a6fb",
+        "3d4017c3e843895a92b70aa74d1b7ebc9c982ccf2ec4968cc0cd55f12af4660c",
+        "72",
+        "92a009a9f0d4cab8720e820b5f642540a2b27b5416503f8fb3762223ebdb69da085ac1e43e15996e458f3613d0f11d8c38"
+        "7b2eaeb4302aeeb00d291612bb0c00",
+    ),
+    (
+        "c5aa8df43f9f837bedb7442f31dcb7b166d38535076f094b85ce3a2e0b4458f7",
+        "fc51cd8e6218a1a38da47ed00230f0580816ed13ba3303ac5deb911548908025",
+        "af82",
+        "6291d657deec24024827e69c3abe01a30ce548a284743a445e3680d7db5ac3ac18ff9b538d16f290ae67f760984dc659"
+        "4a7c15e9716ed28dc027beceea1ec40a",
+    ),
+]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("seed, public, message, signature", RFC8032_SIGN)
+def test_signer_gives_rfc8032_signatures(
+    backend: str, seed: str, public: str, message: str, signature: str
+) -> None:
+    key = Ed25519PrivateKey.from_private_bytes(bytes.fromhex(seed))
+    assert public_bytes(key.public_key()).hex() == public
+    assert signer(key, backend=backend)(bytes.fromhex(message)).hex() == signature
+
+
+def test_signers_agree_byte_for_byte_on_random_keys_and_messages() -> None:
+    """Ed25519 signing is deterministic: libsodium's signature is pyca's, so the Publisher's events are
+    the same bytes whichever library signs them (and verify under both)."""
+    rng = random.Random(8032)
+    for _ in range(200):
+        key = generate_key()
+        message = rng.randbytes(rng.choice([0, 1, 63, 64, 65, 600, 4096]))
+        fast, slow = signer(key, backend="libsodium")(message), signer(key, backend="pyca")(message)
+        assert fast == slow == key.sign(message)
+        pk = public_bytes(key.public_key())
+        assert all(verify_ed25519(pk, fast, message, backend=b) for b in BACKENDS)
+
+
+def test_signer_refuses_an_unknown_backend() -> None:
+    with pytest.raises(ValueError, match="unknown Ed25519 backend"):
+        signer(generate_key(), backend="openssl3")
+
+
+def test_publisher_signs_the_same_bytes_with_either_library() -> None:
+    """`sign_validated` with libsodium's signer gives `sign_object`'s bytes (pyca), which decode to
+    the same event id."""
+    key = generate_key()
+    obj = {
+        "spec": "batteryledger/1",
+        "kind": "batch.extracted",
+        "facility_id": "AU-MINE-1",
+        "time": "2026-01-01T00:00:00Z",
+        "outputs": [
+            {
+                "batch_id": "ORE-1",
+                "material": "spodumene_concentrate",
+                "kg": "1000.000",
+                "contained_kg": {"li": "28.500"},
+                "value_usd": "1200",
+            }
+        ],
+    }
+    slow, slow_id = sign_object(dict(obj), key)
+    fast, fast_id = sign_validated(dict(obj), key, None, signer(key, backend="libsodium"))
+    assert (fast, fast_id) == (slow, slow_id)
+    assert decode(fast).event_id == fast_id
