@@ -43,6 +43,7 @@ from ledger.core import Ledger
 from ledger.intake import HopKey, SequencedBatch, Sequencer, VerifiedRecord
 from schemas.reasons import Reason
 from schemas.signing import DecodedEvent, load_private_key
+from streams.memory import freeze_heap
 from streams.verifypool import helper_setup
 
 __all__ = ["Decided", "LocalSequencer", "Rejected", "SequenceCounts", "StoreProcess"]
@@ -240,6 +241,7 @@ def _start(args: tuple[Any, ...], parent: int) -> None:
     global _LOCAL
     helper_setup(parent)
     _LOCAL = LocalSequencer(*args)
+    freeze_heap()  # after the imports: see streams/memory.py
 
 
 def _call(name: str, args: tuple[Any, ...]) -> Any:

@@ -48,7 +48,7 @@ from ledger.intake import (
     verify_message,
 )
 from schemas.reasons import EventError, Reason
-from streams.memory import tune_malloc
+from streams.memory import freeze_heap, tune_malloc
 
 __all__ = [
     "MAX_REJECTED_VALUE_BYTES",
@@ -199,6 +199,7 @@ def _start_helper(store: str, hop_key: HopKey, topic: str, refresh_s: float, par
     global _HELPER
     helper_setup(parent)
     _HELPER = _Helper(store, hop_key, topic, refresh_s)
+    freeze_heap()  # after the imports and the registry: see streams/memory.py
 
 
 def _helper_check(messages: Sequence[RawMessage]) -> CheckedBatch:

@@ -22,7 +22,7 @@ from types import TracebackType
 from ledger.core import Ledger
 from ledger.intake import HopKeyError
 from ledger.store import StoreError
-from streams.memory import tune_malloc
+from streams.memory import freeze_heap, tune_malloc
 from streams.settings import Settings, SettingsError, resolve_hop_key
 
 __all__ = ["WorkerError", "WorkerProcess", "check_store", "main", "run_worker"]
@@ -61,6 +61,7 @@ def run_worker(settings: Settings) -> None:
 
     check_store(settings)
     app = create_app(settings)
+    freeze_heap()  # Faust, the Kafka clients, pydantic, SQLAlchemy: loaded for good (streams/memory.py)
     worker = faust.Worker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False)
     worker.execute_from_commandline()
 
