@@ -2,7 +2,7 @@
 
     python -m bench soak [--events 1000000] [--chunk 20000]      (make bench ARGS=soak)
 
-Not part of the default `make bench` (it takes about an hour on a 2-core machine). The publisher
+Not part of the default `make bench` (6-7 minutes on a 2-core machine at 2.5-2.8k events/s, plus set-up). The publisher
 publishes in chunks while the worker runs, keeping the backlog under two chunks, so the worker sees
 steady load for the whole run. After warm-up (the first 10% of the events appended), the worker's
 resident memory with its helpers' (verify and store processes; VmRSS from /proc, summed) is sampled
