@@ -167,6 +167,14 @@ def publish(
     structured: Annotated[
         bool, typer.Option("--structured", help="Send structured-mode CloudEvents instead of binary.")
     ] = False,
+    sign_processes: Annotated[
+        int,
+        typer.Option(
+            "--sign-processes",
+            min=0,
+            help="Validate and sign in this many helper processes (bulk files; about 1 s to start).",
+        ),
+    ] = 0,
     topic_suffix: SuffixOpt = "",
 ) -> None:
     """Publish events from a JSON-lines file to Kafka, then report what the ledger decided for each."""
@@ -197,6 +205,7 @@ def publish(
                 signing_key,
                 topic=settings.events_topic,
                 structured=structured,
+                sign_processes=sign_processes,
             ) as pub,
             Progress(
                 TextColumn("publishing"),

@@ -191,6 +191,7 @@ def bench_publisher(bootstrap: str, n: int, rounds: int = 4) -> dict[str, Any]:
     - bare kafka-python produce + ack in the Publisher's own producer configuration (`producer_config`,
       prebuilt CloudEvents messages, every future awaited): the ceiling of its Kafka side;
     - Publisher.publish_many of unsigned events (validate + sign + send), every ack reported via on_ack;
+    - the same with `sign_processes` signing helpers (streams/signpool.py; BENCH_SIGN_PROCESSES, 1);
     - Publisher.publish_many of bytes signed elsewhere (decode + send), every ack reported via on_ack.
     """
     from kafka import KafkaProducer
@@ -214,14 +215,19 @@ def bench_publisher(bootstrap: str, n: int, rounds: int = 4) -> dict[str, Any]:
     def unsigned_block() -> list[dict[str, Any]]:
         return _unsigned_events(fid, per)
 
-    times = {"sign": 0.0, "sign_sodium": 0.0, "bare": 0.0, "publisher": 0.0, "presigned": 0.0}
+    times = {"sign": 0.0, "sign_sodium": 0.0, "bare": 0.0, "publisher": 0.0, "pooled": 0.0, "presigned": 0.0}
+    helpers = int(os.environ.get("BENCH_SIGN_PROCESSES", "1"))
     sodium_sign = signer(key, backend="libsodium")
     bare_acked = 0
     receipts = 0
-    with Publisher(bootstrap, fid, key, topic=topic) as pub:
+    with (
+        Publisher(bootstrap, fid, key, topic=topic) as pub,
+        Publisher(bootstrap, fid, key, topic=topic, sign_processes=helpers) as pooled,
+    ):
         bare = KafkaProducer(**producer_config(bootstrap, fid, client_id="bench-bare"))
         try:
             pub.publish_many(_unsigned_events(fid, 200))  # connect, metadata, producer id
+            pooled.publish_many(_unsigned_events(fid, 2000))  # the same, and the helpers started
             for fut in [bare.send(topic, value=b"warm", key=fid.encode()) for _ in range(200)]:
                 fut.get(timeout=30)
             for _ in range(rounds):
@@ -255,6 +261,11 @@ def bench_publisher(bootstrap: str, n: int, rounds: int = 4) -> dict[str, Any]:
                 receipts += len(pub.publish_many(block, on_ack=on_ack))
                 times["publisher"] += time.perf_counter() - t
 
+                block = unsigned_block()
+                t = time.perf_counter()
+                receipts += len(pooled.publish_many(block, on_ack=on_ack))
+                times["pooled"] += time.perf_counter() - t
+
                 signed = [pub.sign(ev) for ev in unsigned_block()]
                 t = time.perf_counter()
                 receipts += len(pub.publish_many(signed, on_ack=on_ack))
@@ -269,6 +280,10 @@ def bench_publisher(bootstrap: str, n: int, rounds: int = 4) -> dict[str, Any]:
         "kafka_python_bare_send_acked_per_s": rate["bare"],
         "publisher_sign_send_acked_per_s": rate["publisher"],
         "publisher_presigned_send_acked_per_s": rate["presigned"],
+        "publisher_sign_processes": helpers,
+        "publisher_pooled_sign_send_acked_per_s": rate["pooled"],
+        "pooled_vs_bare_kafka_python": rate["pooled"] / rate["bare"],
+        "pooled_vs_publisher": rate["pooled"] / rate["publisher"],
         "publisher_vs_pyca_sign": rate["publisher"] / rate["sign"],
         "publisher_vs_libsodium_sign": rate["publisher"] / rate["sign_sodium"],
         "publisher_vs_bare_kafka_python": rate["publisher"] / rate["bare"],
@@ -292,6 +307,12 @@ def _print_publisher(pub: dict[str, Any]) -> None:
         f"Publisher, sign + send + ack:               {pub['publisher_sign_send_acked_per_s']:10,.0f} /s"
         f"  ({pub['publisher_vs_libsodium_sign']:.0%} of raw libsodium signing, "
         f"{pub['publisher_vs_bare_kafka_python']:.0%} of bare kafka-python; target 20k/s)"
+    )
+    print(
+        f"Publisher, {pub['publisher_sign_processes']} signing helper(s):       "
+        f"{pub['publisher_pooled_sign_send_acked_per_s']:10,.0f} /s"
+        f"  ({pub['pooled_vs_bare_kafka_python']:.0%} of bare kafka-python; "
+        f"{pub['pooled_vs_publisher']:.2f}x the Publisher signing itself)"
     )
     print(
         f"Publisher, pre-signed send + ack:           {pub['publisher_presigned_send_acked_per_s']:10,.0f} /s"

@@ -22,7 +22,7 @@ import itertools
 import json
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -114,80 +114,31 @@ def kafka_crc32c_native() -> bool:
     )
 
 
-class Publisher:
-    """Signs and publishes one facility's events. Not thread-safe; one per facility and thread."""
+class MessageBuilder:
+    """The Publisher's work before Kafka: validate, sign and wrap events as CloudEvents Kafka messages.
 
-    def __init__(
-        self,
-        bootstrap: str,
-        facility_id: str,
-        key: Ed25519PrivateKey | None,
-        *,
-        topic: str = MATERIAL_EVENTS,
-        structured: bool = False,
-        ack_timeout: float = DEFAULT_ACK_TIMEOUT_S,
-        **producer_config_overrides: Any,
-    ) -> None:
-        from kafka import KafkaProducer
-        from kafka.errors import KafkaError
+    It runs in the Publisher's process, or in signing helpers (streams/signpool.py) when the Publisher
+    has `sign_processes`; either way an event's bytes are the same. No Kafka here.
+    """
 
-        self.bootstrap = bootstrap
-        self.facility_id = facility_id
+    def __init__(self, key: Ed25519PrivateKey | None, structured: bool = False) -> None:
         self.key = key
-        self.topic = topic
         self.structured = structured
-        self.ack_timeout = ack_timeout
-        config = producer_config(bootstrap, facility_id, **producer_config_overrides)
-        self._config = config
-        try:
-            self._producer = KafkaProducer(**config)
-        except KafkaError as exc:
-            raise PublishError(
-                f"cannot reach Kafka at {bootstrap} ({type(exc).__name__}): start it with "
-                "`batteryledger broker start` or pass the right --broker"
-            ) from None
-        self.last_receipt: Receipt | None = None
-        self._key_id = key_id(key.public_key()) if key is not None else None
-        self._signer = signer(key) if key is not None else None  # libsodium's when installed: same bytes
+        self.key_id = key_id(key.public_key()) if key is not None else None
+        self.signer = signer(key) if key is not None else None  # libsodium's when installed: same bytes
 
-    # -- context manager -----------------------------------------------------------------------
-    def __enter__(self) -> Publisher:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
-    def close(self, timeout: float = 10.0) -> None:
-        """Close the producer; sends still unacknowledged by then raise PublishError (they may be lost)."""
-        from kafka.errors import KafkaError
-
-        try:
-            self._producer.close(timeout=timeout)
-        except KafkaError as exc:
-            raise PublishError(
-                f"closing the publisher to {self.bootstrap}: sends not acknowledged within {timeout:g} s "
-                f"({type(exc).__name__}: {exc})"
-            ) from None
-
-    # -- building messages ---------------------------------------------------------------------
-    def sign(self, event: Mapping[str, Any] | BaseModel) -> bytes:
-        """Validate and sign an unsigned event (spec and facility_id default to this publisher's)."""
-        return self._sign(event)[1]
-
-    def _sign(self, event: Mapping[str, Any] | BaseModel) -> tuple[str, bytes, Event]:
+    def sign(self, event: Mapping[str, Any] | BaseModel, facility_id: str) -> tuple[str, bytes, Event]:
         """(event id, signed bytes, validated event): validated once, canonicalised once, never
         re-decoded (the bytes are those `decode` computes: tests/unit/test_signing_fast.py)."""
         if self.key is None:
-            raise PublishError(f"no signing key for {self.facility_id}: give one (--key FILE)")
+            raise PublishError(f"no signing key for {facility_id}: give one (--key FILE)")
         obj = event_to_json_obj(event) if isinstance(event, BaseModel) else dict(event)
         obj.setdefault("spec", SPEC)
-        obj.setdefault("facility_id", self.facility_id)
-        if obj["facility_id"] != self.facility_id:
+        obj.setdefault("facility_id", facility_id)
+        if obj["facility_id"] != facility_id:
             raise PublishError(
                 f"event is for facility {obj['facility_id']!r} but this publisher signs as "
-                f"{self.facility_id!r}: use a Publisher for that facility"
+                f"{facility_id!r}: use a Publisher for that facility"
             )
         if SIG_FIELD in obj:
             raise PublishError("event is already signed: use publish_signed")
@@ -196,7 +147,7 @@ class Publisher:
         except ValidationError as exc:
             raise PublishError(f"event is not valid: {_first_error(exc)}") from None
         try:
-            raw, event_id = sign_validated(obj, self.key, self._key_id, self._signer)
+            raw, event_id = sign_validated(obj, self.key, self.key_id, self.signer)
         except CanonicalError as exc:
             raise PublishError(
                 f"event has a value with no JSON form ({exc}): give quantities and times as strings"
@@ -216,6 +167,107 @@ class Publisher:
         if self.structured:
             return decoded.event_id, to_structured(decoded)
         return decoded.event_id, binary_message(decoded.event_id, decoded.event, decoded.signed)
+
+    def build(self, event: EventLike, facility_id: str) -> tuple[str, WireMessage]:
+        """Event id and message of an unsigned event (signed here, never re-decoded) or signed bytes."""
+        if isinstance(event, bytes):
+            return self.message(event)
+        if self.structured:
+            return self.message(self.sign(event, facility_id)[1])
+        event_id, raw, parsed = self.sign(event, facility_id)
+        return event_id, binary_message(event_id, parsed, raw)
+
+    def build_many(
+        self, items: Iterable[tuple[str, EventLike]]
+    ) -> tuple[list[tuple[str, WireMessage]], Exception | None]:
+        """The messages of (facility id, event) items in order, up to the first that fails, and that
+        failure (None if none did)."""
+        out: list[tuple[str, WireMessage]] = []
+        try:
+            for facility_id, event in items:
+                out.append(self.build(event, facility_id))
+        except Exception as exc:
+            return out, exc
+        return out, None
+
+
+class Publisher:
+    """Signs and publishes one facility's events. Not thread-safe; one per facility and thread."""
+
+    def __init__(
+        self,
+        bootstrap: str,
+        facility_id: str,
+        key: Ed25519PrivateKey | None,
+        *,
+        topic: str = MATERIAL_EVENTS,
+        structured: bool = False,
+        ack_timeout: float = DEFAULT_ACK_TIMEOUT_S,
+        sign_processes: int = 0,
+        **producer_config_overrides: Any,
+    ) -> None:
+        from kafka import KafkaProducer
+        from kafka.errors import KafkaError
+
+        self.bootstrap = bootstrap
+        self.facility_id = facility_id
+        self.topic = topic
+        self.ack_timeout = ack_timeout
+        #: publish_many validates and signs in this many helper processes (streams/signpool.py); 0: here
+        self.sign_processes = max(0, sign_processes)
+        self._builder = MessageBuilder(key, structured)
+        self._pool: Any = None  # streams.signpool.SignPool, started by the first publish_many that uses it
+        config = producer_config(bootstrap, facility_id, **producer_config_overrides)
+        self._config = config
+        try:
+            self._producer = KafkaProducer(**config)
+        except KafkaError as exc:
+            raise PublishError(
+                f"cannot reach Kafka at {bootstrap} ({type(exc).__name__}): start it with "
+                "`batteryledger broker start` or pass the right --broker"
+            ) from None
+        self.last_receipt: Receipt | None = None
+
+    @property
+    def key(self) -> Ed25519PrivateKey | None:
+        return self._builder.key
+
+    @property
+    def structured(self) -> bool:
+        return self._builder.structured
+
+    # -- context manager -----------------------------------------------------------------------
+    def __enter__(self) -> Publisher:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Close the producer; sends still unacknowledged by then raise PublishError (they may be lost)."""
+        from kafka.errors import KafkaError
+
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+        try:
+            self._producer.close(timeout=timeout)
+        except KafkaError as exc:
+            raise PublishError(
+                f"closing the publisher to {self.bootstrap}: sends not acknowledged within {timeout:g} s "
+                f"({type(exc).__name__}: {exc})"
+            ) from None
+
+    # -- building messages ---------------------------------------------------------------------
+    def sign(self, event: Mapping[str, Any] | BaseModel) -> bytes:
+        """Validate and sign an unsigned event (spec and facility_id default to this publisher's)."""
+        return self._builder.sign(event, self.facility_id)[1]
+
+    def message(self, signed: bytes) -> tuple[str, WireMessage]:
+        """Event id and CloudEvents Kafka message of already-signed bytes (binary or structured mode)."""
+        return self._builder.message(signed)
 
     # -- publishing ----------------------------------------------------------------------------
     def publish(self, event: Mapping[str, Any] | BaseModel) -> str:
@@ -281,17 +333,9 @@ class Publisher:
 
         # Sign a chunk, then send it: the same work as alternating one sign and one send, in two tight
         # loops (measured 10-20% less CPU per event: pydantic, OpenSSL and kafka-python's code each stay
-        # warm in the CPU's caches).
-        it = iter(events)
+        # warm in the CPU's caches). With sign_processes, helpers sign the next chunks meanwhile.
         chunk_size = max(1, min(PUBLISH_CHUNK, window))
-        while True:
-            chunk: list[tuple[str, WireMessage]] = []
-            failure: Exception | None = None
-            try:
-                for ev in itertools.islice(it, chunk_size):
-                    chunk.append(self._message_of(ev))
-            except Exception as exc:  # cannot sign this one (or the iterable failed)
-                failure = exc
+        for chunk, failure in self._built_chunks(iter(events), chunk_size):
             for event_id, msg in chunk:
                 try:
                     sent = self._send(event_id, msg)
@@ -305,8 +349,6 @@ class Publisher:
                 self._flush_quietly()
                 drain(0, deadline)  # the events before it: acknowledged and reported (or the first failure)
                 raise failure
-            if len(chunk) < chunk_size:
-                break
         deadline = time.monotonic() + self.ack_timeout  # one ack timeout for the flush and the acks
         self._flush_quietly()  # a flush that times out leaves futures unresolved: drain names them
         drain(0, deadline)
@@ -335,13 +377,33 @@ class Publisher:
         return self._send(*self._message_of(event))
 
     def _message_of(self, event: EventLike) -> tuple[str, WireMessage]:
-        """Event id and message of an unsigned event (signed here, never re-decoded) or signed bytes."""
-        if isinstance(event, bytes):
-            return self.message(event)
-        if self.structured:
-            return self.message(self.sign(event))
-        event_id, raw, parsed = self._sign(event)
-        return event_id, binary_message(event_id, parsed, raw)
+        return self._builder.build(event, self.facility_id)
+
+    def _built_chunks(
+        self, events: Iterator[EventLike], size: int
+    ) -> Iterator[tuple[list[tuple[str, WireMessage]], Exception | None]]:
+        """Messages of `events` in chunks of `size`, in order; a chunk with a failure (an event that
+        cannot be signed, or the iterable's own) is the last. Built here, or by the signing helpers."""
+        if self.sign_processes and self.key is not None:
+            if self._pool is None or self._pool.closed:  # first use, or a helper died last time
+                from streams.signpool import SignPool
+
+                self._pool = SignPool(self.sign_processes, self.key, self.structured)
+            yield from self._pool.chunks(events, size, lambda: self.facility_id)
+            return
+        while True:
+            items: list[tuple[str, EventLike]] = []
+            try:
+                for ev in itertools.islice(events, size):
+                    items.append((self.facility_id, ev))
+            except Exception as exc:  # the iterable failed: the events before it still go
+                built, failure = self._builder.build_many(items)
+                yield built, failure or exc
+                return
+            built, failure = self._builder.build_many(items)
+            yield built, failure
+            if failure is not None or len(items) < size:
+                return
 
     def _send_signed(self, raw: bytes) -> tuple[str, Any]:
         return self._send(*self.message(raw))

@@ -470,6 +470,8 @@ def test_cli_publish_signs_reports_decisions_and_status_shows_lag(rig: Rig) -> N
             fac.facility_id,
             "--store",
             rig.settings.store,
+            "--sign-processes",
+            "1",  # signed in a helper process (streams/signpool.py): the same events, the same decisions
         ],
     )
     assert res.exit_code == 3, res.output  # one of them was rejected

@@ -52,20 +52,28 @@ def _records(bootstrap: str, topic: str, n: int) -> list[Any]:
         consumer.close()
 
 
-def test_publish_many_signs_sends_and_reports_every_ack(kafka_bootstrap: str, make_topics: Any) -> None:
+@pytest.mark.parametrize("sign_processes", [0, 2])
+def test_publish_many_signs_sends_and_reports_every_ack(
+    kafka_bootstrap: str, make_topics: Any, sign_processes: int
+) -> None:
+    """In the Publisher's process, or in two signing helpers (streams/signpool.py): the same guarantees."""
     topic = make_topics()[MATERIAL_EVENTS]
     key = generate_key()
     acked: list[Receipt] = []
-    events = [_event(i) for i in range(300)]
-    with Publisher(kafka_bootstrap, FID, key, topic=topic) as pub:
+    n = 300 if not sign_processes else 3 * PUBLISH_CHUNK + 100  # several chunks in flight
+    events = [_event(i) for i in range(n)]
+    with Publisher(kafka_bootstrap, FID, key, topic=topic, sign_processes=sign_processes) as pub:
         receipts = pub.publish_many(events, on_ack=acked.append)
-        one = pub.publish(_event(1000))  # a lone publish: acknowledged when it returns
+        one = pub.publish(_event(10_000))  # a lone publish: acknowledged when it returns
         assert pub.last_receipt is not None and pub.last_receipt.event_id == one
-    assert receipts == acked and len(receipts) == 300
-    assert len({r.source for r in receipts}) == 300
+    assert receipts == acked and len(receipts) == n
+    assert len({r.source for r in receipts}) == n
+    assert [r.event_id for r in receipts] == [
+        decode(pub.sign(e)).event_id for e in events
+    ]  # in the order given
     signed_here = {r.event_id for r in receipts} | {one}
-    records = _records(kafka_bootstrap, topic, 301)
-    assert len(records) == 301
+    records = _records(kafka_bootstrap, topic, n + 1)
+    assert len(records) == n + 1
     for rec in records:
         d = decode(rec.value)  # what the ledger computes from the bytes on the topic
         assert d.signed == rec.value
@@ -77,16 +85,23 @@ def test_publish_many_signs_sends_and_reports_every_ack(kafka_bootstrap: str, ma
     assert kafka_crc32c_native()  # the crc32c wheel computed the CRC of those record batches
 
 
-@pytest.mark.parametrize(("total", "bad"), [(50, 30), (PUBLISH_CHUNK + 200, PUBLISH_CHUNK + 100)])
+@pytest.mark.parametrize(
+    ("total", "bad", "sign_processes"),
+    [
+        (50, 30, 0),
+        (PUBLISH_CHUNK + 200, PUBLISH_CHUNK + 100, 0),
+        (4 * PUBLISH_CHUNK, 2 * PUBLISH_CHUNK + 7, 2),
+    ],
+)
 def test_an_invalid_event_mid_batch_is_refused_after_the_ones_before_it_are_acked(
-    kafka_bootstrap: str, make_topics: Any, total: int, bad: int
+    kafka_bootstrap: str, make_topics: Any, total: int, bad: int, sign_processes: int
 ) -> None:
     topic = make_topics()[MATERIAL_EVENTS]
     acked: list[Receipt] = []
     events = [_event(i) for i in range(total)]
     events[bad] = _event(bad, outputs=[{"batch_id": "X", "material": "ore", "kg": 1.5}])  # float kg
     with (
-        Publisher(kafka_bootstrap, FID, generate_key(), topic=topic) as pub,
+        Publisher(kafka_bootstrap, FID, generate_key(), topic=topic, sign_processes=sign_processes) as pub,
         pytest.raises(PublishError, match="not valid"),
     ):
         pub.publish_many(events, on_ack=acked.append)
