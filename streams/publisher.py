@@ -37,7 +37,15 @@ from schemas.reasons import EventError
 from schemas.signing import SIG_FIELD, decode, key_id, sign_validated, signer
 from streams.topics import MATERIAL_EVENTS
 
-__all__ = ["PublishError", "Publisher", "Receipt", "binary_message", "kafka_crc32c_native", "producer_config"]
+__all__ = [
+    "MessageBuilder",
+    "PublishError",
+    "Publisher",
+    "Receipt",
+    "binary_message",
+    "kafka_crc32c_native",
+    "producer_config",
+]
 
 #: Seconds to wait for the broker's acknowledgement of one message before giving up.
 DEFAULT_ACK_TIMEOUT_S = 30.0
