@@ -16,7 +16,9 @@ little crosses the process boundary. :class:`StoreProcess` runs one LocalSequenc
 (``spawn``; the store URL and the operator key's *path* cross its pipe, never a key on a command line).
 
 Failures: a store that cannot be written raises from either host, and the agent retries with back-off
-and acks nothing meanwhile (the writer re-reads its state from the store first). A helper that dies (an
+and acks nothing meanwhile (the writer re-reads its state from the store first). Transactions of the
+call that committed before the failure stay committed; the retried call skips their records and reports
+what they decided (their counts, their rejections for the rejected topic) with its own. A helper that dies (an
 OOM kill, a SIGKILL) loses only its open transaction, which the store rolls back; the call raises, a new
 helper starts and reads the consumed offsets from the store, so the batch is appended exactly once when
 it is retried. A helper exits within about a second when its worker dies (it watches its parent), so
@@ -128,6 +130,9 @@ class LocalSequencer:
         self.writer: Ledger | None = None
         self.sequencer: Sequencer | None = None
         self.needs_reload = False
+        #: what transactions committed in a call that then failed (the store went away) decided: routed
+        #: with the next call, as the retried call skips the records they covered
+        self.carried: Decided | None = None
         #: entries when the writer was opened, and the size of the newest checkpoint then
         self.opened_at: tuple[int, int] = (0, 0)
 
@@ -169,8 +174,8 @@ class LocalSequencer:
         was given). Records a transaction failed on are appended again one event per transaction:
         an event that breaks the batch alone becomes an ``internal_error`` rejection, and the parts
         committed before it keep their outcomes. Raises only if the store itself fails (the agent
-        retries)."""
-        decided = Decided()
+        retries; what the call committed before that is routed with the next call)."""
+        decided, self.carried = self.carried or Decided(), None
         try:
             seq = self._open()
             done = 0
@@ -193,6 +198,7 @@ class LocalSequencer:
                 )
         except Exception:
             self.needs_reload = True
+            self.carried = decided
             raise
         decided.size = seq.ledger.size
         return decided

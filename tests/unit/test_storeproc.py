@@ -241,3 +241,37 @@ def test_process_groups_yields_each_transaction_before_expanding_the_next(
         rest = list(parts)
     assert [p.records for p in rest] == [2] and len(taken) == len(recs) == 4
     assert sum(len(p.results) for p in [first, *rest]) == 12
+
+
+def test_what_committed_before_the_store_failed_is_routed_with_the_retry(
+    tmp_path: Path, chain: DemoChain, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store goes away after some transactions of a call committed: the call raises (the agent
+    retries it), and the retried call, which skips the committed records, still reports what they
+    decided: every append counted once, the overdrawn rejection routed once."""
+    good = [e.raw for e in chain.chain_events]
+    [overdrawn] = [raw for label, raw, reason in chain.bad_events if reason == "overdrawn"]
+    raws = [*good[:-1], overdrawn, good[-1]]
+    store = make_store(tmp_path / "l.db", chain)
+    recs = records(chain, raws, store)
+    here = LocalSequencer(store, "test-sequencer", KEY, 3, None)
+    here.opened()
+    assert here.writer is not None
+    real, calls = here.writer.append, [0]
+
+    def append(items: Any, **kw: Any) -> Any:  # the disk fills up after 15 transactions
+        calls[0] += 1
+        if calls[0] > 15:
+            raise OSError("disk full")
+        return real(items, **kw)
+
+    monkeypatch.setattr(here.writer, "append", append)
+    with pytest.raises(OSError):
+        here.process(recs)
+    monkeypatch.undo()  # the store is back
+    decided = here.process(recs)  # the agent's retry
+    here.close()
+    assert decided.appended == len(good) == len(appended_ids(store)) - 1 - len(chain.registry_events)
+    assert [r[2] for r in decided.rejections] == ["overdrawn"]
+    assert decided.skipped == 15  # the records committed before the failure, not taken again
+    assert sorted(decided.sources) == sorted(f"material-events/0/{i}" for i in range(len(raws)))
