@@ -950,6 +950,25 @@ class Ledger:
                     out[r.source] = ("rejected", None, r.reason, r.detail)
         return out
 
+    def rejections_at(self, sources: Iterable[str]) -> list[tuple[bytes, str, str, str, str | None]]:
+        """The rejections recorded for these sources: (original bytes, source, reason, detail, event id)."""
+        out: list[tuple[bytes, str, str, str, str | None]] = []
+        with self.engine.connect() as conn:
+            for part in chunks(sorted(set(sources))):
+                rows = conn.execute(
+                    select(
+                        REJECTIONS.c.raw,
+                        REJECTIONS.c.source,
+                        REJECTIONS.c.reason,
+                        REJECTIONS.c.detail,
+                        REJECTIONS.c.event_id,
+                    )
+                    .where(REJECTIONS.c.source.in_(part))
+                    .order_by(REJECTIONS.c.id)
+                )
+                out.extend((bytes(r.raw), r.source, r.reason, r.detail, r.event_id) for r in rows)
+        return out
+
     def parked_count(self) -> int:
         with self.engine.connect() as conn:
             return int(conn.execute(select(func.count()).select_from(PARKED)).scalar_one())

@@ -504,6 +504,10 @@ class SequencedBatch:
     skipped_offsets: int = 0  # below the store's tracking record (a restart re-read them)
     redeliveries: int = 0  # already decided by the store (the verify stage sent them twice)
     records: int = 0  # verified records covered, skipped ones included
+    #: rejections the sequencer decided and the store recorded for events of skipped records, as
+    #: (original bytes, source, reason, detail, event id): a worker that stopped after the commit and
+    #: before publishing them gets them again here, to publish (the rejected topic is at-least-once)
+    recorded_rejections: list[tuple[bytes, str, str, str, str | None]] = field(default_factory=list)
 
     def add(self, other: SequencedBatch) -> None:
         """Add `other`'s results and counts to these."""
@@ -511,6 +515,7 @@ class SequencedBatch:
         self.skipped_offsets += other.skipped_offsets
         self.redeliveries += other.redeliveries
         self.records += other.records
+        self.recorded_rejections.extend(other.recorded_rejections)
 
     def rejected(self) -> list[tuple[Incoming, AppendResult]]:
         """Rejections decided by the sequencer (verify-stage ones were routed by the verify agent)."""
@@ -595,6 +600,7 @@ class Sequencer:
                 if rec.offset < self.next_offsets.get((rec.topic, rec.partition), 0):
                     part.skipped_offsets += 1
                     part.records += 1
+                    part.recorded_rejections.extend(self._recorded_rejections(rec, known))
                     continue
                 items = self.expand(rec, known)
                 if group and n + len(items) > self.max_items:
@@ -608,6 +614,15 @@ class Sequencer:
                 self._append_group(group, part)
             if part.records:
                 yield part
+
+    def _recorded_rejections(
+        self, rec: VerifiedRecord, known: Mapping[str, DecodedEvent] | None
+    ) -> list[tuple[bytes, str, str, str, str | None]]:
+        """What the store recorded as rejected among the events a skipped record carried that reached
+        the sequencer (a record is skipped after a restart, when it was committed but maybe not routed).
+        Verify-stage rejections are left out: the verify agent published those itself."""
+        sources = [it.source for it in self.expand(rec, known) if it.error is None]
+        return self.ledger.rejections_at(sources) if sources else []
 
     def _append_group(self, group: list[tuple[VerifiedRecord, list[Incoming]]], out: SequencedBatch) -> None:
         offsets: dict[tuple[str, str, int], int] = {}
@@ -664,6 +679,7 @@ class Sequencer:
         out = SequencedBatch(records=1)
         if rec.offset < self.next_offsets.get((rec.topic, rec.partition), 0):
             out.skipped_offsets += 1
+            out.recorded_rejections.extend(self._recorded_rejections(rec, known))
             return out
         items = self.expand(rec, known)
         for j, it in enumerate(items):

@@ -105,6 +105,7 @@ class Decided(SequenceCounts):
         self.rejections.extend(
             (it.raw, it.source, res.reason, res.detail, res.event_id) for it, res in batch.rejected()
         )
+        self.rejections.extend(batch.recorded_rejections)  # of skipped records: published again
 
 
 @dataclass
@@ -201,6 +202,11 @@ class LocalSequencer:
             self.carried = decided
             raise
         decided.size = seq.ledger.size
+        if decided.rejections:  # a carried one may be among its records' recorded ones: each once
+            once: dict[tuple[str, str | None], Rejected] = {}
+            for r in decided.rejections:
+                once.setdefault((r[1], r[4]), r)
+            decided.rejections = list(once.values())
         return decided
 
     @staticmethod

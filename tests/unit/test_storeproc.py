@@ -275,3 +275,27 @@ def test_what_committed_before_the_store_failed_is_routed_with_the_retry(
     assert [r[2] for r in decided.rejections] == ["overdrawn"]
     assert decided.skipped == 15  # the records committed before the failure, not taken again
     assert sorted(decided.sources) == sorted(f"material-events/0/{i}" for i in range(len(raws)))
+
+
+def test_a_restarted_sequencer_routes_the_rejections_of_records_it_skips(
+    tmp_path: Path, chain: DemoChain
+) -> None:
+    """A worker that stopped after the store committed a batch and before it published the batch's
+    rejections gets the records again after its restart and skips them (they are in the store): the
+    sequencer's rejections recorded for them are routed again (the rejected topic is at-least-once,
+    consumers dedupe on bl_source); the verify stage's own rejections are not (it published them)."""
+    good = [e.raw for e in chain.chain_events]
+    bad = {reason: raw for _label, raw, reason in chain.bad_events}
+    raws = [*good, bad["overdrawn"], bad["bad_signature"]]
+    store = make_store(tmp_path / "l.db", chain)
+    recs = records(chain, raws, store)
+    first = LocalSequencer(store, "test-sequencer", KEY, 2000, None)
+    decided = first.process(recs)
+    first.close()  # ... and the worker dies before publishing decided.rejections
+    assert sorted(r[2] or "" for r in decided.rejections) == ["overdrawn"]
+    again = LocalSequencer(store, "test-sequencer", KEY, 2000, None)  # the restarted worker
+    redone = again.process(recs)
+    again.close()
+    assert redone.skipped == len(recs) and redone.appended == 0
+    assert redone.rejections == decided.rejections  # the same bytes, source, reason, detail, event id
+    assert redone.rejections[0][0] == bad["overdrawn"]
