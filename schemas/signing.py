@@ -151,7 +151,7 @@ Sign = Callable[[bytes], bytes]
 
 def signer(key: Ed25519PrivateKey, *, backend: str | None = None) -> Sign:
     """A function giving `key`'s Ed25519 signature of a message: libsodium's (PyNaCl) when installed,
-    about three times as fast as pyca's on this project's machines, else pyca's (`key.sign`).
+    about 1.5 times as fast as pyca's on this project's machines, else pyca's (`key.sign`).
 
     Ed25519 signing is deterministic (RFC 8032, 5.1.6: the nonce is a hash of the key and the message),
     so both libraries give the same 64 bytes for the same key and message; tests/unit/test_verify_libs.py
