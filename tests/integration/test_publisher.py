@@ -7,9 +7,12 @@ event before it), and what lands on the topic is exactly what the ledger decodes
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -144,6 +147,7 @@ def test_an_unacknowledged_send_is_a_publish_error_naming_the_event(
     pid = local_broker.pid
     assert pid is not None
     os.kill(pid, signal.SIGSTOP)
+    _wait_stopped(pid)  # every thread of the JVM stopped before the next send, not soon after
     try:
         with pytest.raises(PublishError, match=r"did not acknowledge event [0-9a-f]{64}.* within 3 s"):
             pub.publish(_event(1))
@@ -156,6 +160,21 @@ def test_an_unacknowledged_send_is_a_publish_error_naming_the_event(
             assert "not acknowledged" in str(exc)
     finally:
         os.kill(pid, signal.SIGCONT)
+
+
+def _wait_stopped(pid: int, timeout: float = 10.0) -> None:
+    """Until every thread of process `pid` is in the stopped state (T in /proc/PID/task/*/stat)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        states = []
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError):
+                stat = (task / "stat").read_text()
+                states.append(stat[stat.rindex(")") + 2])
+        if states and all(st in "tT" for st in states):
+            return
+        assert time.monotonic() < deadline, f"broker {pid} not stopped: thread states {sorted(set(states))}"
+        time.sleep(0.01)
 
 
 def test_a_topic_that_does_not_exist_is_a_publish_error(kafka_bootstrap: str) -> None:
