@@ -595,34 +595,38 @@ class Sequencer:
         group: list[tuple[VerifiedRecord, list[Incoming]]] = []
         n = 0
         part = SequencedBatch()
+        skipped: list[str] = []  # sources of the part's skipped records' events (one query per part)
         with paused_gc():  # the events of a group live until it is appended: see core.paused_gc
             for rec in records:
                 if rec.offset < self.next_offsets.get((rec.topic, rec.partition), 0):
                     part.skipped_offsets += 1
                     part.records += 1
-                    part.recorded_rejections.extend(self._recorded_rejections(rec, known))
+                    skipped += self._sequenced_sources(rec, known)
                     continue
                 items = self.expand(rec, known)
                 if group and n + len(items) > self.max_items:
                     self._append_group(group, part)
-                    yield part
-                    group, n, part = [], 0, SequencedBatch()
+                    yield self._with_recorded(part, skipped)
+                    group, n, part, skipped = [], 0, SequencedBatch(), []
                 group.append((rec, items))
                 part.records += 1
                 n += len(items)
             if group:
                 self._append_group(group, part)
             if part.records:
-                yield part
+                yield self._with_recorded(part, skipped)
 
-    def _recorded_rejections(
-        self, rec: VerifiedRecord, known: Mapping[str, DecodedEvent] | None
-    ) -> list[tuple[bytes, str, str, str, str | None]]:
-        """What the store recorded as rejected among the events a skipped record carried that reached
-        the sequencer (a record is skipped after a restart, when it was committed but maybe not routed).
-        Verify-stage rejections are left out: the verify agent published those itself."""
-        sources = [it.source for it in self.expand(rec, known) if it.error is None]
-        return self.ledger.rejections_at(sources) if sources else []
+    def _sequenced_sources(self, rec: VerifiedRecord, known: Mapping[str, DecodedEvent] | None) -> list[str]:
+        """Sources of the events a record carried that reached the sequencer: verify-stage rejections
+        are left out (the verify agent published those itself)."""
+        return [it.source for it in self.expand(rec, known) if it.error is None]
+
+    def _with_recorded(self, part: SequencedBatch, skipped: list[str]) -> SequencedBatch:
+        """`part` with the rejections the store recorded for its skipped records' events (a record is
+        skipped after a restart, when it was committed but its rejections maybe never published)."""
+        if skipped:
+            part.recorded_rejections = self.ledger.rejections_at(skipped)
+        return part
 
     def _append_group(self, group: list[tuple[VerifiedRecord, list[Incoming]]], out: SequencedBatch) -> None:
         offsets: dict[tuple[str, str, int], int] = {}
@@ -679,8 +683,7 @@ class Sequencer:
         out = SequencedBatch(records=1)
         if rec.offset < self.next_offsets.get((rec.topic, rec.partition), 0):
             out.skipped_offsets += 1
-            out.recorded_rejections.extend(self._recorded_rejections(rec, known))
-            return out
+            return self._with_recorded(out, self._sequenced_sources(rec, known))
         items = self.expand(rec, known)
         for j, it in enumerate(items):
             last = j == len(items) - 1

@@ -401,14 +401,14 @@ class Publisher:
             return
         while True:
             items: list[tuple[str, EventLike]] = []
+            unreadable: Exception | None = None
             try:
                 for ev in itertools.islice(events, size):
                     items.append((self.facility_id, ev))
             except Exception as exc:  # the iterable failed: the events before it still go
-                built, failure = self._builder.build_many(items)
-                yield built, failure or exc
-                return
+                unreadable = exc
             built, failure = self._builder.build_many(items)
+            failure = failure or unreadable
             yield built, failure
             if failure is not None or len(items) < size:
                 return

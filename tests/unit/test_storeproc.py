@@ -27,7 +27,7 @@ from schemas.cloudevents import to_binary
 from schemas.signing import decode, save_private_key
 from streams.storeproc import Decided, LocalSequencer, StoreProcess
 from streams.verifypool import check_batch
-from tests.unit.test_verifypool import assert_helpers_die_with_their_worker, wait_gone
+from tests.unit.test_verifypool import assert_helpers_die_with_their_worker, saved_hop_key, wait_gone
 
 TOPIC = "material-events-verified"
 KEY = HopKey.generate()
@@ -147,8 +147,7 @@ def test_expiry_and_checkpoints_run_in_the_store_process(tmp_path: Path, chain: 
 
 def test_a_store_process_does_not_outlive_its_worker(tmp_path: Path, chain: DemoChain) -> None:
     store = make_store(tmp_path / "l.db", chain)
-    key = tmp_path / "worker.key"
-    KEY.save(key)
+    key = saved_hop_key(tmp_path)
     assert_helpers_die_with_their_worker(
         tmp_path,
         f"""

@@ -261,10 +261,16 @@ def assert_helpers_die_with_their_worker(tmp_path: Path, main: str) -> None:
         proc.kill()
 
 
-def test_a_helper_does_not_outlive_its_worker(tmp_path: Path, chain: DemoChain) -> None:
-    store = make_store(tmp_path / "l.db", chain)
+def saved_hop_key(tmp_path: Path) -> Path:
+    """The tests' worker key in a file, for a worker-like script to load."""
     key = tmp_path / "worker.key"
     KEY.save(key)
+    return key
+
+
+def test_a_helper_does_not_outlive_its_worker(tmp_path: Path, chain: DemoChain) -> None:
+    store = make_store(tmp_path / "l.db", chain)
+    key = saved_hop_key(tmp_path)
     assert_helpers_die_with_their_worker(
         tmp_path,
         f"""
