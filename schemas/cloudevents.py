@@ -129,16 +129,26 @@ class Envelope:
     mode: str  # "binary" | "structured"
 
 
+_BYTES = (bytes, bytearray)  # a tuple: isinstance with `bytes | bytearray` builds the union each call
+
+
 def unwrap(headers: Iterable[tuple[str, bytes]] | Mapping[str, bytes] | None, value: bytes) -> Envelope:
     """Split a Kafka message into CloudEvents attributes and event bytes. Raises EventError."""
     items = headers.items() if isinstance(headers, Mapping) else (headers or ())
-    hdrs: dict[str, str] = {}
+    # One pass over the headers (the verify hot path): every value must be UTF-8, names are
+    # case-insensitive, and a repeated name keeps its last value.
+    content_type = ""
+    ce: dict[str, str] = {}
     try:
         for name, raw in items:
-            hdrs[name.lower()] = raw.decode("utf-8") if isinstance(raw, bytes | bytearray) else str(raw)
+            text = raw.decode("utf-8") if isinstance(raw, _BYTES) else str(raw)
+            lname = name.lower()
+            if lname.startswith("ce_"):
+                ce[lname[3:]] = text
+            elif lname == "content-type":
+                content_type = text
     except UnicodeDecodeError:
         raise EventError(Reason.HEADER_MISMATCH, "a header is not UTF-8") from None
-    content_type = hdrs.get("content-type", "")
     if content_type.startswith(STRUCTURED_CONTENT_TYPE):
         try:
             obj = loads_strict(value)
@@ -162,7 +172,7 @@ def unwrap(headers: Iterable[tuple[str, bytes]] | Mapping[str, bytes] | None, va
         except (ValueError, RecursionError) as exc:
             raise EventError(Reason.MALFORMED, f"data is not canonicalisable JSON: {exc}") from None
         return Envelope(attrs, event_bytes, "structured")
-    attrs = {name[3:]: v for name, v in hdrs.items() if name.startswith("ce_")}
+    attrs = ce
     if not attrs:
         raise EventError(
             Reason.MISSING_HEADERS,
