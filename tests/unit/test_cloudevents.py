@@ -92,6 +92,19 @@ def test_unwrap_accepts_a_header_mapping_and_mixed_case_names(bl_demo: DemoChain
     check_attributes(env, d)
 
 
+def test_a_repeated_header_keeps_its_last_value(bl_demo: DemoChain) -> None:
+    d = _first(bl_demo, "batch.shipped")
+    msg = to_binary(d)
+    env = unwrap([("ce_id", b"not-this-one"), *msg.headers], msg.value)
+    assert env.attributes["id"] == d.event_id
+    check_attributes(env, d)
+    env = unwrap([*msg.headers, ("CE_ID", b"a-later-one")], msg.value)
+    assert env.attributes["id"] == "a-later-one"
+    with pytest.raises(EventError) as info:
+        check_attributes(env, d)
+    assert info.value.reason is Reason.HEADER_MISMATCH
+
+
 def test_our_binary_reader_agrees_with_the_sdk(bl_demo: DemoChain) -> None:
     fmt = JSONFormat()
     for ev in bl_demo.good_events:
@@ -195,10 +208,12 @@ def test_missing_required_attribute_is_missing_headers(bl_demo: DemoChain, requi
     assert f"`{required[3:]}`" in err.detail
 
 
-def test_non_utf8_header_is_header_mismatch(bl_demo: DemoChain) -> None:
+@pytest.mark.parametrize("name", ["ce_note", "traceparent"])
+def test_non_utf8_header_is_header_mismatch(bl_demo: DemoChain, name: str) -> None:
+    # any header, CloudEvents attribute or not, must be UTF-8
     d = _first(bl_demo, "batch.processed")
     msg = to_binary(d)
-    headers = [*msg.headers, ("ce_note", b"\xff\xfe")]
+    headers = [*msg.headers, (name, b"\xff\xfe")]
     with pytest.raises(EventError) as info:
         unwrap(headers, msg.value)
     assert info.value.reason is Reason.HEADER_MISMATCH
