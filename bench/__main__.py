@@ -1,6 +1,7 @@
 """`make bench`: run every benchmark module in turn (each in its own process) and print a summary.
 
 `python -m bench soak [--events N]` (`make bench ARGS=soak`) runs the 1M-event soak instead (bench/soak.py).
+`make bench ARGS=--quick` runs every module small (a smoke run of a few minutes: figures too small to quote).
 
 Each module prints its own figures and ends with one JSON line; this collects those lines into one.
 """

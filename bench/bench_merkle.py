@@ -3,7 +3,7 @@
 Absolute numbers depend on the machine, so alongside each rate we print it in units of the raw
 SHA-256 rate measured in the same run (how many node hashes one operation costs, in effect).
 
-    python -m bench.bench_merkle [--n LEAVES]
+    python -m bench.bench_merkle [--n LEAVES] [--quick]
 """
 
 from __future__ import annotations
@@ -97,7 +97,9 @@ def run(n: int = 1_000_000) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=1_000_000, help="leaves in the tree (default 1,000,000)")
-    figures = run(parser.parse_args().n)
+    parser.add_argument("--quick", action="store_true", help="a tree of 50,000 leaves (smoke run)")
+    args = parser.parse_args()
+    figures = run(50_000 if args.quick else args.n)
     sha = figures["sha256_per_s"]
     print(f"tree of {int(figures['n']):,} leaves, {int(figures['nodes_stored']):,} stored nodes")
     for key, value in figures.items():
