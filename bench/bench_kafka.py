@@ -12,7 +12,8 @@
   request per event (linger 0) and 5 ms of events per request (linger 5), with the CPU the load
   generator's sender and the broker took meanwhile (they share the ledger's two cores here).
 
-Run: ``python -m bench.bench_kafka [--events N] [--rate R] [--seconds S] [--repeat K]``. Prints figures,
+Run: ``python -m bench.bench_kafka [--events N] [--rate R] [--seconds S] [--repeat K]
+[--latency-rounds L] [--latency-only] [--quick]``. Prints figures,
 then one JSON line. Not a test: nothing here asserts (issue 11: >= 4k/s and >= 0.8x the reference with
 one worker; p99 < 250 ms at 1,000/s).
 """
@@ -542,7 +543,7 @@ def main() -> None:
                 _print_latency(lat)
                 if len(lruns) > 1:
                     print(
-                        f"  p99 of the {len(lruns)} rounds: {', '.join(f'{p:.0f}' for p in lat['p99_ms_runs'])} ms"
+                        f"  p99 of the {len(lruns)} rounds, lowest first: {', '.join(f'{p:.0f}' for p in lat['p99_ms_runs'])} ms"
                     )
             if args.latency_only:
                 print(json.dumps({k: v for k, v in results.items() if k.startswith("latency")}))
