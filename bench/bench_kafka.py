@@ -34,6 +34,7 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, func, select
 
+from bench.procstat import proc_stat
 from ledger.core import Ledger
 from ledger.store import ENTRIES
 from schemas.cloudevents import to_binary
@@ -273,13 +274,8 @@ def bench_end_to_end(tmp: Path, bootstrap: str, chain: Chain, n_events: int, wor
 
 def _cpu_ticks(pid: int | None) -> int:
     """User + system clock ticks of a process so far (0 when unknown)."""
-    if pid is None:
-        return 0
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0
-    return int(fields[11]) + int(fields[12])
+    stat = proc_stat(pid) if pid is not None else None
+    return stat[1] if stat is not None else 0
 
 
 def _p99(values: list[float]) -> float:

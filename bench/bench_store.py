@@ -46,6 +46,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from bench.bench_ceilings import bench_sqlite_bare
 from bench.bench_core import T0, _ts, extraction_events, register
+from bench.procstat import proc_stat
 from ledger.core import Incoming, Ledger
 from ledger.intake import HopKey, Sequencer, VerifiedRecord, pack_verified
 from schemas.signing import decode, generate_key, sign_object
@@ -175,14 +176,9 @@ def cluster_cpu_s(data_dir: Path) -> ServerCpu:
         for entry in os.listdir("/proc"):
             if not entry.isdigit():
                 continue
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "
-            pid, ppid = int(entry), int(fields[1])
-            if pid == postmaster or ppid == postmaster:
-                total += int(fields[11]) + int(fields[12])  # utime + stime
+            stat = proc_stat(entry)
+            if stat is not None and postmaster in (int(entry), stat[0]):
+                total += stat[1]
         return total / tick
 
     return read if Path("/proc/self/stat").exists() else None

@@ -85,6 +85,8 @@ from schemas.reasons import EventError, Reason
 from schemas.signing import DecodedEvent, decode, key_id, public_key_b64, sign_object
 
 Status = Literal["appended", "duplicate", "rejected", "parked"]
+#: A rejection as the store recorded it: (original bytes, source, reason, detail, event id).
+RecordedRejection = tuple[bytes, str, str, str, str | None]
 
 # Children before parents: an event whose inputs are not in the ledger yet (or whose custody change, a
 # shipment or receipt from another partition, has not arrived) waits in the parked table, at most this
@@ -950,9 +952,9 @@ class Ledger:
                     out[r.source] = ("rejected", None, r.reason, r.detail)
         return out
 
-    def rejections_at(self, sources: Iterable[str]) -> list[tuple[bytes, str, str, str, str | None]]:
-        """The rejections recorded for these sources: (original bytes, source, reason, detail, event id)."""
-        out: list[tuple[bytes, str, str, str, str | None]] = []
+    def rejections_at(self, sources: Iterable[str]) -> list[RecordedRejection]:
+        """The rejections recorded for these sources, in the order they were recorded."""
+        out: list[RecordedRejection] = []
         with self.engine.connect() as conn:
             for part in chunks(sorted(set(sources))):
                 rows = conn.execute(

@@ -53,7 +53,7 @@ from typing import Protocol
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import ValidationError
 
-from ledger.core import AppendResult, Incoming, Ledger, paused_gc
+from ledger.core import AppendResult, Incoming, Ledger, RecordedRejection, paused_gc
 from schemas.cloudevents import check_attributes, unwrap
 from schemas.events import MAX_EVENT_BYTES
 from schemas.reasons import EventError, Reason
@@ -504,10 +504,10 @@ class SequencedBatch:
     skipped_offsets: int = 0  # below the store's tracking record (a restart re-read them)
     redeliveries: int = 0  # already decided by the store (the verify stage sent them twice)
     records: int = 0  # verified records covered, skipped ones included
-    #: rejections the sequencer decided and the store recorded for events of skipped records, as
-    #: (original bytes, source, reason, detail, event id): a worker that stopped after the commit and
-    #: before publishing them gets them again here, to publish (the rejected topic is at-least-once)
-    recorded_rejections: list[tuple[bytes, str, str, str, str | None]] = field(default_factory=list)
+    #: rejections the sequencer decided and the store recorded for events of skipped records: a worker
+    #: that stopped after the commit and before publishing them gets them again here, to publish (the
+    #: rejected topic is at-least-once)
+    recorded_rejections: list[RecordedRejection] = field(default_factory=list)
 
     def add(self, other: SequencedBatch) -> None:
         """Add `other`'s results and counts to these."""
@@ -617,9 +617,9 @@ class Sequencer:
                 yield self._with_recorded(part, skipped)
 
     def _sequenced_sources(self, rec: VerifiedRecord, known: Mapping[str, DecodedEvent] | None) -> list[str]:
-        """Sources of the events a record carried that reached the sequencer: verify-stage rejections
-        are left out (the verify agent published those itself)."""
-        return [it.source for it in self.expand(rec, known) if it.error is None]
+        """Sources of what a record carried whose rejection, if any, is the sequencer's to publish: the
+        same rule as :meth:`SequencedBatch.rejected` (the verify agent published its own)."""
+        return [it.source for it in self.expand(rec, known) if not _verify_stage(it)]
 
     def _with_recorded(self, part: SequencedBatch, skipped: list[str]) -> SequencedBatch:
         """`part` with the rejections the store recorded for its skipped records' events (a record is

@@ -20,7 +20,7 @@ from sqlalchemy import select
 
 from batteryledger.sample import DemoChain, demo_chain
 from ledger.core import Ledger
-from ledger.intake import HopKey, Sequencer, VerifiedRecord
+from ledger.intake import H_HOP_MAC, HopKey, Sequencer, VerifiedRecord
 from ledger.rules import input_ids
 from ledger.store import ENTRIES
 from schemas.cloudevents import to_binary
@@ -288,10 +288,14 @@ def test_a_restarted_sequencer_routes_the_rejections_of_records_it_skips(
     raws = [*good, bad["overdrawn"], bad["bad_signature"]]
     store = make_store(tmp_path / "l.db", chain)
     recs = records(chain, raws, store)
+    last = recs[-1]  # and a forged record (its MAC broken): an `unauthenticated` rejection, the sequencer's
+    recs.append(
+        VerifiedRecord(TOPIC, 0, last.offset + 1, [*last.headers[:-1], (H_HOP_MAC, b"00" * 32)], last.value)
+    )
     first = LocalSequencer(store, "test-sequencer", KEY, 2000, None)
     decided = first.process(recs)
     first.close()  # ... and the worker dies before publishing decided.rejections
-    assert sorted(r[2] or "" for r in decided.rejections) == ["overdrawn"]
+    assert sorted(r[2] or "" for r in decided.rejections) == ["overdrawn", "unauthenticated"]
     again = LocalSequencer(store, "test-sequencer", KEY, 2000, None)  # the restarted worker
     redone = again.process(recs)
     again.close()
