@@ -199,6 +199,32 @@ class MessageBuilder:
         return out, None
 
 
+def close_producer(producer: Any, timeout: float) -> Exception | None:
+    """Close a kafka-python producer within about 2 x `timeout` s whatever its state; the KafkaError of a
+    close that could not deliver every send (those sends failed: they may be lost), else None.
+
+    kafka-python's `close()` flushes first, and when the flush times out it raises before it stops the
+    producer's I/O thread: the thread would go on retrying the unacknowledged sends and holding its
+    sockets until the process exits, one more for every failed acknowledgement (the Publisher starts a
+    fresh producer after each). Here the thread is stopped all the same, failing what is still pending,
+    as `close()` itself does when its wait runs out after a flush that succeeded.
+    """
+    from kafka.errors import KafkaError
+
+    try:
+        producer.close(timeout=timeout)
+        return None
+    except KafkaError as exc:
+        failure: Exception = exc
+    sender = getattr(producer, "_sender", None)  # the I/O thread, which close() stops the same way
+    if sender is not None:
+        sender.force_close()
+        sender.join(timeout)
+    with contextlib.suppress(Exception):
+        producer.close(timeout=0)  # the rest of close(): metrics, serializers, the closed flag
+    return failure
+
+
 class Publisher:
     """Signs and publishes one facility's events. Not thread-safe; one per facility and thread."""
 
@@ -254,19 +280,17 @@ class Publisher:
         self.close()
 
     def close(self, timeout: float = 10.0) -> None:
-        """Close the producer; sends still unacknowledged by then raise PublishError (they may be lost)."""
-        from kafka.errors import KafkaError
-
+        """Close the producer; sends still unacknowledged by then raise PublishError (they may be lost).
+        Either way its I/O thread and connections are gone when this returns (`close_producer`)."""
         if self._pool is not None:
             self._pool.close()
             self._pool = None
-        try:
-            self._producer.close(timeout=timeout)
-        except KafkaError as exc:
+        failure = close_producer(self._producer, timeout)
+        if failure is not None:
             raise PublishError(
                 f"closing the publisher to {self.bootstrap}: sends not acknowledged within {timeout:g} s "
-                f"({type(exc).__name__}: {exc})"
-            ) from None
+                f"({type(failure).__name__}: {failure})"
+            )
 
     # -- building messages ---------------------------------------------------------------------
     def sign(self, event: Mapping[str, Any] | BaseModel) -> bytes:
@@ -376,7 +400,7 @@ class Publisher:
         from kafka.errors import KafkaError
 
         with contextlib.suppress(Exception):  # the old producer is already broken: nothing to keep
-            self._producer.close(timeout=1)
+            close_producer(self._producer, 1.0)
         with contextlib.suppress(KafkaError):  # else the next send fails with a clear PublishError
             self._producer = KafkaProducer(**self._config)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -138,6 +139,7 @@ def test_an_unacknowledged_send_is_a_publish_error_naming_the_event(
     # refuse acks=all writes any other way.)
     topic = make_topics()[MATERIAL_EVENTS]
     acked: list[Receipt] = []
+    threads_before = set(threading.enumerate())
     # a short bootstrap timeout: after a failed ack the Publisher starts a fresh producer, which cannot
     # reach the frozen broker either (the next send then says so as a PublishError too)
     pub = Publisher(
@@ -158,6 +160,14 @@ def test_an_unacknowledged_send_is_a_publish_error_naming_the_event(
             pub.close(timeout=2.0)
         except PublishError as exc:  # unacknowledged sends at close are reported, not dropped
             assert "not acknowledged" in str(exc)
+        # and no producer the Publisher made (the first, and the fresh one after each failed ack) is left
+        # running its I/O thread, retrying against the frozen broker until the process exits
+        left = [
+            t.name
+            for t in threading.enumerate()
+            if t not in threads_before and t.is_alive() and t.name.endswith("-network-thread")
+        ]
+        assert left == [], f"producer threads still running after close: {left}"
     finally:
         os.kill(pid, signal.SIGCONT)
 
